@@ -1,0 +1,114 @@
+//! The `{type, id?, payload?}` envelope both WebSocket dialects share, parsed without
+//! touching the payload.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::graphql::push_json_string;
+use crate::{DecodeError, GraphqlRequest, RawJson};
+
+#[derive(Deserialize)]
+struct WireEnvelope<'a> {
+    #[serde(rename = "type", default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// A decoded envelope: the message type, the id if it is a string, and the raw payload
+/// (`None` when absent or `null`).
+pub(crate) struct Envelope<'a> {
+    pub kind: std::borrow::Cow<'a, str>,
+    id: Option<String>,
+    payload: Option<&'a RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        let wire: WireEnvelope<'a> = serde_json::from_str(text).map_err(DecodeError::not_json)?;
+        let kind = wire.kind.ok_or(DecodeError::MissingType)?;
+        let id = match wire.id {
+            Some(serde_json::Value::String(id)) => Some(id),
+            // subscriptions-transport-ws clients have sent numeric ids; keep them as text.
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(Envelope {
+            kind,
+            id,
+            payload: wire.payload.filter(|p| p.get() != "null"),
+        })
+    }
+
+    pub fn id(&mut self, kind: &'static str) -> Result<String, DecodeError> {
+        match self.id.take() {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => Err(DecodeError::MissingId { kind }),
+        }
+    }
+
+    pub fn optional_payload(&self) -> Option<RawJson> {
+        self.payload.map(RawJson::from_raw)
+    }
+
+    pub fn payload(&self, kind: &'static str) -> Result<RawJson, DecodeError> {
+        self.optional_payload()
+            .ok_or(DecodeError::MissingPayload { kind })
+    }
+
+    /// A payload that, when present, must be a JSON object (init and ping payloads).
+    pub fn optional_object_payload(
+        &self,
+        kind: &'static str,
+    ) -> Result<Option<RawJson>, DecodeError> {
+        match self.optional_payload() {
+            Some(p) if !p.is_object() => Err(DecodeError::InvalidPayload {
+                kind,
+                reason: "payload must be a JSON object".into(),
+            }),
+            other => Ok(other),
+        }
+    }
+
+    pub fn request_payload(&self, kind: &'static str) -> Result<GraphqlRequest, DecodeError> {
+        let payload = self.payload.ok_or(DecodeError::MissingPayload { kind })?;
+        GraphqlRequest::decode(payload.get()).map_err(|err| DecodeError::InvalidPayload {
+            kind,
+            reason: err.to_string(),
+        })
+    }
+}
+
+/// Builds frames: `{"type":...,"id":...,"payload":...}` by string concatenation, so raw
+/// payloads are copied, never re-serialised.
+pub(crate) fn frame(kind: &str, id: Option<&str>, payload: Option<&str>) -> String {
+    let mut out = String::with_capacity(
+        24 + kind.len() + id.map_or(0, str::len) + payload.map_or(0, str::len),
+    );
+    out.push_str("{\"type\":\"");
+    out.push_str(kind);
+    out.push('"');
+    if let Some(id) = id {
+        out.push_str(",\"id\":");
+        push_json_string(&mut out, id);
+    }
+    if let Some(payload) = payload {
+        out.push_str(",\"payload\":");
+        out.push_str(payload);
+    }
+    out.push('}');
+    out
+}
+
+/// Rejects frames over `limit` bytes before any parsing.
+pub(crate) fn check_size(text: &str, limit: usize) -> Result<(), DecodeError> {
+    if text.len() > limit {
+        return Err(DecodeError::TooLarge {
+            len: text.len(),
+            limit,
+        });
+    }
+    Ok(())
+}

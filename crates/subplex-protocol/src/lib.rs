@@ -1,0 +1,33 @@
+//! Pure codecs and protocol rules for the GraphQL subscription protocols subplex speaks.
+//!
+//! This crate turns bytes into typed messages and back, and holds the pure state machines
+//! that decide what a protocol violation is and which close code it earns. It does no I/O,
+//! owns no sockets and has no async runtime, so every rule is a unit test and every decoder
+//! is fuzzable.
+//!
+//! - [`transport_ws`]: `graphql-transport-ws` (the graphql-ws library).
+//! - [`legacy_ws`]: `graphql-ws` (the legacy subscriptions-transport-ws library, Hasura).
+//! - [`sse`]: GraphQL over Server-Sent Events, distinct-connections mode (graphql-sse, Yoga).
+//! - [`Event`]: the dialect-neutral result every downstream encoder frames from.
+//! - [`UpstreamFrame`]: what a gateway acting as a *client* makes of a server frame, in
+//!   either WebSocket dialect.
+//!
+//! Payloads stay raw JSON text ([`RawJson`]): only envelopes are parsed, so fanning one
+//! upstream event out to many clients re-frames it without re-serialising the payload.
+
+pub mod close;
+mod envelope;
+mod error;
+mod event;
+mod graphql;
+pub mod legacy_ws;
+pub mod sse;
+mod subprotocol;
+pub mod transport_ws;
+mod upstream_frame;
+
+pub use error::DecodeError;
+pub use event::Event;
+pub use graphql::{graphql_errors, GraphqlRequest, RawJson, RequestError};
+pub use subprotocol::Subprotocol;
+pub use upstream_frame::UpstreamFrame;
