@@ -1,1 +1,9 @@
+//! End-to-end tests: the gateway in-process, real Node GraphQL servers as upstreams and
+//! real client libraries as clients. One binary, one module per area.
 
+mod legacy_ws;
+mod matrix;
+mod multiplexing;
+mod sse;
+mod transport_ws;
+mod upstream_failure;

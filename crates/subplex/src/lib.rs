@@ -1,1 +1,20 @@
-//! placeholder
+//! subplex: an edge gateway that unifies GraphQL subscription protocols.
+//!
+//! Clients speak graphql-transport-ws, legacy graphql-ws or SSE on one path per upstream;
+//! upstreams are reached over WebSocket in their own dialect, with one connection per
+//! security context shared by every subscription in it.
+//!
+//! The library is the whole gateway: [`Config::load`] reads `gateway.toml`,
+//! [`Gateway::bind`] binds it and [`Gateway::run`] serves until cancelled. `main.rs` is a
+//! thin shell around it, and tests run it in-process.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+mod downstream;
+mod routes;
+mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::Gateway;

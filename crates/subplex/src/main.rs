@@ -1,1 +1,139 @@
-fn main() {}
+//! The `subplex` binary: parses the command line, starts logging, loads the config and
+//! runs the gateway library until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use subplex::cli::{Cli, Command};
+use subplex::config::{Config, ConfigError, RawRoute};
+use subplex::demo::DemoUpstream;
+use subplex::{telemetry, Gateway};
+use tokio_util::sync::CancellationToken;
+
+/// EX_USAGE from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("subplex: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(config_error) = err.downcast_ref::<ConfigError>() {
+                eprintln!("subplex: {config_error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            eprintln!("subplex: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let config = Config::load(&cli.config)?;
+            serve(config).await
+        }
+        Command::Check => {
+            let config = Config::load(&cli.config)?;
+            println!(
+                "{}: ok ({} upstreams, {} routes)",
+                cli.config.display(),
+                config.upstreams.len(),
+                config.routes.len()
+            );
+            Ok(())
+        }
+        Command::Demo { listen } => demo(listen).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.server.listen;
+    let gateway = Gateway::bind(config)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("subplex listening on {}", gateway.local_addr());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    gateway.run(shutdown).await;
+    Ok(())
+}
+
+async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let demo = DemoUpstream::bind(([127, 0, 0, 1], 0).into())
+        .await
+        .context("cannot start the demo upstream")?;
+    let upstream = demo.local_addr();
+    tokio::spawn(demo.run(shutdown.clone()));
+
+    let text = format!(
+        "[server]\nlisten = \"{listen}\"\n\n[upstreams.demo]\nurl = \"http://{upstream}/graphql\"\nprotocol = \"graphql-transport-ws\"\nidle_timeout_ms = 5000\n"
+    );
+    let mut raw: subplex::config::RawConfig =
+        toml::from_str(&text).context("demo configuration")?;
+    raw.routes.push(RawRoute {
+        path: "/graphql".into(),
+        upstream: "demo".into(),
+    });
+    let config = subplex::config::validate(raw, "(demo)")?;
+    let gateway = Gateway::bind(config)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = gateway.local_addr();
+    println!(
+        r#"subplex demo: gateway on http://{addr}/graphql, demo upstream (graphql-transport-ws) on ws://{upstream}/graphql
+
+Server-Sent Events (Ctrl-C to stop):
+  curl -N -H 'accept: text/event-stream' 'http://{addr}/graphql?query=subscription%7Btick(count:5,intervalMs:1000)%7D'
+
+WebSocket, graphql-transport-ws (npx fetches wscat):
+  npx wscat -s graphql-transport-ws -c ws://{addr}/graphql
+  then send, one per line:
+  {{"type":"connection_init"}}
+  {{"type":"subscribe","id":"1","payload":{{"query":"subscription {{ tick(count: 5, intervalMs: 1000) }}"}}}}
+
+A query over HTTP:
+  curl -H 'content-type: application/json' -d '{{"query":"{{ hello }}"}}' http://{addr}/graphql
+"#
+    );
+    gateway.run(shutdown).await;
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

@@ -1,0 +1,137 @@
+//! The pool: one upstream connection per security context.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use http::{HeaderName, HeaderValue};
+use subplex_protocol::{GraphqlRequest, RawJson};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{Dial, UpstreamConnection};
+use crate::handle::{SubscribeRefused, UpstreamHandle};
+use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
+
+/// How often a subscribe may meet a connection that is closing (idle) before giving up.
+/// Each retry opens a fresh connection, so more than a couple means something is wrong.
+const MAX_CLOSING_RETRIES: usize = 3;
+
+/// What a subscription needs from its client to reach the upstream.
+#[derive(Debug, Clone)]
+pub struct ConnectParams {
+    /// The security context of these parameters (see [`SecurityContext::compute`]).
+    pub key: SecurityContext,
+    /// Headers for the upstream WebSocket handshake (already filtered by the gateway).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The final `connection_init` payload.
+    pub init_payload: RawJson,
+}
+
+/// State shared between the pool and its connection tasks.
+#[derive(Debug)]
+pub(crate) struct PoolShared {
+    /// Handles only: every connection's state lives in its task.
+    connections: DashMap<SecurityContext, UpstreamHandle>,
+    open_connections: AtomicUsize,
+}
+
+impl PoolShared {
+    /// Removes the entry for `key` if it is still connection `id` (a newer connection for the
+    /// same key may have replaced it).
+    pub fn remove(&self, key: &SecurityContext, id: u64) {
+        self.connections.remove_if(key, |_, handle| handle.id == id);
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream connections of one upstream, keyed by security context.
+#[derive(Debug)]
+pub struct Pool {
+    settings: Arc<UpstreamSettings>,
+    shared: Arc<PoolShared>,
+    next_connection_id: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl Pool {
+    /// A pool for one upstream. Cancelling `shutdown` closes every connection.
+    pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
+        Pool {
+            settings: Arc::new(settings),
+            shared: Arc::new(PoolShared {
+                connections: DashMap::new(),
+                open_connections: AtomicUsize::new(0),
+            }),
+            next_connection_id: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    /// The upstream's settings.
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// Starts `request` on the connection for `params.key`, opening it if there is none.
+    /// Returns once the operation was sent upstream.
+    pub async fn subscribe(
+        &self,
+        params: &ConnectParams,
+        request: GraphqlRequest,
+    ) -> Result<Subscription, UpstreamError> {
+        for _ in 0..MAX_CLOSING_RETRIES {
+            let handle = self.handle_for(params);
+            match handle.subscribe(request.clone()).await {
+                Ok(subscription) => return Ok(subscription),
+                Err(SubscribeRefused::Failed(error)) => return Err(error),
+                Err(SubscribeRefused::Closing) => self.shared.remove(&params.key, handle.id),
+            }
+        }
+        Err(UpstreamError::Connect {
+            upstream: self.settings.name.clone(),
+            reason: "every connection attempt was closing; try again".into(),
+        })
+    }
+
+    fn handle_for(&self, params: &ConnectParams) -> UpstreamHandle {
+        // The entry guard is a shard lock: it is released before any await, and the
+        // connection is established inside the spawned task, not here.
+        match self.shared.connections.entry(params.key) {
+            Entry::Occupied(entry) => entry.get().clone(),
+            Entry::Vacant(entry) => {
+                let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+                let handle = UpstreamConnection::spawn(
+                    id,
+                    params.key,
+                    Dial {
+                        headers: params.headers.clone(),
+                        init_payload: params.init_payload.clone(),
+                    },
+                    self.settings.clone(),
+                    self.shared.clone(),
+                    self.shutdown.child_token(),
+                );
+                entry.insert(handle.clone());
+                handle
+            }
+        }
+    }
+
+    /// Upstream connections currently open (connecting, serving or closing).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Security contexts with a connection in the pool.
+    pub fn pooled_contexts(&self) -> usize {
+        self.shared.connections.len()
+    }
+}

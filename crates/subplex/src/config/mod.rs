@@ -1,0 +1,191 @@
+//! The `gateway.toml` schema: raw serde structs with their defaults, and the typed
+//! [`Config`] that [`validate`](validate::validate) turns them into.
+//!
+//! Every key is documented here; `docs/configuration.md` mirrors these comments.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::Deserialize;
+use subplex_upstream::UpstreamSettings;
+
+pub use validate::{validate, ConfigError, Problem};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    /// Upstream GraphQL servers by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Which path serves which upstream.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`: the downstream listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Address to listen on. Default `127.0.0.1:4000`.
+    pub listen: String,
+    /// Largest WebSocket message or HTTP request body accepted from a client. Default 1 MiB.
+    pub max_message_bytes: usize,
+    /// graphql-transport-ws and legacy clients must send `connection_init` within this. Default 3000.
+    pub connection_init_timeout_ms: u64,
+    /// Interval of SSE keep-alive comments and legacy `ka` messages. Default 12000.
+    pub keepalive_interval_ms: u64,
+    /// On SIGTERM/SIGINT, how long open connections get to finish. Default 10000.
+    pub shutdown_grace_ms: u64,
+    /// Most simultaneous client connections; more wait in the accept queue. Default 10000.
+    pub max_connections: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:4000".into(),
+            max_message_bytes: 1024 * 1024,
+            connection_init_timeout_ms: 3_000,
+            keepalive_interval_ms: 12_000,
+            shutdown_grace_ms: 10_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// `[upstreams.<name>]`: one GraphQL server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// HTTP URL of the GraphQL endpoint (queries and mutations over HTTP go here). Required.
+    pub url: String,
+    /// WebSocket URL. Default: `url` with http→ws, https→wss.
+    pub ws_url: Option<String>,
+    /// `graphql-transport-ws` or `graphql-ws` (legacy). Default `graphql-transport-ws`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Request header names whose values are hashed into the security context. Default `["authorization"]`.
+    #[serde(default = "default_auth_headers")]
+    pub security_context: Vec<String>,
+    /// Request header names copied to the upstream WebSocket handshake and HTTP requests. Default `["authorization"]`.
+    #[serde(default = "default_auth_headers")]
+    pub forward_headers: Vec<String>,
+    /// Close an upstream connection this long after its last subscription ended. Default 30000.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// TCP + WebSocket handshake timeout. Default 5000.
+    #[serde(default = "default_5000")]
+    pub connect_timeout_ms: u64,
+    /// How long to wait for `connection_ack`. Default 5000.
+    #[serde(default = "default_5000")]
+    pub ack_timeout_ms: u64,
+    /// WebSocket ping interval toward the upstream. Default 10000.
+    #[serde(default = "default_10000")]
+    pub keepalive_interval_ms: u64,
+    /// The upstream is declared dead after `keepalive_interval_ms` plus this without any frame. Default 10000.
+    #[serde(default = "default_10000")]
+    pub keepalive_timeout_ms: u64,
+    /// Largest frame accepted from the upstream. Default 1 MiB.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Events buffered per subscription before a slow client's subscription is cut off. Default 128.
+    #[serde(default = "default_subscriber_queue")]
+    pub subscriber_queue: usize,
+}
+
+fn default_protocol() -> String {
+    "graphql-transport-ws".into()
+}
+fn default_auth_headers() -> Vec<String> {
+    vec!["authorization".into()]
+}
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+fn default_5000() -> u64 {
+    5_000
+}
+fn default_10000() -> u64 {
+    10_000
+}
+fn default_max_message_bytes() -> usize {
+    1024 * 1024
+}
+fn default_subscriber_queue() -> usize {
+    128
+}
+
+/// `[[routes]]`: a path served by an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Exact request path, starting with `/`.
+    pub path: String,
+    /// Name of an `[upstreams.<name>]` table.
+    pub upstream: String,
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Validated `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_message_bytes: usize,
+    pub connection_init_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+}
+
+/// Validated `[upstreams.<name>]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub settings: UpstreamSettings,
+    pub http_url: url::Url,
+    /// Lower-cased; hashed into the security context together with `forward_headers`.
+    pub security_context: Vec<HeaderName>,
+    /// Lower-cased; never hop-by-hop or `sec-websocket-*`.
+    pub forward_headers: Vec<HeaderName>,
+}
+
+/// Validated `[[routes]]`: `upstream` indexes [`Config::upstreams`].
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub path: String,
+    pub upstream: usize,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            file: path.display().to_string(),
+            reason: err.to_string(),
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+            file: file.to_owned(),
+            reason: err.to_string(),
+        })?;
+        validate::validate(raw, file)
+    }
+}

@@ -1,0 +1,452 @@
+//! Raw config → typed [`Config`], collecting every problem with its key path.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderName;
+use subplex_protocol::Subprotocol;
+use subplex_upstream::UpstreamSettings;
+
+use super::{Config, RawConfig, RawUpstream, RouteConfig, ServerConfig, UpstreamConfig};
+
+/// One thing wrong with the config: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `upstreams.chat.url` or `routes[1].path`.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Why the gateway refuses to start with a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the configuration: {reason}")]
+    Read { file: String, reason: String },
+    #[error("{file}: {reason}")]
+    Syntax { file: String, reason: String },
+    #[error("{file}: invalid configuration:{}", list(.problems))]
+    Invalid {
+        file: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("\n  {}: {}", p.key, p.reason))
+        .collect()
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// Headers that describe one hop, or the WebSocket handshake itself: forwarding them
+/// breaks the upstream connection (cosmo#1149), so they can never be forwarded.
+const UNFORWARDABLE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    fn positive(&mut self, key: String, value: u64) -> Duration {
+        if value == 0 {
+            self.add(key, "must be greater than 0");
+        }
+        Duration::from_millis(value)
+    }
+}
+
+/// Checks a raw config; `file` names it in errors.
+pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
+    let mut problems = Problems::default();
+
+    let listen = raw.server.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        problems.add(
+            "server.listen",
+            format!(
+                "\"{}\" is not an address with a port, like \"127.0.0.1:4000\" or \"0.0.0.0:4000\"",
+                raw.server.listen
+            ),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 4000))
+    });
+    if raw.server.max_message_bytes < 1024 {
+        problems.add("server.max_message_bytes", "must be at least 1024");
+    }
+    if raw.server.max_connections == 0 {
+        problems.add("server.max_connections", "must be greater than 0");
+    }
+    let server = ServerConfig {
+        listen,
+        max_message_bytes: raw.server.max_message_bytes,
+        connection_init_timeout: problems.positive(
+            "server.connection_init_timeout_ms".into(),
+            raw.server.connection_init_timeout_ms,
+        ),
+        keepalive_interval: problems.positive(
+            "server.keepalive_interval_ms".into(),
+            raw.server.keepalive_interval_ms,
+        ),
+        shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
+        max_connections: raw.server.max_connections.max(1),
+    };
+
+    let mut upstreams = Vec::new();
+    let mut upstream_index = HashMap::new();
+    for (name, upstream) in &raw.upstreams {
+        if let Some(config) = validate_upstream(name, upstream, &mut problems) {
+            upstream_index.insert(name.clone(), upstreams.len());
+            upstreams.push(config);
+        }
+    }
+
+    if raw.routes.is_empty() {
+        problems.add(
+            "routes",
+            "no routes: add a [[routes]] table with a path and an upstream",
+        );
+    }
+    let mut routes = Vec::new();
+    let mut seen_paths: HashMap<&str, usize> = HashMap::new();
+    for (i, route) in raw.routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        if !route.path.starts_with('/') {
+            problems.add(
+                format!("{key}.path"),
+                format!("\"{}\" must start with \"/\"", route.path),
+            );
+        } else if route.path.contains(['?', '#']) {
+            problems.add(
+                format!("{key}.path"),
+                format!(
+                    "\"{}\" must be a plain path without query or fragment",
+                    route.path
+                ),
+            );
+        }
+        if let Some(first) = seen_paths.insert(&route.path, i) {
+            problems.add(
+                format!("{key}.path"),
+                format!(
+                    "\"{}\" is already routed by routes[{first}]; paths must be unique",
+                    route.path
+                ),
+            );
+        }
+        match upstream_index.get(&route.upstream) {
+            Some(&upstream) => routes.push(RouteConfig {
+                path: route.path.clone(),
+                upstream,
+            }),
+            None if raw.upstreams.contains_key(&route.upstream) => {} // Reported under upstreams.
+            None => {
+                let known: Vec<&str> = raw.upstreams.keys().map(String::as_str).collect();
+                problems.add(
+                    format!("{key}.upstream"),
+                    format!(
+                        "no upstream named \"{}\"; define [upstreams.{}] (defined: {})",
+                        route.upstream,
+                        route.upstream,
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+        }
+    }
+
+    if problems.0.is_empty() {
+        Ok(Config {
+            server,
+            upstreams,
+            routes,
+        })
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            problems: problems.0,
+        })
+    }
+}
+
+fn validate_upstream(
+    name: &str,
+    raw: &RawUpstream,
+    problems: &mut Problems,
+) -> Option<UpstreamConfig> {
+    let key = |field: &str| format!("upstreams.{name}.{field}");
+    let before = problems.0.len();
+
+    let http_url = match url::Url::parse(&raw.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(url),
+        Ok(url) => {
+            problems.add(
+                key("url"),
+                format!(
+                    "scheme \"{}\" is not http or https; put WebSocket URLs in ws_url",
+                    url.scheme()
+                ),
+            );
+            None
+        }
+        Err(err) => {
+            problems.add(key("url"), format!("\"{}\" is not a URL: {err}", raw.url));
+            None
+        }
+    };
+    let ws_url = match (&raw.ws_url, &http_url) {
+        (Some(ws), _) => match url::Url::parse(ws) {
+            Ok(url) if matches!(url.scheme(), "ws" | "wss") => Some(url),
+            Ok(url) => {
+                problems.add(
+                    key("ws_url"),
+                    format!("scheme \"{}\" is not ws or wss", url.scheme()),
+                );
+                None
+            }
+            Err(err) => {
+                problems.add(key("ws_url"), format!("\"{ws}\" is not a URL: {err}"));
+                None
+            }
+        },
+        (None, Some(http)) => {
+            let mut ws = http.clone();
+            let scheme = if http.scheme() == "https" {
+                "wss"
+            } else {
+                "ws"
+            };
+            // http→ws and https→wss are always valid scheme changes.
+            ws.set_scheme(scheme).ok();
+            Some(ws)
+        }
+        (None, None) => None,
+    };
+    for (field, url) in [("url", &http_url), ("ws_url", &ws_url)] {
+        if let Some(url) = url {
+            if matches!(url.scheme(), "https" | "wss") {
+                problems.add(
+                    key(field),
+                    "TLS upstreams (https/wss) are not supported by this build; use http/ws, or terminate TLS in a sidecar",
+                );
+            }
+        }
+    }
+
+    let protocol = match raw.protocol.as_str() {
+        "auto" => {
+            problems.add(
+                key("protocol"),
+                "\"auto\" (probing) is not available yet; set \"graphql-transport-ws\" or \"graphql-ws\"",
+            );
+            None
+        }
+        other => Subprotocol::from_wire_name(other).or_else(|| {
+            problems.add(
+                key("protocol"),
+                format!(
+                    "\"{other}\" is not a protocol; use \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server) or \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura)"
+                ),
+            );
+            None
+        }),
+    };
+
+    let header_list = |field: &str, names: &[String], problems: &mut Problems, forwarded: bool| {
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let lower = name.to_ascii_lowercase();
+            match HeaderName::from_bytes(lower.as_bytes()) {
+                Ok(header) => {
+                    if forwarded
+                        && (UNFORWARDABLE.contains(&lower.as_str())
+                            || lower.starts_with("sec-websocket-"))
+                    {
+                        problems.add(
+                            format!("{}[{i}]", key(field)),
+                            format!("\"{name}\" belongs to one hop or to the WebSocket handshake and cannot be forwarded"),
+                        );
+                    } else if !out.contains(&header) {
+                        out.push(header);
+                    }
+                }
+                Err(_) => problems.add(
+                    format!("{}[{i}]", key(field)),
+                    format!("\"{name}\" is not a valid header name"),
+                ),
+            }
+        }
+        out
+    };
+    let security_context = header_list("security_context", &raw.security_context, problems, false);
+    let forward_headers = header_list("forward_headers", &raw.forward_headers, problems, true);
+
+    let idle_timeout = problems.positive(key("idle_timeout_ms"), raw.idle_timeout_ms);
+    let connect_timeout = problems.positive(key("connect_timeout_ms"), raw.connect_timeout_ms);
+    let ack_timeout = problems.positive(key("ack_timeout_ms"), raw.ack_timeout_ms);
+    let keepalive_interval =
+        problems.positive(key("keepalive_interval_ms"), raw.keepalive_interval_ms);
+    let keepalive_timeout =
+        problems.positive(key("keepalive_timeout_ms"), raw.keepalive_timeout_ms);
+    if raw.max_message_bytes < 1024 {
+        problems.add(key("max_message_bytes"), "must be at least 1024");
+    }
+    if raw.subscriber_queue == 0 {
+        problems.add(key("subscriber_queue"), "must be greater than 0");
+    }
+
+    if problems.0.len() != before {
+        return None;
+    }
+    let mut settings = UpstreamSettings::new(name, ws_url?, protocol?);
+    settings.idle_timeout = idle_timeout;
+    settings.connect_timeout = connect_timeout;
+    settings.ack_timeout = ack_timeout;
+    settings.keepalive_interval = keepalive_interval;
+    settings.keepalive_timeout = keepalive_timeout;
+    settings.max_message_bytes = raw.max_message_bytes;
+    settings.subscriber_queue = raw.subscriber_queue;
+    Some(UpstreamConfig {
+        settings,
+        http_url: http_url?,
+        security_context,
+        forward_headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(text: &str) -> String {
+        Config::parse(text, "gateway.toml").unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+        [server]
+        listen = "127.0.0.1:4000"
+        [upstreams.chat]
+        url = "http://127.0.0.1:4001/graphql"
+        protocol = "graphql-ws"
+        security_context = ["Authorization", "X-Tenant"]
+        forward_headers = ["authorization"]
+        idle_timeout_ms = 1500
+        [[routes]]
+        path = "/graphql"
+        upstream = "chat"
+    "#;
+
+    #[test]
+    fn good_config_derives_ws_url_and_lowercases_headers() {
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        let chat = &config.upstreams[0];
+        assert_eq!(chat.settings.ws_url.as_str(), "ws://127.0.0.1:4001/graphql");
+        assert_eq!(
+            chat.settings.protocol,
+            subplex_protocol::Subprotocol::GraphqlWs
+        );
+        assert_eq!(chat.settings.idle_timeout.as_millis(), 1500);
+        assert_eq!(chat.security_context, ["authorization", "x-tenant"]);
+        assert_eq!(config.routes[0].path, "/graphql");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("idle_timeout_ms = 1500", "idle_timeout = 1500");
+        let err = problems(&text);
+        assert!(err.starts_with("gateway.toml: "), "{err}");
+        assert!(err.contains("unknown field `idle_timeout`"), "{err}");
+        assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = problems(
+            r#"
+            [server]
+            listen = "localhost"
+            [upstreams.a]
+            url = "ftp://x"
+            protocol = "mqtt"
+            forward_headers = ["Connection", "sec-websocket-key", "bad header"]
+            [upstreams.b]
+            url = "http://127.0.0.1:1/graphql"
+            ws_url = "http://nope"
+            [[routes]]
+            path = "graphql"
+            upstream = "missing"
+            [[routes]]
+            path = "graphql"
+            upstream = "b"
+            "#,
+        );
+        for expected in [
+            "server.listen: \"localhost\" is not an address with a port",
+            "upstreams.a.url: scheme \"ftp\" is not http or https",
+            "upstreams.a.protocol: \"mqtt\" is not a protocol",
+            "upstreams.a.forward_headers[0]: \"Connection\" belongs to one hop",
+            "upstreams.a.forward_headers[1]: \"sec-websocket-key\" belongs to one hop",
+            "upstreams.a.forward_headers[2]: \"bad header\" is not a valid header name",
+            "upstreams.b.ws_url: scheme \"http\" is not ws or wss",
+            "routes[0].path: \"graphql\" must start with \"/\"",
+            "routes[0].upstream: no upstream named \"missing\"; define [upstreams.missing] (defined: a, b)",
+            "routes[1].path: \"graphql\" is already routed by routes[0]",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn no_routes_and_auto_protocol_are_explained() {
+        let err = problems("[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"auto\"\n");
+        assert!(err.contains("routes: no routes"), "{err}");
+        assert!(err.contains("upstreams.a.protocol: \"auto\""), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let err = problems(&GOOD.replace("idle_timeout_ms = 1500", "idle_timeout_ms = 0"));
+        assert!(
+            err.contains("upstreams.chat.idle_timeout_ms: must be greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_errors_never_contain_header_values() {
+        // Secrets live in requests, not in the config; but a URL with credentials must not
+        // be echoed either when it is wrong for another reason.
+        let err =
+            problems(&GOOD.replace("http://127.0.0.1:4001/graphql", "ftp://user:hunter2@host/"));
+        assert!(err.contains("scheme \"ftp\""), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+}

@@ -1,0 +1,79 @@
+//! Queries and mutations over plain HTTP, forwarded to the upstream's `url`.
+
+use std::sync::Arc;
+
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use crate::routes::{full, json_error, GatewayState, ResponseBody, Upstream};
+
+/// Request headers passed through besides the configured `forward_headers`.
+const PASSED_THROUGH: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];
+
+pub(crate) async fn forward(
+    req: Request<Incoming>,
+    upstream: Arc<Upstream>,
+    state: &GatewayState,
+) -> Response<ResponseBody> {
+    let (parts, body) = req.into_parts();
+    let limit = state.server.max_message_bytes;
+    let body = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body is unreadable or over the {limit} byte limit (server.max_message_bytes)"),
+                "PAYLOAD_TOO_LARGE",
+            )
+        }
+    };
+    let mut url = upstream.config.http_url.clone();
+    url.set_query(parts.uri.query());
+    let mut request = upstream.http.request(parts.method.clone(), url).body(body);
+    for name in PASSED_THROUGH
+        .iter()
+        .chain(&upstream.config.forward_headers)
+    {
+        for value in parts.headers.get_all(name) {
+            request = request.header(name, value);
+        }
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(err) => {
+            debug!(error = %err, "upstream HTTP request failed");
+            let message = format!(
+                "upstream \"{}\" is unavailable over HTTP: {}",
+                upstream.config.settings.name,
+                if err.is_timeout() {
+                    "timed out"
+                } else if err.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                }
+            );
+            return json_error(StatusCode::BAD_GATEWAY, &message, "UPSTREAM_UNAVAILABLE");
+        }
+    };
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "upstream response ended early",
+                "UPSTREAM_UNAVAILABLE",
+            )
+        }
+    };
+    let mut out = Response::new(full(bytes));
+    *out.status_mut() = status;
+    if let Some(content_type) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    }
+    out
+}

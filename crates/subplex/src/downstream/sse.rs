@@ -1,0 +1,155 @@
+//! GraphQL over SSE, distinct-connections mode: one request, one operation, one stream.
+//!
+//! A task owns the upstream subscription and feeds the response body through a small
+//! queue. A client that disconnects drops the body; the task sees the queue close, and
+//! dropping the subscription stops the operation upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use subplex_protocol::{sse, Event, GraphqlRequest, RawJson};
+use tokio::sync::mpsc;
+use tokio::time::{self, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, Instrument};
+
+use super::operation::failure_events;
+use crate::routes::{json_error, GatewayState, ResponseBody, Upstream};
+
+/// Encoded chunks queued toward one SSE client. Small: each chunk is a whole event, and
+/// a client that does not read lets its upstream queue overflow (slow-consumer policy).
+const STREAM_QUEUE: usize = 16;
+
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    upstream: Arc<Upstream>,
+    state: Arc<GatewayState>,
+) -> Response<ResponseBody> {
+    let (parts, body) = req.into_parts();
+    let request = match parts.method {
+        Method::GET => sse::request_from_query(parts.uri.query().unwrap_or("")),
+        Method::POST => {
+            let limit = state.server.max_message_bytes;
+            match Limited::new(body, limit).collect().await {
+                Ok(collected) => sse::request_from_body(&collected.to_bytes()),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        &format!("request body is unreadable or over the {limit} byte limit (server.max_message_bytes)"),
+                        "PAYLOAD_TOO_LARGE",
+                    )
+                }
+            }
+        }
+        _ => {
+            let mut response = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "event streams are opened with GET or POST",
+                "METHOD_NOT_ALLOWED",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            return response;
+        }
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(err) => return json_error(StatusCode::BAD_REQUEST, &err.to_string(), "BAD_REQUEST"),
+    };
+
+    // SSE has no `connection_init`: the payload is `{}` and the headers carry identity.
+    let params = upstream.connect_params(&parts.headers, RawJson::empty_object());
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    let span = tracing::info_span!("downstream", route = %parts.uri.path(), protocol = "sse", ctx = %params.key);
+    state.sessions.spawn(
+        feed(
+            upstream,
+            params,
+            request,
+            tx,
+            state.server.keepalive_interval,
+            state.downstream_shutdown.clone(),
+        )
+        .instrument(span),
+    );
+
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), rx))
+    });
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(sse::CONTENT_TYPE),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("none"));
+    // nginx and similar proxies buffer responses unless told not to.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+async fn feed(
+    upstream: Arc<Upstream>,
+    params: subplex_upstream::ConnectParams,
+    request: GraphqlRequest,
+    tx: mpsc::Sender<Bytes>,
+    keepalive_every: time::Duration,
+    shutdown: CancellationToken,
+) {
+    let send = |text: String| {
+        let tx = tx.clone();
+        async move { tx.send(Bytes::from(text)).await.is_ok() }
+    };
+    // Sent at once: some browsers and proxies stall until the first bytes arrive.
+    if !send(sse::KEEP_ALIVE.to_owned()).await {
+        return;
+    }
+    let subscribe = upstream.pool.subscribe(&params, request);
+    let mut subscription = tokio::select! {
+        biased;
+        _ = tx.closed() => return,
+        _ = shutdown.cancelled() => return,
+        result = subscribe => match result {
+            Ok(subscription) => subscription,
+            Err(error) => {
+                debug!(%error, "operation could not start upstream");
+                send(encode_all(&failure_events(&error))).await;
+                return;
+            }
+        },
+    };
+    let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
+    loop {
+        // Biased: a closed client or a draining gateway ends the stream before anything
+        // else is read from the upstream.
+        let text = tokio::select! {
+            biased;
+            _ = tx.closed() => {
+                debug!("client left; stopping the operation");
+                return;
+            }
+            _ = shutdown.cancelled() => return,
+            item = subscription.recv() => match item {
+                None => return,
+                Some(Ok(event)) => sse::encode_event(&event),
+                Some(Err(error)) => encode_all(&failure_events(&error)),
+            },
+            _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
+        };
+        if !send(text).await {
+            return;
+        }
+    }
+}
+
+fn encode_all(events: &[Event]) -> String {
+    events.iter().map(sse::encode_event).collect()
+}

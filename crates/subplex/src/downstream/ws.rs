@@ -1,0 +1,520 @@
+//! WebSocket clients in both dialects: the upgrade, and one session task per connection.
+//!
+//! The session task owns the socket, the protocol rules and the map of running
+//! operations; operations run as tasks of their own and report back over one bounded
+//! queue. The wire dialect is fixed at the upgrade, and every frame to the client is
+//! encoded by that dialect's own types.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use subplex_protocol::close::{self, Close};
+use subplex_protocol::{legacy_ws, transport_ws, GraphqlRequest, RawJson, Subprotocol};
+use subplex_upstream::ConnectParams;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::{self, Instant};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, Instrument};
+
+use super::operation::{self, Outbound};
+use crate::routes::{json_error, GatewayState, ResponseBody, Upstream};
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Events queued from a session's operations toward its socket. When the socket is slow
+/// the operations wait here, and past that their upstream queues overflow (see
+/// `operation`): this bounds a session's memory whatever its number of operations.
+const OUTBOUND_QUEUE: usize = 256;
+
+/// Answers a WebSocket upgrade request, then runs the session on the upgraded connection.
+pub(crate) fn upgrade(
+    mut req: Request<Incoming>,
+    upstream: Arc<Upstream>,
+    state: Arc<GatewayState>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let headers = req.headers();
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut response = json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version; use Sec-WebSocket-Version: 13",
+            "BAD_WEBSOCKET_REQUEST",
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "WebSocket upgrade without Sec-WebSocket-Key",
+            "BAD_WEBSOCKET_REQUEST",
+        );
+    };
+    let offered = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let Some(subprotocol) = Subprotocol::negotiate(offered) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "WebSocket subprotocol missing or unsupported: offer \"graphql-transport-ws\" (graphql-ws library) \
+             or \"graphql-ws\" (subscriptions-transport-ws) in Sec-WebSocket-Protocol",
+            "UNSUPPORTED_SUBPROTOCOL",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let client_headers = headers.clone();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+
+    let max_message = state.server.max_message_bytes;
+    let span = tracing::info_span!(
+        "downstream",
+        %peer,
+        route = %req.uri().path(),
+        protocol = %subprotocol,
+    );
+    let session_state = state.clone();
+    state.sessions.spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    debug!(error = %err, "upgrade failed");
+                    return;
+                }
+            };
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(max_message))
+                .max_frame_size(Some(max_message));
+            let socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            DownstreamSession::new(subprotocol, upstream, client_headers, session_state)
+                .run(socket)
+                .await;
+        }
+        .instrument(span),
+    );
+
+    let mut response = Response::new(crate::routes::full(""));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept).unwrap_or_else(|_| HeaderValue::from_static("")),
+    );
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(subprotocol.wire_name()),
+    );
+    response
+}
+
+/// The rules of the session's dialect.
+enum Rules {
+    TransportWs(transport_ws::server::ServerRules),
+    Legacy(legacy_ws::server::ServerRules),
+}
+
+impl Rules {
+    fn awaiting_init(&self) -> bool {
+        match self {
+            Rules::TransportWs(rules) => rules.awaiting_init(),
+            Rules::Legacy(rules) => rules.awaiting_init(),
+        }
+    }
+
+    fn finished(&mut self, id: &str) {
+        match self {
+            Rules::TransportWs(rules) => rules.finished(id),
+            Rules::Legacy(rules) => rules.finished(id),
+        }
+    }
+}
+
+struct ActiveOperation {
+    generation: u64,
+    task: AbortHandle,
+}
+
+/// What the session does after handling one input.
+enum Flow {
+    Continue,
+    /// Close the socket with this code and reason, then end.
+    Close(u16, String),
+    /// The client closed or the socket broke: end without a close frame of ours.
+    End,
+}
+
+/// One client WebSocket connection.
+struct DownstreamSession {
+    subprotocol: Subprotocol,
+    rules: Rules,
+    upstream: Arc<Upstream>,
+    client_headers: HeaderMap,
+    state: Arc<GatewayState>,
+    /// Set once `connection_init` was accepted.
+    connect: Option<ConnectParams>,
+    operations: HashMap<Arc<str>, ActiveOperation>,
+    tasks: JoinSet<()>,
+    next_generation: u64,
+    outbound_tx: mpsc::Sender<Outbound>,
+    outbound: mpsc::Receiver<Outbound>,
+}
+
+impl DownstreamSession {
+    fn new(
+        subprotocol: Subprotocol,
+        upstream: Arc<Upstream>,
+        client_headers: HeaderMap,
+        state: Arc<GatewayState>,
+    ) -> Self {
+        let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+        DownstreamSession {
+            subprotocol,
+            rules: match subprotocol {
+                Subprotocol::GraphqlTransportWs => Rules::TransportWs(Default::default()),
+                Subprotocol::GraphqlWs => Rules::Legacy(Default::default()),
+            },
+            upstream,
+            client_headers,
+            state,
+            connect: None,
+            operations: HashMap::new(),
+            tasks: JoinSet::new(),
+            next_generation: 0,
+            outbound_tx,
+            outbound,
+        }
+    }
+
+    async fn run(mut self, mut socket: Socket) {
+        debug!("session started");
+        let shutdown = self.state.downstream_shutdown.clone();
+        let init_deadline = time::sleep(self.state.server.connection_init_timeout);
+        tokio::pin!(init_deadline);
+        let keepalive_every = self.state.server.keepalive_interval;
+        let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
+
+        let flow = loop {
+            // Biased: shutdown first so draining is prompt; then the client's own frames,
+            // so a `complete` is acted on before more events for that id are sent.
+            let flow = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Flow::Close(close::GOING_AWAY.code, close::GOING_AWAY.reason.into()),
+                message = socket.next() => self.on_client_message(&mut socket, message).await,
+                Some(outbound) = self.outbound.recv() => self.on_outbound(&mut socket, outbound).await,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => Flow::Continue,
+                _ = &mut init_deadline, if self.rules.awaiting_init() => {
+                    self.init_timeout(&mut socket).await
+                }
+                _ = keepalive.tick(), if matches!(self.rules, Rules::Legacy(_)) && self.connect.is_some() => {
+                    send(&mut socket, legacy_ws::ServerMessage::Ka.encode()).await
+                }
+            };
+            if !matches!(flow, Flow::Continue) {
+                break flow;
+            }
+        };
+
+        if let Flow::Close(code, reason) = flow {
+            debug!(code, %reason, "closing session");
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let _ =
+                time::timeout(self.state.server.shutdown_grace, socket.close(Some(frame))).await;
+        }
+        // Dropping the tasks aborts every operation, which stops each one upstream.
+        self.tasks.shutdown().await;
+        debug!("session ended");
+    }
+
+    async fn on_client_message(
+        &mut self,
+        socket: &mut Socket,
+        message: Option<Result<Message, tungstenite::Error>>,
+    ) -> Flow {
+        let text = match message {
+            None | Some(Ok(Message::Close(_))) => return Flow::End,
+            Some(Err(tungstenite::Error::Capacity(err))) => {
+                return Flow::Close(close::MESSAGE_TOO_BIG.code, err.to_string());
+            }
+            Some(Err(err)) => {
+                debug!(error = %err, "client socket error");
+                return Flow::End;
+            }
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => {
+                return self
+                    .bad_message(
+                        socket,
+                        "binary frames are not part of the protocol; send JSON text frames",
+                    )
+                    .await;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                return Flow::Continue
+            }
+        };
+        let limit = self.state.server.max_message_bytes;
+        match &mut self.rules {
+            Rules::TransportWs(rules) => {
+                let message = match transport_ws::ClientMessage::decode(text.as_str(), limit) {
+                    Ok(message) => message,
+                    Err(err) => return self.bad_message(socket, &err.to_string()).await,
+                };
+                match rules.receive(message) {
+                    Err(violation) => {
+                        let (code, reason) = violation.close();
+                        Flow::Close(code, reason)
+                    }
+                    Ok(accepted) => self.on_transport_ws(socket, accepted).await,
+                }
+            }
+            Rules::Legacy(rules) => {
+                let message = match legacy_ws::ClientMessage::decode(text.as_str(), limit) {
+                    Ok(message) => message,
+                    Err(err) => return self.bad_message(socket, &err.to_string()).await,
+                };
+                match rules.receive(message) {
+                    Err(violation) => self.on_legacy_violation(socket, violation).await,
+                    Ok(accepted) => self.on_legacy(socket, accepted).await,
+                }
+            }
+        }
+    }
+
+    async fn on_transport_ws(
+        &mut self,
+        socket: &mut Socket,
+        accepted: transport_ws::server::Accepted,
+    ) -> Flow {
+        use transport_ws::server::Accepted;
+        match accepted {
+            Accepted::Init { payload } => {
+                self.accept_init(payload);
+                if let Rules::TransportWs(rules) = &mut self.rules {
+                    rules.acknowledged();
+                }
+                send(
+                    socket,
+                    transport_ws::ServerMessage::ConnectionAck { payload: None }.encode(),
+                )
+                .await
+            }
+            Accepted::Ping => {
+                send(
+                    socket,
+                    transport_ws::ServerMessage::Pong { payload: None }.encode(),
+                )
+                .await
+            }
+            Accepted::Pong | Accepted::Ignored => Flow::Continue,
+            Accepted::Subscribe { id, request } => {
+                self.start(id, request);
+                Flow::Continue
+            }
+            Accepted::Complete { id } => {
+                self.stop(&id);
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn on_legacy(
+        &mut self,
+        socket: &mut Socket,
+        accepted: legacy_ws::server::Accepted,
+    ) -> Flow {
+        use legacy_ws::server::Accepted;
+        match accepted {
+            Accepted::Init { payload } => {
+                self.accept_init(payload);
+                if let Rules::Legacy(rules) = &mut self.rules {
+                    rules.acknowledged();
+                }
+                // `ka` right after the ack: legacy clients start their keep-alive timer on it.
+                match send(socket, legacy_ws::ServerMessage::ConnectionAck.encode()).await {
+                    Flow::Continue => send(socket, legacy_ws::ServerMessage::Ka.encode()).await,
+                    other => other,
+                }
+            }
+            Accepted::Start {
+                id,
+                request,
+                replaces,
+            } => {
+                if replaces {
+                    self.stop(&id);
+                }
+                self.start(id, request);
+                Flow::Continue
+            }
+            Accepted::Stop { id } => {
+                self.stop(&id);
+                Flow::Continue
+            }
+            Accepted::Ignored => Flow::Continue,
+            Accepted::Terminate => Flow::Close(close::NORMAL.code, close::NORMAL.reason.into()),
+        }
+    }
+
+    async fn on_legacy_violation(
+        &mut self,
+        socket: &mut Socket,
+        violation: legacy_ws::server::Violation,
+    ) -> Flow {
+        use legacy_ws::server::Violation;
+        let payload = message_payload(violation.message());
+        let frame = match &violation {
+            Violation::StartBeforeAck { id } => legacy_ws::ServerMessage::Error {
+                id: Some(id.clone()),
+                payload,
+            },
+            Violation::TooManyInit => legacy_ws::ServerMessage::ConnectionError {
+                payload: Some(payload),
+            },
+        };
+        match send(socket, frame.encode()).await {
+            Flow::Continue if violation.closes() => close_with(close::LEGACY_CONNECTION_ERROR),
+            other => other,
+        }
+    }
+
+    /// A frame that is not a valid message: 4400 for graphql-transport-ws; for legacy, an
+    /// `error` without id as the reference server sends, keeping the connection.
+    async fn bad_message(&mut self, socket: &mut Socket, reason: &str) -> Flow {
+        debug!(%reason, "invalid client message");
+        match self.subprotocol {
+            Subprotocol::GraphqlTransportWs => {
+                let mut reason = reason.to_owned();
+                close::truncate_reason(&mut reason);
+                Flow::Close(close::BAD_REQUEST.code, reason)
+            }
+            Subprotocol::GraphqlWs => {
+                let frame = legacy_ws::ServerMessage::Error {
+                    id: None,
+                    payload: message_payload(reason),
+                };
+                send(socket, frame.encode()).await
+            }
+        }
+    }
+
+    async fn init_timeout(&mut self, socket: &mut Socket) -> Flow {
+        if self.subprotocol == Subprotocol::GraphqlWs {
+            let frame = legacy_ws::ServerMessage::ConnectionError {
+                payload: Some(message_payload(close::INIT_TIMEOUT.reason)),
+            };
+            if let flow @ (Flow::Close(..) | Flow::End) = send(socket, frame.encode()).await {
+                return flow;
+            }
+        }
+        close_with(close::INIT_TIMEOUT)
+    }
+
+    fn accept_init(&mut self, payload: Option<RawJson>) {
+        // Until hooks exist the client's own payload goes upstream, `{}` when it sent none.
+        let init_payload = payload.unwrap_or_else(RawJson::empty_object);
+        let params = self
+            .upstream
+            .connect_params(&self.client_headers, init_payload);
+        info!(ctx = %params.key, "client initialised");
+        self.connect = Some(params);
+    }
+
+    fn start(&mut self, id: String, request: GraphqlRequest) {
+        let Some(params) = self.connect.clone() else {
+            return; // The rules only accept operations after the ack.
+        };
+        let id: Arc<str> = Arc::from(id);
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        debug!(%id, operation = ?request.operation_name, "operation started");
+        let task = self.tasks.spawn(
+            operation::run(
+                self.upstream.clone(),
+                params,
+                request,
+                id.clone(),
+                generation,
+                self.outbound_tx.clone(),
+            )
+            .in_current_span(),
+        );
+        self.operations
+            .insert(id, ActiveOperation { generation, task });
+    }
+
+    fn stop(&mut self, id: &str) {
+        if let Some(operation) = self.operations.remove(id) {
+            debug!(%id, "operation stopped by client");
+            operation.task.abort();
+        }
+    }
+
+    async fn on_outbound(&mut self, socket: &mut Socket, outbound: Outbound) -> Flow {
+        let current = self
+            .operations
+            .get(&outbound.id)
+            .is_some_and(|op| op.generation == outbound.generation);
+        if !current {
+            return Flow::Continue; // An event of an operation the client already stopped.
+        }
+        if outbound.event.is_terminal() {
+            self.operations.remove(&outbound.id);
+            self.rules.finished(&outbound.id);
+        }
+        let frame = match self.subprotocol {
+            Subprotocol::GraphqlTransportWs => {
+                transport_ws::ServerMessage::encode_event(&outbound.id, &outbound.event)
+            }
+            Subprotocol::GraphqlWs => {
+                legacy_ws::ServerMessage::encode_event(&outbound.id, &outbound.event)
+            }
+        };
+        send(socket, frame).await
+    }
+}
+
+async fn send(socket: &mut Socket, frame: String) -> Flow {
+    match socket.send(Message::text(frame)).await {
+        Ok(()) => Flow::Continue,
+        Err(err) => {
+            debug!(error = %err, "client socket write failed");
+            Flow::End
+        }
+    }
+}
+
+fn close_with(close: Close) -> Flow {
+    Flow::Close(close.code, close.reason.into())
+}
+
+fn message_payload(message: &str) -> RawJson {
+    RawJson::from_value(&serde_json::json!({ "message": message }))
+}

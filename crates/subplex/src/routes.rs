@@ -1,0 +1,202 @@
+//! Path → upstream, and dispatch of each request by kind: WebSocket upgrade, SSE, or
+//! plain HTTP. Also the shared state every request handler sees.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use subplex_protocol::RawJson;
+use subplex_upstream::{ConnectParams, Pool, SecurityContext};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ServerConfig, UpstreamConfig};
+use crate::downstream;
+
+/// Every response body the gateway produces.
+pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// One upstream as the request handlers use it.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub config: UpstreamConfig,
+    pub pool: Pool,
+    pub http: reqwest::Client,
+}
+
+impl Upstream {
+    /// The connection parameters for a client with these request headers and this final
+    /// init payload. The security context hashes every header that reaches the upstream
+    /// (`forward_headers`) as well as those configured as `security_context`: a forwarded
+    /// header the key ignored would let two callers share one upstream identity.
+    pub fn connect_params(&self, headers: &HeaderMap, init_payload: RawJson) -> ConnectParams {
+        let forwarded: Vec<_> = self
+            .config
+            .forward_headers
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |value| (name.clone(), value.clone()))
+            })
+            .collect();
+        let keyed = self
+            .config
+            .security_context
+            .iter()
+            .chain(&self.config.forward_headers)
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |value| (name.as_str(), value.as_bytes()))
+            });
+        ConnectParams {
+            key: SecurityContext::compute(&self.config.settings.name, keyed, &init_payload),
+            headers: forwarded,
+            init_payload,
+        }
+    }
+}
+
+/// State shared by every request.
+#[derive(Debug)]
+pub(crate) struct GatewayState {
+    pub routes: HashMap<String, Arc<Upstream>>,
+    pub server: ServerConfig,
+    /// Cancelled when the gateway starts draining: sessions close, streams end.
+    pub downstream_shutdown: CancellationToken,
+    /// Upgraded WebSocket sessions, which hyper's graceful shutdown does not see.
+    pub sessions: TaskTracker,
+}
+
+impl GatewayState {
+    pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|upstream| {
+                Arc::new(Upstream {
+                    config: upstream.clone(),
+                    pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
+                    http: reqwest::Client::builder()
+                        .connect_timeout(upstream.settings.connect_timeout)
+                        .build()
+                        .unwrap_or_default(),
+                })
+            })
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| (route.path.clone(), upstreams[route.upstream].clone()))
+            .collect();
+        GatewayState {
+            routes,
+            server: config.server.clone(),
+            downstream_shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+        }
+    }
+}
+
+/// Handles one request.
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    state: Arc<GatewayState>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let Some(upstream) = state.routes.get(req.uri().path()).cloned() else {
+        if req.uri().path() == "/healthz" {
+            return text(StatusCode::OK, "ok\n");
+        }
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &format!("no route for path {}", req.uri().path()),
+            "NOT_FOUND",
+        );
+    };
+    if is_websocket_upgrade(&req) {
+        return downstream::ws::upgrade(req, upstream, state, peer);
+    }
+    if accepts_event_stream(req.headers()) {
+        return downstream::sse::handle(req, upstream, state).await;
+    }
+    match *req.method() {
+        Method::GET | Method::POST => downstream::http::forward(req, upstream, &state).await,
+        _ => {
+            let mut response = json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "use GET or POST (with Accept: text/event-stream for subscriptions), or a WebSocket",
+                "METHOD_NOT_ALLOWED",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
+            response
+        }
+    }
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|value| {
+            value
+                .to_str()
+                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    req.method() == Method::GET
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+}
+
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers.get_all(header::ACCEPT).iter().any(|value| {
+        value
+            .to_str()
+            .map(|v| {
+                v.split(',')
+                    .any(|t| t.trim().starts_with("text/event-stream"))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// A full body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+pub(crate) fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A GraphQL-over-HTTP error response: `{"errors":[{"message", "extensions":{"code"}}]}`.
+pub(crate) fn json_error(status: StatusCode, message: &str, code: &str) -> Response<ResponseBody> {
+    let body = format!(
+        "{{\"errors\":{}}}",
+        subplex_protocol::graphql_errors(message, code).as_str()
+    );
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,123 @@
+//! The listener: accepts client connections, serves HTTP/1 and HTTP/2 with upgrades, caps
+//! concurrent connections, and drains on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::routes::{self, GatewayState};
+
+/// A bound gateway, ready to [`run`](Gateway::run).
+#[derive(Debug)]
+pub struct Gateway {
+    listener: TcpListener,
+    state: Arc<GatewayState>,
+    /// Cancelled last, after clients drained, so operations can stop cleanly upstream.
+    upstream_shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Binds the listener of `config.server.listen`.
+    pub async fn bind(config: Config) -> std::io::Result<Gateway> {
+        let listener = TcpListener::bind(config.server.listen).await?;
+        let upstream_shutdown = CancellationToken::new();
+        let state = Arc::new(GatewayState::new(&config, &upstream_shutdown));
+        Ok(Gateway {
+            listener,
+            state,
+            upstream_shutdown,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound listener always has a local address.
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, closes WebSocket
+    /// clients with 1001, ends SSE streams, waits up to `shutdown_grace_ms` for them, and
+    /// closes the upstream connections.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Gateway {
+            listener,
+            state,
+            upstream_shutdown,
+        } = self;
+        info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        let connections = Arc::new(Semaphore::new(state.server.max_connections));
+        let graceful = GracefulShutdown::new();
+        let builder = auto::Builder::new(TokioExecutor::new());
+
+        loop {
+            // Biased: once shutdown is requested no new connection is accepted.
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                permit = connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        // Usually EMFILE: back off instead of spinning on the error.
+                        warn!(error = %err, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(err) = connection.await {
+                    debug!(%peer, error = %err, "client connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+
+        info!("shutting down: no longer accepting connections");
+        drop(listener);
+        state.downstream_shutdown.cancel();
+        state.sessions.close();
+        let grace = state.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            tokio::join!(graceful.shutdown(), state.sessions.wait());
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "clients did not finish within the grace period"
+            );
+        }
+        upstream_shutdown.cancel();
+        info!("shutdown complete");
+    }
+}

@@ -1,0 +1,89 @@
+//! Upstream connections are shared within a security context and never across contexts.
+
+use serde_json::json;
+use subplex_tests::*;
+
+const FOREVER: &str = "subscription { forever(intervalMs: 100) { n user } }";
+
+#[tokio::test]
+async fn fifty_clients_with_one_authorization_share_one_upstream_connection() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway =
+        TestGateway::for_upstream(server.port, "graphql-transport-ws", "idle_timeout_ms = 300")
+            .await;
+
+    let clients = (0..50)
+        .map(|_| client("graphql-ws", &gateway.url(), FOREVER, "alice"))
+        .collect();
+    let held = HeldClients::subscribe(clients).await;
+    let counters = server
+        .wait_for("50 subscriptions", |c| c.subscriptions_active == 50)
+        .await;
+    assert_eq!(
+        counters.connections_total, 1,
+        "one upstream connection for one context"
+    );
+
+    let lines = held.stop().await;
+    for client_lines in &lines {
+        for payload in nexts(client_lines) {
+            assert_eq!(payload["data"]["forever"]["user"], "alice");
+        }
+    }
+    let after_stop = server
+        .wait_for("all subscriptions to end", |c| c.subscriptions_active == 0)
+        .await;
+    assert_eq!(
+        after_stop.connections_open, 1,
+        "the idle connection outlives its subscriptions"
+    );
+    // ...until idle_timeout_ms has passed.
+    server
+        .wait_for("the idle connection to close", |c| c.connections_open == 0)
+        .await;
+    assert_eq!(server.counters().connections_total, 1);
+}
+
+#[tokio::test]
+async fn different_authorizations_never_share_and_see_only_their_own_data() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::for_upstream(server.port, "graphql-transport-ws", "").await;
+
+    let query = "subscription { ticks(count: 3, intervalMs: 20) { n user } }";
+    let users = ["alice", "bob"];
+    let clients = (0..20)
+        .map(|i| client("graphql-ws", &gateway.url(), query, users[i % 2]))
+        .collect();
+    let results = run_clients(clients).await;
+    for (i, lines) in results.iter().enumerate() {
+        assert_eq!(lines, &expected_tick_lines(users[i % 2], 3), "client {i}");
+    }
+    assert_eq!(
+        server.counters().connections_total,
+        2,
+        "one upstream connection per context"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_header_is_part_of_the_security_context() {
+    // SSE clients authenticate with a header that is forwarded to the upstream handshake:
+    // two users behind the same (empty) init payload must still get separate connections.
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::for_upstream(
+        server.port,
+        "graphql-transport-ws",
+        "security_context = []\nforward_headers = [\"authorization\"]",
+    )
+    .await;
+    let query = "subscription { ticks(count: 2) { n user } }";
+    let clients = vec![
+        client("graphql-sse", &gateway.url(), query, "carol"),
+        client("graphql-sse", &gateway.url(), query, "dave"),
+    ];
+    let results = run_clients(clients).await;
+    assert_eq!(results[0], expected_tick_lines("carol", 2));
+    assert_eq!(results[1], expected_tick_lines("dave", 2));
+    assert_eq!(server.counters().connections_total, 2);
+    let _ = json!({});
+}

@@ -1,0 +1,239 @@
+//! GraphQL over SSE downstream (distinct connections), and plain HTTP queries.
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use subplex_tests::*;
+
+fn sse_request(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .request(method, url)
+        .header("accept", "text/event-stream")
+}
+
+async fn body_text(response: reqwest::Response) -> String {
+    tokio::time::timeout(EVENT_TIMEOUT, response.text())
+        .await
+        .expect("stream ends")
+        .expect("body")
+}
+
+const TICKS: &str = "subscription { tick(count: 2, intervalMs: 5) }";
+const EXPECTED: &str = ":\n\nevent: next\ndata: {\"data\":{\"tick\":1}}\n\nevent: next\ndata: {\"data\":{\"tick\":2}}\n\nevent: complete\ndata:\n\n";
+
+#[tokio::test]
+async fn get_stream_is_exact() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}?query={}", gateway.url(), urlencode(TICKS));
+    let response = sse_request(&http, reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+    assert_eq!(body_text(response).await, EXPECTED);
+}
+
+#[tokio::test]
+async fn post_stream_with_variables_is_exact() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let http = reqwest::Client::new();
+    let body = json!({
+        "query": "subscription T($n: Int!) { tick(count: $n, intervalMs: 5) }",
+        "operationName": "T",
+        "variables": { "n": 2 },
+    });
+    let response = sse_request(&http, reqwest::Method::POST, &gateway.url())
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_text(response).await, EXPECTED);
+}
+
+#[tokio::test]
+async fn keep_alive_comments_are_periodic() {
+    let (gateway, _demo) = gateway_with_demo("keepalive_interval_ms = 40").await;
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}?query={}",
+        gateway.url(),
+        urlencode("subscription { tick(count: 1, intervalMs: 1000) }")
+    );
+    let response = sse_request(&http, reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    let mut chunks = response.bytes_stream();
+    let mut comments = 0;
+    while comments < 3 {
+        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            &chunk[..],
+            b":\n\n",
+            "only keep-alives before the first tick"
+        );
+        comments += 1;
+    }
+}
+
+async fn expect_bad_request(response: reqwest::Response, status: u16, message: &str) {
+    assert_eq!(response.status(), status);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: Value = response.json().await.unwrap();
+    let got = body["errors"][0]["message"].as_str().unwrap();
+    assert!(got.contains(message), "{got:?} lacks {message:?}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_4xx_with_json_errors() {
+    let (gateway, _demo) = gateway_with_demo("max_message_bytes = 2048").await;
+    let http = reqwest::Client::new();
+    let get = |query: &str| {
+        sse_request(
+            &http,
+            reqwest::Method::GET,
+            &format!("{}?{query}", gateway.url()),
+        )
+        .send()
+    };
+    expect_bad_request(
+        get("operationName=x").await.unwrap(),
+        400,
+        "request has no \"query\" string",
+    )
+    .await;
+    expect_bad_request(
+        get("query=%7Bhello%7D&variables=%7Bnope").await.unwrap(),
+        400,
+        "parameter \"variables\" is not valid JSON",
+    )
+    .await;
+    expect_bad_request(
+        get("query=%7Bhello%7D&variables=%5B1%5D").await.unwrap(),
+        400,
+        "\"variables\" must be a JSON object",
+    )
+    .await;
+    let post = |body: String| {
+        sse_request(&http, reqwest::Method::POST, &gateway.url())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    expect_bad_request(
+        post("{not json".into()).await.unwrap(),
+        400,
+        "not a JSON object",
+    )
+    .await;
+    expect_bad_request(
+        post("x".repeat(4096)).await.unwrap(),
+        413,
+        "2048 byte limit",
+    )
+    .await;
+    let put = sse_request(&http, reqwest::Method::PUT, &gateway.url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.headers()["allow"], "GET, POST");
+    expect_bad_request(put, 405, "GET or POST").await;
+}
+
+#[tokio::test]
+async fn client_disconnect_ends_the_upstream_subscription() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::for_upstream(server.port, "graphql-transport-ws", "").await;
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}?query={}",
+        gateway.url(),
+        urlencode("subscription { forever(intervalMs: 50) { n user } }")
+    );
+    let response = sse_request(&http, reqwest::Method::GET, &url)
+        .header("authorization", "Bearer ivy")
+        .send()
+        .await
+        .unwrap();
+    let mut chunks = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: next") {
+        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(
+        seen.contains(r#"data: {"data":{"forever":{"n":1,"user":"ivy"}}}"#),
+        "{seen}"
+    );
+    server
+        .wait_for("the upstream subscription", |c| c.subscriptions_active == 1)
+        .await;
+    drop(chunks);
+    server
+        .wait_for("the upstream subscription to end", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn queries_and_mutations_over_http_are_forwarded() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::for_upstream(server.port, "graphql-transport-ws", "").await;
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        http.post(gateway.url())
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer jo")
+            .body(body.to_string())
+            .send()
+    };
+    let response = post(json!({ "query": "{ hello whoami }" })).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({ "data": { "hello": "world", "whoami": "jo" } })
+    );
+    let body: Value = post(json!({ "query": "mutation { echo(message: \"hi\") }" }))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({ "data": { "echo": "hi" } }));
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
