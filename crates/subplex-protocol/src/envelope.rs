@@ -8,13 +8,21 @@ use crate::graphql::push_json_string;
 use crate::{DecodeError, GraphqlRequest, RawJson};
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct WireEnvelope<'a> {
-    #[serde(rename = "type", default)]
-    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<&'a RawValue>,
     #[serde(default)]
     id: Option<serde_json::Value>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+    // Pre-2017 `subscription_start` carried the request at the top level.
+    #[serde(default, borrow)]
+    query: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    variables: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    operation_name: Option<&'a RawValue>,
 }
 
 /// A decoded envelope: the message type, the id if it is a string, and the raw payload
@@ -23,22 +31,45 @@ pub(crate) struct Envelope<'a> {
     pub kind: std::borrow::Cow<'a, str>,
     id: Option<String>,
     payload: Option<&'a RawValue>,
+    legacy_request: Option<LegacyTopLevelRequest<'a>>,
+}
+
+/// The request fields of a pre-2017 `subscription_start`, found beside `type`.
+struct LegacyTopLevelRequest<'a> {
+    query: &'a RawValue,
+    variables: Option<&'a RawValue>,
+    operation_name: Option<&'a RawValue>,
 }
 
 impl<'a> Envelope<'a> {
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        // serde reads structs from arrays too (by position); a message must be an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(DecodeError::NotJson {
+                reason: "a message must be a JSON object".into(),
+            });
+        }
         let wire: WireEnvelope<'a> = serde_json::from_str(text).map_err(DecodeError::not_json)?;
-        let kind = wire.kind.ok_or(DecodeError::MissingType)?;
+        let kind = wire
+            .kind
+            .and_then(|raw| serde_json::from_str::<std::borrow::Cow<'a, str>>(raw.get()).ok())
+            .ok_or(DecodeError::MissingType)?;
         let id = match wire.id {
             Some(serde_json::Value::String(id)) => Some(id),
-            // subscriptions-transport-ws clients have sent numeric ids; keep them as text.
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            // subscriptions-transport-ws clients have sent integer ids; keep them as text.
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
             _ => None,
         };
+        let legacy_request = wire.query.map(|query| LegacyTopLevelRequest {
+            query,
+            variables: wire.variables,
+            operation_name: wire.operation_name,
+        });
         Ok(Envelope {
             kind,
             id,
             payload: wire.payload.filter(|p| p.get() != "null"),
+            legacy_request,
         })
     }
 
@@ -73,11 +104,29 @@ impl<'a> Envelope<'a> {
     }
 
     pub fn request_payload(&self, kind: &'static str) -> Result<GraphqlRequest, DecodeError> {
-        let payload = self.payload.ok_or(DecodeError::MissingPayload { kind })?;
-        GraphqlRequest::decode(payload.get()).map_err(|err| DecodeError::InvalidPayload {
+        let invalid = |err: crate::RequestError| DecodeError::InvalidPayload {
             kind,
             reason: err.to_string(),
-        })
+        };
+        match (self.payload, &self.legacy_request) {
+            (Some(payload), _) => GraphqlRequest::decode(payload.get()).map_err(invalid),
+            (None, Some(top)) => {
+                let string = |raw: Option<&RawValue>| {
+                    raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+                };
+                GraphqlRequest::from_parts(
+                    Some(string(Some(top.query)).ok_or(DecodeError::InvalidPayload {
+                        kind,
+                        reason: "\"query\" must be a string".into(),
+                    })?),
+                    string(top.operation_name),
+                    top.variables.map(RawJson::from_raw),
+                    None,
+                )
+                .map_err(invalid)
+            }
+            (None, None) => Err(DecodeError::MissingPayload { kind }),
+        }
     }
 }
 

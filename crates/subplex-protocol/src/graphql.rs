@@ -119,6 +119,12 @@ impl GraphqlRequest {
 
     /// Decodes `{"query", "operationName"?, "variables"?, "extensions"?}`.
     pub fn decode(text: &str) -> Result<Self, RequestError> {
+        // serde reads structs from arrays too (by position); a request must be an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(RequestError::NotJson {
+                reason: "expected a JSON object".into(),
+            });
+        }
         let wire: WireRequest<'_> =
             serde_json::from_str(text).map_err(|err| RequestError::NotJson {
                 reason: err.to_string(),

@@ -143,8 +143,9 @@ fn errors_array(payload: RawJson) -> RawJson {
         return payload;
     }
     match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(mut object)) => match object.remove("errors") {
-            Some(errors @ serde_json::Value::Array(_)) => RawJson::from_value(&errors),
+        Ok(serde_json::Value::Object(object)) => match object.get("errors") {
+            Some(errors @ serde_json::Value::Array(_)) => RawJson::from_value(errors),
+            // Not a GraphQL errors list: the whole object is the error, nothing dropped.
             _ => RawJson::from_value(&serde_json::Value::Array(vec![serde_json::Value::Object(
                 object,
             )])),

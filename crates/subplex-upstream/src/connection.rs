@@ -76,7 +76,8 @@ impl UpstreamConnection {
     ) -> UpstreamHandle {
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
         let (unsubscribe_tx, unsubscribes) = mpsc::unbounded_channel();
-        let span = tracing::info_span!("upstream", name = %settings.name, ctx = %key, conn = id);
+        // A root span: the connection outlives the client whose request happened to open it.
+        let span = tracing::info_span!(parent: None, "upstream", name = %settings.name, ctx = %key, conn = id);
         let connection = UpstreamConnection {
             id,
             key,

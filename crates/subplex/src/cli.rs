@@ -32,5 +32,11 @@ pub enum Command {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:4000")]
         listen: SocketAddr,
+        /// Where the demo upstream listens (the example gateway.toml points here).
+        #[arg(long, default_value = "127.0.0.1:4001")]
+        upstream_listen: SocketAddr,
+        /// Run only the demo upstream, for a gateway started with --config gateway.toml.
+        #[arg(long)]
+        upstream_only: bool,
     },
 }

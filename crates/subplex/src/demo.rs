@@ -891,7 +891,7 @@ query ($a: Int { hello } => unclosed variable definitions
         send(&mut ws, "[]").await;
         assert_eq!(
             expect_close(&mut ws, 4400).await,
-            "message has no string \"type\" field"
+            "message is not valid JSON: a message must be a JSON object"
         );
 
         let (mut ws, shutdown) = acked_pair().await;

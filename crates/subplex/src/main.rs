@@ -53,7 +53,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Demo { listen } => demo(listen).await,
+        Command::Demo {
+            listen,
+            upstream_listen,
+            upstream_only,
+        } => demo(listen, upstream_listen, upstream_only).await,
     }
 }
 
@@ -69,14 +73,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn demo(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn demo(
+    listen: std::net::SocketAddr,
+    upstream_listen: std::net::SocketAddr,
+    upstream_only: bool,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
-    let demo = DemoUpstream::bind(([127, 0, 0, 1], 0).into())
+    let demo = DemoUpstream::bind(upstream_listen)
         .await
-        .context("cannot start the demo upstream")?;
+        .with_context(|| format!("cannot start the demo upstream on {upstream_listen}"))?;
     let upstream = demo.local_addr();
+    if upstream_only {
+        println!("subplex demo upstream (graphql-transport-ws) on ws://{upstream}/graphql");
+        demo.run(shutdown).await;
+        return Ok(());
+    }
     tokio::spawn(demo.run(shutdown.clone()));
 
     let text = format!(

@@ -408,7 +408,7 @@ impl DownstreamSession {
     /// A frame that is not a valid message: 4400 for graphql-transport-ws; for legacy, an
     /// `error` without id as the reference server sends, keeping the connection.
     async fn bad_message(&mut self, socket: &mut Socket, reason: &str) -> Flow {
-        debug!(%reason, "invalid client message");
+        debug!(?reason, "invalid client message");
         match self.subprotocol {
             Subprotocol::GraphqlTransportWs => {
                 let mut reason = reason.to_owned();

@@ -1,0 +1,26 @@
+//! `graphql-transport-ws` client frames: `transport_ws::ClientMessage::decode`.
+//!
+//! Decoding must never panic; whatever decodes must encode to a frame that decodes to an
+//! equal value (the oracle is shared with the property tests in `tests/properties.rs`).
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+/// The limit the gateway applies by default; frames over it exercise `TooLarge`.
+const LIMIT: usize = 64 * 1024;
+
+fuzz_target!(|data: &[u8]| {
+    // WebSocket text frames are UTF-8 by the time a decoder sees them.
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    support::check_transport_client(text, LIMIT);
+    // Exactly at and just under the frame length: accepted-or-not must match, and the
+    // shorter limit must give `TooLarge`.
+    support::check_transport_client(text, text.len());
+    support::check_transport_client(text, text.len().saturating_sub(1));
+});
