@@ -7,3 +7,4 @@ mod multiplexing;
 mod sse;
 mod transport_ws;
 mod upstream_failure;
+mod upstream_protocol;

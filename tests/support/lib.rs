@@ -11,6 +11,7 @@
 //!
 //! The Node fixtures are installed with `npm ci` on first use if `node_modules` is missing.
 
+pub mod fake_upstream;
 pub mod ws;
 
 use std::path::PathBuf;

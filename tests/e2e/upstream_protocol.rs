@@ -1,0 +1,339 @@
+//! The gateway as an upstream client, against a scripted upstream: id remapping, pings,
+//! Hasura's habits, dead peers, refusals, garbage and the slow-consumer policy.
+
+use serde_json::json;
+use subplex_tests::fake_upstream::FakeUpstream;
+use subplex_tests::ws::RawClient;
+use subplex_tests::*;
+
+async fn gateway_for(fake: &FakeUpstream, protocol: &str, extra: &str) -> TestGateway {
+    TestGateway::for_upstream(fake.addr.port(), protocol, extra).await
+}
+
+fn subscribe(id: &str, query: &str) -> serde_json::Value {
+    json!({ "type": "subscribe", "id": id, "payload": { "query": query } })
+}
+
+#[tokio::test]
+async fn ids_are_remapped_per_upstream_connection_and_events_reach_only_their_client() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = gateway_for(&fake, "graphql-transport-ws", "").await;
+    let mut alice_1 = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    let mut alice_2 = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    alice_1.init(json!({ "token": "a" })).await;
+    alice_2.init(json!({ "token": "a" })).await;
+
+    // Both clients use id "1"; upstream they must become two distinct operations.
+    alice_1.send(subscribe("1", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    assert_eq!(
+        upstream.handshake().await,
+        json!({ "token": "a" }),
+        "the client's own init payload"
+    );
+    let first = upstream.recv_json().await;
+    assert_eq!(
+        first,
+        json!({ "type": "subscribe", "id": "1", "payload": { "query": "subscription { a }" } })
+    );
+    alice_2.send(subscribe("1", "subscription { b }")).await;
+    let second = upstream.recv_json().await;
+    assert_eq!(
+        second,
+        json!({ "type": "subscribe", "id": "2", "payload": { "query": "subscription { b }" } })
+    );
+
+    upstream
+        .send(json!({ "type": "next", "id": "2", "payload": { "data": { "b": 2 } } }))
+        .await;
+    upstream
+        .send(json!({ "type": "next", "id": "1", "payload": { "data": { "a": 1 } } }))
+        .await;
+    assert_eq!(
+        alice_2.recv_json().await,
+        json!({ "type": "next", "id": "1", "payload": { "data": { "b": 2 } } })
+    );
+    assert_eq!(
+        alice_1.recv_json().await,
+        json!({ "type": "next", "id": "1", "payload": { "data": { "a": 1 } } })
+    );
+    // An event for an id the gateway never issued is ignored.
+    upstream
+        .send(json!({ "type": "next", "id": "99", "payload": { "data": {} } }))
+        .await;
+    upstream
+        .send(json!({ "type": "complete", "id": "1" }))
+        .await;
+    assert_eq!(
+        alice_1.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+
+    // Client 2 stops: the upstream is told with its own id.
+    alice_2.send(json!({ "type": "complete", "id": "1" })).await;
+    assert_eq!(
+        upstream.recv_json().await,
+        json!({ "type": "complete", "id": "2" })
+    );
+    assert!(
+        !fake.has_pending_connection(),
+        "one context, one upstream connection"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_headers_reach_the_handshake_and_hop_headers_do_not() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = gateway_for(
+        &fake,
+        "graphql-transport-ws",
+        "forward_headers = [\"authorization\", \"x-tenant\"]",
+    )
+    .await;
+    let mut client = RawClient::connect(
+        gateway.addr,
+        "graphql-transport-ws",
+        &[
+            ("authorization", "Bearer kim"),
+            ("x-tenant", "t1"),
+            ("x-other", "no"),
+        ],
+    )
+    .await;
+    client.init(json!({})).await;
+    client.send(subscribe("1", "subscription { a }")).await;
+    let upstream = fake.accept().await;
+    assert_eq!(upstream.headers["authorization"], "Bearer kim");
+    assert_eq!(upstream.headers["x-tenant"], "t1");
+    assert!(upstream.headers.get("x-other").is_none());
+    assert_eq!(
+        upstream.headers["sec-websocket-protocol"],
+        "graphql-transport-ws"
+    );
+    // The client's own handshake key is not replayed upstream.
+    assert_eq!(
+        upstream.headers.get_all("sec-websocket-key").iter().count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn ping_before_ack_and_mid_stream_is_answered_with_pong() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = gateway_for(&fake, "graphql-transport-ws", "").await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    client.send(subscribe("x", "subscription { a }")).await;
+
+    let mut upstream = fake.accept().await;
+    assert_eq!(upstream.recv_json().await["type"], "connection_init");
+    // Hasura in graphql-transport-ws mode pings before acknowledging.
+    upstream
+        .send(json!({ "type": "ping", "payload": { "message": "keepalive" } }))
+        .await;
+    assert_eq!(upstream.recv_json().await, json!({ "type": "pong" }));
+    upstream.send(json!({ "type": "connection_ack" })).await;
+    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    upstream.send(json!({ "type": "ping" })).await;
+    assert_eq!(upstream.recv_json().await, json!({ "type": "pong" }));
+    upstream.send(json!({ "type": "pong" })).await;
+    upstream
+        .send(json!({ "type": "next", "id": "1", "payload": { "data": { "a": 1 } } }))
+        .await;
+    // Pings and pongs never reach the client; the event does.
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "next", "id": "x", "payload": { "data": { "a": 1 } } })
+    );
+}
+
+#[tokio::test]
+async fn legacy_upstream_ka_before_ack_error_shapes_and_stop() {
+    let mut fake = FakeUpstream::start("graphql-ws").await;
+    let gateway = gateway_for(&fake, "graphql-ws", "").await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({ "authorization": "Bearer lee" })).await;
+    client.send(subscribe("a", "subscription { a }")).await;
+    client.send(subscribe("b", "subscription { b }")).await;
+
+    let mut upstream = fake.accept().await;
+    upstream.send(json!({ "type": "ka" })).await;
+    assert_eq!(
+        upstream.recv_json().await,
+        json!({ "type": "connection_init", "payload": { "authorization": "Bearer lee" } })
+    );
+    upstream.send(json!({ "type": "ka" })).await;
+    upstream.send(json!({ "type": "connection_ack" })).await;
+    upstream.send(json!({ "type": "ka" })).await;
+    assert_eq!(
+        upstream.recv_json().await,
+        json!({ "type": "start", "id": "1", "payload": { "query": "subscription { a }" } })
+    );
+    assert_eq!(upstream.recv_json().await["type"], "start");
+    upstream
+        .send(json!({ "type": "data", "id": "1", "payload": { "data": { "a": 1 } } }))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "next", "id": "a", "payload": { "data": { "a": 1 } } })
+    );
+    // Hasura's error payload is an object, not an array: clients get a GraphQL errors array.
+    upstream
+        .send(json!({ "type": "error", "id": "2", "payload": { "message": "no such field" } }))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "error", "id": "b", "payload": [{ "message": "no such field" }] })
+    );
+    client.send(json!({ "type": "complete", "id": "a" })).await;
+    assert_eq!(
+        upstream.recv_json().await,
+        json!({ "type": "stop", "id": "1" })
+    );
+}
+
+#[tokio::test]
+async fn unresponsive_upstream_is_detected_and_clients_are_told() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = gateway_for(
+        &fake,
+        "graphql-transport-ws",
+        "keepalive_interval_ms = 100\nkeepalive_timeout_ms = 200",
+    )
+    .await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    client.send(subscribe("s", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    let _hung = upstream.hang();
+
+    let failure = client.recv_json().await;
+    assert_eq!(failure["type"], "next");
+    assert_eq!(failure["id"], "s");
+    assert_eq!(
+        failure["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_TIMEOUT"
+    );
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "complete", "id": "s" })
+    );
+}
+
+#[tokio::test]
+async fn refused_init_and_garbage_end_operations_with_their_codes() {
+    let mut fake = FakeUpstream::start("graphql-ws").await;
+    let gateway = gateway_for(&fake, "graphql-ws", "").await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+
+    client.send(subscribe("1", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    assert_eq!(upstream.recv_json().await["type"], "connection_init");
+    upstream
+        .send(json!({ "type": "connection_error", "payload": { "message": "invalid token" } }))
+        .await;
+    let failure = client.recv_json().await;
+    assert_eq!(
+        failure["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_REJECTED"
+    );
+    assert_eq!(
+        failure["payload"]["errors"][0]["message"],
+        "upstream \"up\" refused the connection: invalid token"
+    );
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+
+    // A new operation opens a new connection; this one answers with garbage.
+    client.send(subscribe("2", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    assert_eq!(upstream.recv_json().await["type"], "start");
+    upstream.send_text("{\"type\":\"surprise\"}").await;
+    let failure = client.recv_json().await;
+    assert_eq!(
+        failure["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_PROTOCOL_ERROR"
+    );
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "complete", "id": "2" })
+    );
+    upstream.expect_closed().await;
+}
+
+#[tokio::test]
+async fn upstream_close_code_is_reported() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = gateway_for(&fake, "graphql-transport-ws", "").await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    client.send(subscribe("1", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    upstream.recv_json().await;
+    upstream.close(4500, "boom").await;
+    let failure = client.recv_json().await;
+    assert_eq!(
+        failure["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_CLOSED"
+    );
+    assert_eq!(
+        failure["payload"]["errors"][0]["message"],
+        "upstream \"up\" closed the connection (code 4500: boom)"
+    );
+}
+
+#[tokio::test]
+async fn slow_client_is_cut_off_and_the_upstream_operation_stopped() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = gateway_for(&fake, "graphql-transport-ws", "subscriber_queue = 4").await;
+    let mut slow = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    slow.init(json!({})).await;
+    slow.send(subscribe("1", "subscription { flood }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+
+    // Far more than socket buffers, the session queue and the subscriber queue hold,
+    // while the client reads nothing.
+    let padding = "x".repeat(64 * 1024);
+    for n in 0..600 {
+        upstream
+            .feed_text(format!(
+                "{{\"type\":\"next\",\"id\":\"1\",\"payload\":{{\"data\":{{\"n\":{n},\"pad\":\"{padding}\"}}}}}}"
+            ))
+            .await;
+    }
+    upstream.flush().await;
+    // The gateway stops the operation upstream instead of buffering without bound.
+    assert_eq!(
+        upstream.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+
+    // The client, reading at last, finds a prefix of the events in order, then the verdict.
+    let mut expected_n = 0;
+    loop {
+        let message = slow.recv_json().await;
+        if message["payload"]["errors"].is_array() {
+            assert_eq!(
+                message["payload"]["errors"][0]["extensions"]["code"],
+                "SLOW_CONSUMER"
+            );
+            break;
+        }
+        assert_eq!(message["payload"]["data"]["n"], expected_n);
+        expected_n += 1;
+    }
+    assert!(expected_n < 600, "some events were cut off");
+    assert_eq!(
+        slow.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+}

@@ -1,0 +1,177 @@
+//! A scripted WebSocket upstream for fault injection: the test plays the server frame by
+//! frame, so it can misbehave in ways no real server does on demand (ping before ack,
+//! silence, garbage, floods).
+
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::EVENT_TIMEOUT;
+
+/// A listening fake upstream; each accepted WebSocket arrives through [`FakeUpstream::accept`].
+#[derive(Debug)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    connections: mpsc::UnboundedReceiver<FakeConnection>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One upstream connection, played by the test.
+#[derive(Debug)]
+pub struct FakeConnection {
+    socket: WebSocketStream<TcpStream>,
+    /// The headers of the upgrade request the gateway sent.
+    pub headers: HeaderMap,
+}
+
+impl FakeUpstream {
+    /// Listens on an ephemeral port and answers upgrades with `subprotocol`.
+    pub async fn start(subprotocol: &'static str) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, connections) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut headers = HeaderMap::new();
+                    // The error type is tungstenite's, not ours.
+                    #[allow(clippy::result_large_err)]
+                    let callback = |request: &Request, mut response: Response| {
+                        headers = request.headers().clone();
+                        response.headers_mut().insert(
+                            "sec-websocket-protocol",
+                            HeaderValue::from_static(subprotocol),
+                        );
+                        Ok(response)
+                    };
+                    if let Ok(socket) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                    {
+                        let _ = tx.send(FakeConnection { socket, headers });
+                    }
+                });
+            }
+        });
+        FakeUpstream {
+            addr,
+            connections,
+            task,
+        }
+    }
+
+    /// The next connection the gateway opens.
+    pub async fn accept(&mut self) -> FakeConnection {
+        tokio::time::timeout(EVENT_TIMEOUT, self.connections.recv())
+            .await
+            .expect("the gateway connects within the timeout")
+            .expect("listener alive")
+    }
+
+    /// Whether a connection arrived that was not accepted yet.
+    pub fn has_pending_connection(&mut self) -> bool {
+        !self.connections.is_empty()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeConnection {
+    /// The next text frame as JSON; WebSocket pings are answered by tungstenite.
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(EVENT_TIMEOUT, self.socket.next())
+                .await
+                .expect("the gateway sends within the timeout")
+                .expect("connection open")
+                .expect("frame");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("gateway sends JSON")
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame from the gateway: {other:?}"),
+            }
+        }
+    }
+
+    /// Expects the gateway to close the connection (close frame or EOF).
+    pub async fn expect_closed(&mut self) {
+        loop {
+            match tokio::time::timeout(EVENT_TIMEOUT, self.socket.next())
+                .await
+                .expect("the gateway closes within the timeout")
+            {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("send to gateway");
+    }
+
+    /// Sends without flushing each frame: for floods.
+    pub async fn feed_text(&mut self, text: String) {
+        self.socket
+            .feed(Message::text(text))
+            .await
+            .expect("send to gateway");
+    }
+
+    pub async fn flush(&mut self) {
+        self.socket.flush().await.expect("flush");
+    }
+
+    pub async fn close(mut self, code: u16, reason: &str) {
+        let _ = self
+            .socket
+            .close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.to_owned().into(),
+            }))
+            .await;
+    }
+
+    /// Receives `connection_init` and answers `connection_ack`; returns the init payload.
+    pub async fn handshake(&mut self) -> Value {
+        let init = self.recv_json().await;
+        assert_eq!(init["type"], "connection_init");
+        self.send(serde_json::json!({ "type": "connection_ack" }))
+            .await;
+        init["payload"].clone()
+    }
+
+    /// Stops reading: WebSocket pings go unanswered from now on, as with a hung server.
+    pub fn hang(self) -> HungConnection {
+        HungConnection {
+            _socket: self.socket,
+        }
+    }
+}
+
+/// A connection that is kept open but never read again.
+#[derive(Debug)]
+pub struct HungConnection {
+    _socket: WebSocketStream<TcpStream>,
+}
