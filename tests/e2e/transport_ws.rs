@@ -296,3 +296,38 @@ async fn gateway_shutdown_closes_clients_with_1001() {
     }
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn quiet_clients_stay_and_vanished_clients_are_dropped() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::start(&format!(
+        "[server]\nkeepalive_interval_ms = 100\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        server.port
+    ))
+    .await;
+    let mut client = RawClient::connect(gateway.addr, PROTOCOL, &[]).await;
+    client.init(json!({})).await;
+    // A client that answers pings may stay quiet for many intervals.
+    client
+        .expect_silence(std::time::Duration::from_millis(600))
+        .await;
+    client
+        .send(subscribe(
+            "1",
+            "subscription { forever(intervalMs: 50) { n } }",
+        ))
+        .await;
+    assert_eq!(client.recv_json().await["type"], "next");
+    server
+        .wait_for("the upstream subscription", |c| c.subscriptions_active == 1)
+        .await;
+    // From now on the client neither reads nor answers pings, like a peer that vanished
+    // without closing: the gateway ends its session and the upstream operation.
+    server
+        .wait_for("the upstream subscription to end", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
+    drop(client);
+}

@@ -101,6 +101,22 @@ impl RawClient {
         }
     }
 
+    /// Reads for `duration`, answering pings, and asserts that no message arrives: the way
+    /// to prove a quiet connection stays open.
+    pub async fn expect_silence(&mut self, duration: std::time::Duration) {
+        let read = async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => return other,
+                }
+            }
+        };
+        if let Ok(other) = tokio::time::timeout(duration, read).await {
+            panic!("expected silence, got {other:?}");
+        }
+    }
+
     /// The next message, which must be JSON.
     pub async fn recv_json(&mut self) -> Value {
         match self.recv().await {

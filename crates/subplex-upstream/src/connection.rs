@@ -35,8 +35,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// a burst of clients arriving while the connection is being established fits in it.
 const COMMAND_QUEUE: usize = 256;
 
-/// What a new connection is opened with.
-#[derive(Debug, Clone)]
+/// What a new connection is opened with. Deliberately not `Debug`: it holds credentials.
+#[derive(Clone)]
 pub(crate) struct Dial {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub init_payload: RawJson,

@@ -18,7 +18,9 @@ use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
 const MAX_CLOSING_RETRIES: usize = 3;
 
 /// What a subscription needs from its client to reach the upstream.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows header names and the key only: the values are credentials.
+#[derive(Clone)]
 pub struct ConnectParams {
     /// The security context of these parameters (see [`SecurityContext::compute`]).
     pub key: SecurityContext,
@@ -26,6 +28,23 @@ pub struct ConnectParams {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The final `connection_init` payload.
     pub init_payload: RawJson,
+}
+
+impl std::fmt::Debug for ConnectParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectParams")
+            .field("key", &self.key)
+            .field(
+                "headers",
+                &self
+                    .headers
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("init_payload", &self.init_payload)
+            .finish()
+    }
 }
 
 /// State shared between the pool and its connection tasks.
@@ -133,5 +152,30 @@ impl Pool {
     /// Security contexts with a connection in the pool.
     pub fn pooled_contexts(&self) -> usize {
         self.shared.connections.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_header_values_or_payloads() {
+        let init_payload = RawJson::parse(r#"{"token":"payload-secret"}"#).unwrap();
+        let params = ConnectParams {
+            key: SecurityContext::compute(
+                "up",
+                [("authorization", &b"Bearer header-secret"[..])],
+                &init_payload,
+            ),
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_static("Bearer header-secret"),
+            )],
+            init_payload,
+        };
+        let shown = format!("{params:?}");
+        assert!(shown.contains("authorization"), "{shown}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -217,6 +217,7 @@ impl DownstreamSession {
         tokio::pin!(init_deadline);
         let keepalive_every = self.state.server.keepalive_interval;
         let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
+        let mut last_heard = Instant::now();
 
         let flow = loop {
             // Biased: shutdown first so draining is prompt; then the client's own frames,
@@ -224,15 +225,16 @@ impl DownstreamSession {
             let flow = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Flow::Close(close::GOING_AWAY.code, close::GOING_AWAY.reason.into()),
-                message = socket.next() => self.on_client_message(&mut socket, message).await,
+                message = socket.next() => {
+                    last_heard = Instant::now();
+                    self.on_client_message(&mut socket, message).await
+                }
                 Some(outbound) = self.outbound.recv() => self.on_outbound(&mut socket, outbound).await,
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => Flow::Continue,
                 _ = &mut init_deadline, if self.rules.awaiting_init() => {
                     self.init_timeout(&mut socket).await
                 }
-                _ = keepalive.tick(), if matches!(self.rules, Rules::Legacy(_)) && self.connect.is_some() => {
-                    send(&mut socket, legacy_ws::ServerMessage::Ka.encode()).await
-                }
+                _ = keepalive.tick() => self.keepalive(&mut socket, last_heard.elapsed()).await,
             };
             if !matches!(flow, Flow::Continue) {
                 break flow;
@@ -251,6 +253,31 @@ impl DownstreamSession {
         // Dropping the tasks aborts every operation, which stops each one upstream.
         self.tasks.shutdown().await;
         debug!("session ended");
+    }
+
+    /// Pings the client (every browser and client library answers WebSocket pings), sends
+    /// legacy clients their `ka`, and ends the session of a client that has been silent
+    /// for two intervals: a peer that vanished without closing must not keep its
+    /// operations running upstream.
+    async fn keepalive(&mut self, socket: &mut Socket, silent: time::Duration) -> Flow {
+        if silent > self.state.server.keepalive_interval * 2 {
+            info!(
+                silent_ms = silent.as_millis() as u64,
+                "client stopped responding; ending session"
+            );
+            return Flow::End;
+        }
+        if matches!(self.rules, Rules::Legacy(_)) && self.connect.is_some() {
+            if let flow @ (Flow::Close(..) | Flow::End) =
+                send(socket, legacy_ws::ServerMessage::Ka.encode()).await
+            {
+                return flow;
+            }
+        }
+        match socket.send(Message::Ping(Default::default())).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::End,
+        }
     }
 
     async fn on_client_message(
