@@ -237,3 +237,69 @@ fn urlencode(text: &str) -> String {
         })
         .collect()
 }
+
+#[tokio::test]
+async fn cors_lets_any_origin_read_streams_by_default() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let http = reqwest::Client::new();
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, gateway.url())
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
+    assert_eq!(
+        preflight.headers()["access-control-allow-methods"],
+        "GET, POST, OPTIONS"
+    );
+    assert_eq!(
+        preflight.headers()["access-control-allow-headers"],
+        "authorization, content-type"
+    );
+
+    let url = format!("{}?query={}", gateway.url(), urlencode(TICKS));
+    let response = sse_request(&http, reqwest::Method::GET, &url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    assert_eq!(body_text(response).await, EXPECTED);
+}
+
+#[tokio::test]
+async fn cors_with_credentials_allows_only_listed_origins() {
+    let (gateway, _demo) = gateway_with_demo(
+        "[server.cors]\nallow_origins = [\"https://app.example\"]\nallow_credentials = true",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}?query={}", gateway.url(), urlencode(TICKS));
+    let allowed = sse_request(&http, reqwest::Method::GET, &url)
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(
+        allowed.headers()["access-control-allow-credentials"],
+        "true"
+    );
+    assert_eq!(allowed.headers()["vary"], "origin");
+    let other = sse_request(&http, reqwest::Method::GET, &url)
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+}

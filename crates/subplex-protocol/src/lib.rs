@@ -16,6 +16,7 @@
 //! upstream event out to many clients re-frames it without re-serialising the payload.
 
 pub mod close;
+mod document;
 mod envelope;
 mod error;
 mod event;
@@ -26,6 +27,7 @@ mod subprotocol;
 pub mod transport_ws;
 mod upstream_frame;
 
+pub use document::{operation_type, OperationType};
 pub use error::DecodeError;
 pub use event::Event;
 pub use graphql::{graphql_errors, GraphqlRequest, RawJson, RequestError};

@@ -107,8 +107,81 @@ impl GatewayState {
     }
 }
 
-/// Handles one request.
+/// Handles one request, adding CORS headers for allowed browser origins.
 pub(crate) async fn handle(
+    req: Request<Incoming>,
+    state: Arc<GatewayState>,
+    peer: SocketAddr,
+) -> Response<ResponseBody> {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return preflight(&req, &state);
+    }
+    let mut response = dispatch(req, state.clone(), peer).await;
+    if let Some(origin) = origin {
+        add_cors(&mut response, &origin, &state);
+    }
+    response
+}
+
+/// Answers a CORS preflight: which methods and headers a browser may use.
+fn preflight(req: &Request<Incoming>, state: &GatewayState) -> Response<ResponseBody> {
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return response;
+    };
+    if add_cors(&mut response, origin, state) {
+        let h = response.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+        }
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            header::HeaderValue::from_static("600"),
+        );
+    }
+    response
+}
+
+/// Adds `Access-Control-Allow-Origin` (and credentials) when `origin` is allowed.
+fn add_cors(
+    response: &mut Response<ResponseBody>,
+    origin: &header::HeaderValue,
+    state: &GatewayState,
+) -> bool {
+    let cors = &state.server.cors;
+    let allowed = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| cors.allow_origin(origin));
+    let h = response.headers_mut();
+    let same_for_everyone = cors.any_origin && !cors.allow_credentials;
+    if !same_for_everyone && !cors.allow_origins.is_empty() {
+        h.append(header::VARY, header::HeaderValue::from_static("origin"));
+    }
+    let Some(value) = allowed.and_then(|a| header::HeaderValue::from_str(a).ok()) else {
+        return false;
+    };
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+    if cors.allow_credentials {
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    true
+}
+
+async fn dispatch(
     req: Request<Incoming>,
     state: Arc<GatewayState>,
     peer: SocketAddr,

@@ -46,6 +46,29 @@ pub struct RawServer {
     pub shutdown_grace_ms: u64,
     /// Most simultaneous client connections; more wait in the accept queue. Default 10000.
     pub max_connections: usize,
+    /// `[server.cors]`: which browser origins may read SSE and HTTP responses.
+    pub cors: RawCors,
+}
+
+/// `[server.cors]`. WebSocket upgrades are not subject to CORS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCors {
+    /// Origins allowed to read responses, exactly as browsers send them
+    /// (`https://app.example.com`), or `"*"` for any. `[]` sends no CORS headers.
+    /// Default `["*"]`.
+    pub allow_origins: Vec<String>,
+    /// Let browsers send cookies and read the response. Needs explicit origins. Default false.
+    pub allow_credentials: bool,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        RawCors {
+            allow_origins: vec!["*".into()],
+            allow_credentials: false,
+        }
+    }
 }
 
 impl Default for RawServer {
@@ -57,6 +80,7 @@ impl Default for RawServer {
             keepalive_interval_ms: 12_000,
             shutdown_grace_ms: 10_000,
             max_connections: 10_000,
+            cors: RawCors::default(),
         }
     }
 }
@@ -150,6 +174,29 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    pub cors: CorsConfig,
+}
+
+/// Validated `[server.cors]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Empty: CORS off. `any_origin`: every origin.
+    pub allow_origins: Vec<String>,
+    pub any_origin: bool,
+    pub allow_credentials: bool,
+}
+
+impl CorsConfig {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if allowed.
+    pub fn allow_origin<'a>(&self, origin: &'a str) -> Option<&'a str> {
+        if self.any_origin && !self.allow_credentials {
+            Some("*")
+        } else if self.any_origin || self.allow_origins.iter().any(|o| o == origin) {
+            Some(origin)
+        } else {
+            None
+        }
+    }
 }
 
 /// Validated `[upstreams.<name>]`.

@@ -9,7 +9,9 @@ use http::HeaderName;
 use subplex_protocol::Subprotocol;
 use subplex_upstream::UpstreamSettings;
 
-use super::{Config, RawConfig, RawUpstream, RouteConfig, ServerConfig, UpstreamConfig};
+use super::{
+    Config, CorsConfig, RawConfig, RawCors, RawUpstream, RouteConfig, ServerConfig, UpstreamConfig,
+};
 
 /// One thing wrong with the config: where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +87,7 @@ impl Problems {
 pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut problems = Problems::default();
 
-    let listen = raw.server.listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+    let listen = resolve_listen(&raw.server.listen).unwrap_or_else(|| {
         problems.add(
             "server.listen",
             format!(
@@ -114,6 +116,7 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         ),
         shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
         max_connections: raw.server.max_connections.max(1),
+        cors: validate_cors(&raw.server.cors, &mut problems),
     };
 
     let mut upstreams = Vec::new();
@@ -194,6 +197,44 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             file: file.to_owned(),
             problems: problems.0,
         })
+    }
+}
+
+/// An IP address with a port, or a host name that resolves to one (`localhost:4000`).
+fn resolve_listen(listen: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    listen
+        .parse::<SocketAddr>()
+        .ok()
+        .or_else(|| listen.to_socket_addrs().ok()?.next())
+}
+
+fn validate_cors(raw: &RawCors, problems: &mut Problems) -> CorsConfig {
+    let any_origin = raw.allow_origins.iter().any(|o| o == "*");
+    for (i, origin) in raw.allow_origins.iter().enumerate() {
+        if origin == "*" {
+            continue;
+        }
+        let valid = url::Url::parse(origin)
+            .map(|url| url.origin().ascii_serialization() == *origin)
+            .unwrap_or(false);
+        if !valid {
+            problems.add(
+                format!("server.cors.allow_origins[{i}]"),
+                format!("\"{origin}\" is not an origin; write scheme://host[:port] with no path or trailing slash, or \"*\""),
+            );
+        }
+    }
+    if any_origin && raw.allow_credentials {
+        problems.add(
+            "server.cors.allow_credentials",
+            "browsers refuse credentials with a \"*\" origin; list the allowed origins instead",
+        );
+    }
+    CorsConfig {
+        allow_origins: raw.allow_origins.clone(),
+        any_origin,
+        allow_credentials: raw.allow_credentials,
     }
 }
 
@@ -429,6 +470,29 @@ mod tests {
         let err = problems("[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"auto\"\n");
         assert!(err.contains("routes: no routes"), "{err}");
         assert!(err.contains("upstreams.a.protocol: \"auto\""), "{err}");
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let err = problems(&GOOD.replace(
+            "[upstreams.chat]",
+            "[server.cors]\nallow_origins = [\"*\", \"https://app.example.com/\"]\nallow_credentials = true\n[upstreams.chat]",
+        ));
+        assert!(
+            err.contains(
+                "server.cors.allow_origins[1]: \"https://app.example.com/\" is not an origin"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.cors.allow_credentials: browsers refuse credentials"),
+            "{err}"
+        );
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        assert_eq!(
+            config.server.cors.allow_origin("https://a.example"),
+            Some("*")
+        );
     }
 
     #[test]

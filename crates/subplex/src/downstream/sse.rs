@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use subplex_protocol::{sse, Event, GraphqlRequest, RawJson};
+use subplex_protocol::{operation_type, sse, Event, GraphqlRequest, OperationType, RawJson};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
@@ -61,6 +61,21 @@ pub(crate) async fn handle(
         Ok(request) => request,
         Err(err) => return json_error(StatusCode::BAD_REQUEST, &err.to_string(), "BAD_REQUEST"),
     };
+    // GET must be safe (GraphQL over HTTP, graphql-sse): a mutation needs POST.
+    if parts.method == Method::GET
+        && operation_type(&request.query, request.operation_name.as_deref())
+            == Some(OperationType::Mutation)
+    {
+        let mut response = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "mutations cannot be sent with GET; use POST",
+            "METHOD_NOT_ALLOWED",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
 
     // SSE has no `connection_init`: the payload is `{}` and the headers carry identity.
     let params = upstream.connect_params(&parts.headers, RawJson::empty_object());
