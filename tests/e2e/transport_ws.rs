@@ -331,3 +331,31 @@ async fn quiet_clients_stay_and_vanished_clients_are_dropped() {
         .await;
     drop(client);
 }
+
+#[tokio::test]
+async fn websocket_sessions_count_against_max_connections() {
+    let (gateway, _demo) = gateway_with_demo("max_connections = 2").await;
+    let mut first = RawClient::connect(gateway.addr, PROTOCOL, &[]).await;
+    first.init(json!({})).await;
+    let mut second = RawClient::connect(gateway.addr, PROTOCOL, &[]).await;
+    second.init(json!({})).await;
+
+    // The upgraded sessions still hold their places: a third client waits in the backlog.
+    let addr = gateway.addr;
+    let mut third = tokio::spawn(async move { RawClient::connect(addr, PROTOCOL, &[]).await });
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut third).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served while two sessions were open"
+    );
+
+    first
+        .send(json!({ "type": "complete", "id": "none" }))
+        .await;
+    drop(first);
+    let mut third = tokio::time::timeout(EVENT_TIMEOUT, third)
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    third.init(json!({})).await;
+}

@@ -17,6 +17,11 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::routes::{self, GatewayState};
 
+/// One client connection's place under `server.max_connections`; released when the last
+/// clone (the HTTP connection task, an upgraded session) is dropped.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
 /// A bound gateway, ready to [`run`](Gateway::run).
 #[derive(Debug)]
 pub struct Gateway {
@@ -86,8 +91,13 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let state = state.clone();
-            let service = service_fn(move |req| {
+            // Shared with the requests: an upgraded WebSocket outlives the HTTP connection
+            // task and must keep counting against max_connections until it ends.
+            let permit = ConnectionPermit(Arc::new(permit));
+            let request_permit = permit.clone();
+            let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let state = state.clone();
+                req.extensions_mut().insert(request_permit.clone());
                 async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
             });
             let connection = builder

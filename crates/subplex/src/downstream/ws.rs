@@ -28,6 +28,7 @@ use tracing::{debug, info, Instrument};
 
 use super::operation::{self, Outbound};
 use crate::routes::{json_error, GatewayState, ResponseBody, Upstream};
+use crate::server::ConnectionPermit;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -81,6 +82,7 @@ pub(crate) fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let client_headers = headers.clone();
+    let permit = req.extensions_mut().remove::<ConnectionPermit>();
     let on_upgrade = hyper::upgrade::on(&mut req);
 
     let max_message = state.server.max_message_bytes;
@@ -112,6 +114,7 @@ pub(crate) fn upgrade(
             DownstreamSession::new(subprotocol, upstream, client_headers, session_state)
                 .run(socket)
                 .await;
+            drop(permit);
         }
         .instrument(span),
     );
