@@ -37,6 +37,11 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// `operation`): this bounds a session's memory whatever its number of operations.
 const OUTBOUND_QUEUE: usize = 256;
 
+/// Initial read buffer per client socket. tungstenite allocates its default (128 KiB) up
+/// front for every connection; client frames are small (subscribe, ping, complete), so 4 KiB
+/// keeps idle clients cheap, and the buffer grows for the rare large frame.
+const CLIENT_READ_BUFFER: usize = 4 * 1024;
+
 /// Answers a WebSocket upgrade request, then runs the session on the upgraded connection.
 pub(crate) fn upgrade(
     mut req: Request<Incoming>,
@@ -103,6 +108,7 @@ pub(crate) fn upgrade(
                 }
             };
             let config = WebSocketConfig::default()
+                .read_buffer_size(CLIENT_READ_BUFFER)
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message));
             let socket = WebSocketStream::from_raw_socket(
