@@ -303,3 +303,56 @@ async fn cors_with_credentials_allows_only_listed_origins() {
         .unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn gateway_shutdown_ends_open_streams_and_drains() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}?query={}",
+        gateway.url(),
+        urlencode("subscription { tick(count: 1000, intervalMs: 20) }")
+    );
+    let response = sse_request(&http, reqwest::Method::GET, &url)
+        .send()
+        .await
+        .unwrap();
+    let mut chunks = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: next") {
+        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let shutdown = tokio::spawn(gateway.shutdown());
+    // The stream ends (no more chunks, no error), and the gateway finishes draining.
+    while let Some(chunk) = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
+        .await
+        .unwrap()
+    {
+        let chunk = chunk.expect("the stream ends cleanly");
+        assert!(!std::str::from_utf8(&chunk)
+            .unwrap()
+            .contains("event: complete"));
+    }
+    shutdown.await.unwrap();
+}
+
+#[tokio::test]
+async fn healthz_answers_ok() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let response = reqwest::get(format!("http://{}/healthz", gateway.addr))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok\n");
+    let missing = reqwest::get(format!("http://{}/nope", gateway.addr))
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["errors"][0]["message"], "no route for path /nope");
+}
