@@ -204,17 +204,10 @@ async fn dispatch(
     }
     match *req.method() {
         Method::GET | Method::POST => downstream::http::forward(req, upstream, &state).await,
-        _ => {
-            let mut response = json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "use GET or POST (with Accept: text/event-stream for subscriptions), or a WebSocket",
-                "METHOD_NOT_ALLOWED",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
-            response
-        }
+        _ => method_not_allowed(
+            "use GET or POST (with Accept: text/event-stream for subscriptions), or a WebSocket",
+            "GET, POST",
+        ),
     }
 }
 
@@ -272,4 +265,32 @@ pub(crate) fn json_error(status: StatusCode, message: &str, code: &str) -> Respo
         header::HeaderValue::from_static("application/json; charset=utf-8"),
     );
     response
+}
+
+/// 405 with the methods that would work.
+pub(crate) fn method_not_allowed(message: &str, allow: &'static str) -> Response<ResponseBody> {
+    let mut response = json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        message,
+        "METHOD_NOT_ALLOWED",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    response
+}
+
+/// Reads a request body of at most `limit` bytes, or answers 413.
+pub(crate) async fn read_body(
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Response<ResponseBody>> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("request body is unreadable or over the {limit} byte limit (server.max_message_bytes)"),
+            "PAYLOAD_TOO_LARGE",
+        )),
+    }
 }

@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use http::{header, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::routes::{full, json_error, GatewayState, ResponseBody, Upstream};
+use crate::routes::{full, json_error, read_body, GatewayState, ResponseBody, Upstream};
 
 /// Request headers passed through besides the configured `forward_headers`.
 const PASSED_THROUGH: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];
@@ -18,16 +17,9 @@ pub(crate) async fn forward(
     state: &GatewayState,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    let limit = state.server.max_message_bytes;
-    let body = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return json_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body is unreadable or over the {limit} byte limit (server.max_message_bytes)"),
-                "PAYLOAD_TOO_LARGE",
-            )
-        }
+    let body = match read_body(body, state.server.max_message_bytes).await {
+        Ok(body) => body,
+        Err(response) => return response,
     };
     let mut url = upstream.config.http_url.clone();
     url.set_query(parts.uri.query());

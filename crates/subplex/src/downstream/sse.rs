@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use subplex_protocol::{operation_type, sse, Event, GraphqlRequest, OperationType, RawJson};
 use tokio::sync::mpsc;
@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 use super::operation::failure_events;
-use crate::routes::{json_error, GatewayState, ResponseBody, Upstream};
+use crate::routes::{
+    json_error, method_not_allowed, read_body, GatewayState, ResponseBody, Upstream,
+};
 
 /// Encoded chunks queued toward one SSE client. Small: each chunk is a whole event, and
 /// a client that does not read lets its upstream queue overflow (slow-consumer policy).
@@ -32,30 +34,11 @@ pub(crate) async fn handle(
     let (parts, body) = req.into_parts();
     let request = match parts.method {
         Method::GET => sse::request_from_query(parts.uri.query().unwrap_or("")),
-        Method::POST => {
-            let limit = state.server.max_message_bytes;
-            match Limited::new(body, limit).collect().await {
-                Ok(collected) => sse::request_from_body(&collected.to_bytes()),
-                Err(_) => {
-                    return json_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        &format!("request body is unreadable or over the {limit} byte limit (server.max_message_bytes)"),
-                        "PAYLOAD_TOO_LARGE",
-                    )
-                }
-            }
-        }
-        _ => {
-            let mut response = json_error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "event streams are opened with GET or POST",
-                "METHOD_NOT_ALLOWED",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-            return response;
-        }
+        Method::POST => match read_body(body, state.server.max_message_bytes).await {
+            Ok(body) => sse::request_from_body(&body),
+            Err(response) => return response,
+        },
+        _ => return method_not_allowed("event streams are opened with GET or POST", "GET, POST"),
     };
     let request = match request {
         Ok(request) => request,
@@ -66,15 +49,7 @@ pub(crate) async fn handle(
         && operation_type(&request.query, request.operation_name.as_deref())
             == Some(OperationType::Mutation)
     {
-        let mut response = json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "mutations cannot be sent with GET; use POST",
-            "METHOD_NOT_ALLOWED",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
+        return method_not_allowed("mutations cannot be sent with GET; use POST", "POST");
     }
 
     // SSE has no `connection_init`: the payload is `{}` and the headers carry identity.
