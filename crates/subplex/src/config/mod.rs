@@ -40,7 +40,8 @@ pub struct RawServer {
     pub max_message_bytes: usize,
     /// graphql-transport-ws and legacy clients must send `connection_init` within this. Default 3000.
     pub connection_init_timeout_ms: u64,
-    /// Interval of SSE keep-alive comments and legacy `ka` messages. Default 12000.
+    /// Interval of SSE keep-alive comments, legacy `ka` messages and WebSocket pings to
+    /// clients; a WebSocket client silent for two intervals is disconnected. Default 12000.
     pub keepalive_interval_ms: u64,
     /// On SIGTERM/SIGINT, how long open connections get to finish. Default 10000.
     pub shutdown_grace_ms: u64,

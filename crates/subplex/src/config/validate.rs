@@ -91,7 +91,7 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         problems.add(
             "server.listen",
             format!(
-                "\"{}\" is not an address with a port, like \"127.0.0.1:4000\" or \"0.0.0.0:4000\"",
+                "\"{}\" is not an address with a port, like \"127.0.0.1:4000\", \"0.0.0.0:4000\" or \"localhost:4000\"",
                 raw.server.listen
             ),
         );
@@ -259,7 +259,8 @@ fn validate_upstream(
             None
         }
         Err(err) => {
-            problems.add(key("url"), format!("\"{}\" is not a URL: {err}", raw.url));
+            // Not echoed: a URL can carry credentials.
+            problems.add(key("url"), format!("is not a URL: {err}"));
             None
         }
     };
@@ -274,7 +275,7 @@ fn validate_upstream(
                 None
             }
             Err(err) => {
-                problems.add(key("ws_url"), format!("\"{ws}\" is not a URL: {err}"));
+                problems.add(key("ws_url"), format!("is not a URL: {err}"));
                 None
             }
         },
@@ -291,7 +292,9 @@ fn validate_upstream(
         }
         (None, None) => None,
     };
-    for (field, url) in [("url", &http_url), ("ws_url", &ws_url)] {
+    // A derived ws_url inherits the url's scheme: report TLS once, at the key the user wrote.
+    let written_ws_url = ws_url.as_ref().filter(|_| raw.ws_url.is_some());
+    for (field, url) in [("url", http_url.as_ref()), ("ws_url", written_ws_url)] {
         if let Some(url) = url {
             if matches!(url.scheme(), "https" | "wss") {
                 problems.add(
@@ -493,6 +496,20 @@ mod tests {
             config.server.cors.allow_origin("https://a.example"),
             Some("*")
         );
+    }
+
+    #[test]
+    fn unparsable_urls_are_not_echoed_and_tls_is_reported_once() {
+        let err =
+            problems(&GOOD.replace("http://127.0.0.1:4001/graphql", "http://user:hunter2@[::1"));
+        assert!(err.contains("upstreams.chat.url: is not a URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = problems(&GOOD.replace(
+            "http://127.0.0.1:4001/graphql",
+            "https://127.0.0.1:4001/graphql",
+        ));
+        assert!(err.contains("upstreams.chat.url: TLS upstreams"), "{err}");
+        assert!(!err.contains("ws_url"), "{err}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub(crate) async fn forward(
         }
     };
     let status = response.status();
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let headers = response.headers().clone();
     let bytes = match response.bytes().await {
         Ok(bytes) => bytes,
         Err(_) => {
@@ -64,8 +64,22 @@ pub(crate) async fn forward(
     };
     let mut out = Response::new(full(bytes));
     *out.status_mut() = status;
-    if let Some(content_type) = content_type {
-        out.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    for (name, value) in &headers {
+        if !HOP_BY_HOP.contains(name) {
+            out.headers_mut().append(name, value.clone());
+        }
     }
     out
 }
+
+/// Response headers that describe the upstream hop, not the response: the gateway's own
+/// connection sets them (the body is re-framed, so the length may be chunked differently).
+const HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_LENGTH,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+];
