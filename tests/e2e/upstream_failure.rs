@@ -77,3 +77,37 @@ async fn unreachable_upstream_fails_the_operation_and_the_gateway_keeps_serving(
     assert_failure_then_complete(&results[1], "UPSTREAM_UNAVAILABLE", "graphql-sse on /down");
     assert_eq!(results[2], expected_tick_lines("frank", 2));
 }
+
+#[tokio::test]
+async fn a_restarted_upstream_serves_new_subscriptions() {
+    let mut server = NodeServer::start(Upstream::Yoga).await;
+    let port = server.port;
+    let gateway = TestGateway::for_upstream(port, "graphql-transport-ws", "").await;
+    let query = "subscription { forever(intervalMs: 50) { n user } }";
+    let mut held =
+        HeldClients::subscribe(vec![client("graphql-ws", &gateway.url(), query, "max")]).await;
+
+    server.kill().await;
+    // The client learns of the failure...
+    loop {
+        let lines = held.lines();
+        if lines[0].last().is_some_and(|l| l["type"] == "complete") {
+            break;
+        }
+        let seen = lines[0].len();
+        held.wait_events(0, seen + 1).await;
+    }
+    held.stop().await;
+
+    // ...and once the upstream is back on the same port, new subscriptions work again.
+    let restarted = NodeServer::start_on(Upstream::Yoga, port).await;
+    let results = run_clients(vec![client(
+        "graphql-ws",
+        &gateway.url(),
+        "subscription { ticks(count: 2) { n user } }",
+        "max",
+    )])
+    .await;
+    assert_eq!(results[0], expected_tick_lines("max", 2));
+    assert_eq!(restarted.counters().connections_total, 1);
+}

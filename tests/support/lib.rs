@@ -182,13 +182,19 @@ pub struct NodeServer {
 }
 
 impl NodeServer {
-    /// Starts the server and waits for its readiness line.
+    /// Starts the server on an ephemeral port and waits for its readiness line.
     pub async fn start(kind: Upstream) -> NodeServer {
+        Self::start_on(kind, 0).await
+    }
+
+    /// Starts the server on `port` (0: any) and waits for its readiness line.
+    pub async fn start_on(kind: Upstream, port: u16) -> NodeServer {
         ensure_node_modules();
         let (script, args) = kind.command();
         let mut child = Command::new("node")
             .arg(script)
             .args(args)
+            .args(["--port", &port.to_string()])
             .current_dir(fixtures_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
