@@ -282,12 +282,17 @@ impl UpstreamConnection {
         tokio::pin!(idle);
         let mut idle_armed = true;
 
+        // Built once: a fresh `cancelled()` per iteration would re-register with the token
+        // on every frame.
+        let shutdown_token = self.shutdown.clone();
+        let shutdown = shutdown_token.cancelled();
+        tokio::pin!(shutdown);
         loop {
             // Biased: shutdown first so a draining gateway stops promptly; then socket reads
             // before new commands, so events already received are delivered before new work.
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Ending::Shutdown,
+                _ = &mut shutdown => return Ending::Shutdown,
                 message = socket.next() => {
                     last_heard = Instant::now();
                     match self.read_frame(message) {

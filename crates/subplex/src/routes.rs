@@ -31,6 +31,27 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
+    /// The request headers that can matter upstream (`security_context` and
+    /// `forward_headers`): what a WebSocket session keeps until `connection_init`, instead
+    /// of the whole header map.
+    pub fn relevant_headers(&self, headers: &HeaderMap) -> HeaderMap {
+        let mut kept = HeaderMap::new();
+        for name in self
+            .config
+            .security_context
+            .iter()
+            .chain(&self.config.forward_headers)
+        {
+            if kept.contains_key(name) {
+                continue;
+            }
+            for value in headers.get_all(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
+    }
+
     /// The connection parameters for a client with these request headers and this final
     /// init payload. The security context hashes every header that reaches the upstream
     /// (`forward_headers`) as well as those configured as `security_context`: a forwarded

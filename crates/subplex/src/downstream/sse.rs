@@ -116,6 +116,8 @@ async fn feed(
             }
         },
     };
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
     loop {
         // Biased: a closed client or a draining gateway ends the stream before anything
@@ -126,7 +128,7 @@ async fn feed(
                 debug!("client left; stopping the operation");
                 return;
             }
-            _ = shutdown.cancelled() => return,
+            _ = &mut cancelled => return,
             item = subscription.recv() => match item {
                 None => return,
                 Some(Ok(event)) => sse::encode_event(&event),

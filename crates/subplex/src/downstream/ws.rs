@@ -86,7 +86,7 @@ pub(crate) fn upgrade(
         );
     };
     let accept = derive_accept_key(key.as_bytes());
-    let client_headers = headers.clone();
+    let client_headers = upstream.relevant_headers(headers);
     let permit = req.extensions_mut().remove::<ConnectionPermit>();
     let on_upgrade = hyper::upgrade::on(&mut req);
 
@@ -221,7 +221,11 @@ impl DownstreamSession {
 
     async fn run(mut self, mut socket: Socket) {
         debug!("session started");
-        let shutdown = self.state.downstream_shutdown.clone();
+        let shutdown_token = self.state.downstream_shutdown.clone();
+        // Built once: a fresh `cancelled()` per iteration would re-register with the token
+        // (one lock shared by every session) on every event.
+        let shutdown = shutdown_token.cancelled();
+        tokio::pin!(shutdown);
         let init_deadline = time::sleep(self.state.server.connection_init_timeout);
         tokio::pin!(init_deadline);
         let keepalive_every = self.state.server.keepalive_interval;
@@ -233,7 +237,7 @@ impl DownstreamSession {
             // so a `complete` is acted on before more events for that id are sent.
             let flow = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => Flow::Close(close::GOING_AWAY.code, close::GOING_AWAY.reason.into()),
+                _ = &mut shutdown => Flow::Close(close::GOING_AWAY.code, close::GOING_AWAY.reason.into()),
                 message = socket.next() => {
                     last_heard = Instant::now();
                     self.on_client_message(&mut socket, message).await
