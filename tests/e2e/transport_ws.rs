@@ -301,7 +301,7 @@ async fn gateway_shutdown_closes_clients_with_1001() {
 async fn quiet_clients_stay_and_vanished_clients_are_dropped() {
     let server = NodeServer::start(Upstream::Yoga).await;
     let gateway = TestGateway::start(&format!(
-        "[server]\nkeepalive_interval_ms = 100\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
+        "[server]\nkeepalive_interval_ms = 250\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
         server.port
     ))
@@ -310,7 +310,7 @@ async fn quiet_clients_stay_and_vanished_clients_are_dropped() {
     client.init(json!({})).await;
     // A client that answers pings may stay quiet for many intervals.
     client
-        .expect_silence(std::time::Duration::from_millis(600))
+        .expect_silence(std::time::Duration::from_millis(1500))
         .await;
     client
         .send(subscribe(

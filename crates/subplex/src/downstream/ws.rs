@@ -484,7 +484,7 @@ impl DownstreamSession {
         let params = self
             .upstream
             .connect_params(&self.client_headers, init_payload);
-        info!(ctx = %params.key, "client initialised");
+        debug!(ctx = %params.key, "client initialised");
         self.connect = Some(params);
     }
 
