@@ -32,9 +32,10 @@ pub enum Command {
         /// Where the gateway listens.
         #[arg(long, default_value = "127.0.0.1:4000")]
         listen: SocketAddr,
-        /// Where the demo upstream listens (the example gateway.toml points here).
-        #[arg(long, default_value = "127.0.0.1:4001")]
-        upstream_listen: SocketAddr,
+        /// Where the demo upstream listens. Default: any free port on 127.0.0.1, or
+        /// 127.0.0.1:4001 (where the example gateway.toml points) with --upstream-only.
+        #[arg(long)]
+        upstream_listen: Option<SocketAddr>,
         /// Run only the demo upstream, for a gateway started with --config gateway.toml.
         #[arg(long)]
         upstream_only: bool,

@@ -75,11 +75,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 async fn demo(
     listen: std::net::SocketAddr,
-    upstream_listen: std::net::SocketAddr,
+    upstream_listen: Option<std::net::SocketAddr>,
     upstream_only: bool,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    // Alone, the upstream takes the port gateway.toml expects; behind the embedded gateway
+    // any free port will do, so a busy 4001 cannot stop the demo.
+    let default_port = if upstream_only { 4001 } else { 0 };
+    let upstream_listen = upstream_listen.unwrap_or_else(|| ([127, 0, 0, 1], default_port).into());
 
     let demo = DemoUpstream::bind(upstream_listen)
         .await
