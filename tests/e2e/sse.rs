@@ -356,3 +356,36 @@ async fn healthz_answers_ok() {
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["errors"][0]["message"], "no route for path /nope");
 }
+
+#[tokio::test]
+async fn http_forwarding_times_out_with_a_clear_error() {
+    // An upstream that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let gateway =
+        TestGateway::for_upstream(port, "graphql-transport-ws", "request_timeout_ms = 300").await;
+    let response = reqwest::Client::new()
+        .post(gateway.url())
+        .header("content-type", "application/json")
+        .body(r#"{"query":"{ hello }"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "UPSTREAM_UNAVAILABLE"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "upstream \"up\" is unavailable over HTTP: timed out (request_timeout_ms)"
+    );
+    hold.abort();
+}

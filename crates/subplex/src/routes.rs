@@ -109,6 +109,7 @@ impl GatewayState {
                     pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
                     http: reqwest::Client::builder()
                         .connect_timeout(upstream.settings.connect_timeout)
+                        .timeout(upstream.request_timeout)
                         .build()
                         .unwrap_or_default(),
                 })

@@ -124,6 +124,13 @@ pub struct RawUpstream {
     /// Events buffered per subscription before a slow client's subscription is cut off. Default 128.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
+    /// Whole-request timeout for queries and mutations forwarded over plain HTTP. Default 30000.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_request_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_protocol() -> String {
@@ -209,6 +216,8 @@ pub struct UpstreamConfig {
     pub security_context: Vec<HeaderName>,
     /// Lower-cased; never hop-by-hop or `sec-websocket-*`.
     pub forward_headers: Vec<HeaderName>,
+    /// For plain HTTP forwarding.
+    pub request_timeout: Duration,
 }
 
 /// Validated `[[routes]]`: `upstream` indexes [`Config::upstreams`].

@@ -366,6 +366,7 @@ fn validate_upstream(
     if raw.subscriber_queue == 0 {
         problems.add(key("subscriber_queue"), "must be greater than 0");
     }
+    let request_timeout = problems.positive(key("request_timeout_ms"), raw.request_timeout_ms);
 
     if problems.0.len() != before {
         return None;
@@ -383,6 +384,7 @@ fn validate_upstream(
         http_url: http_url?,
         security_context,
         forward_headers,
+        request_timeout,
     })
 }
 

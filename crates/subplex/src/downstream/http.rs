@@ -40,7 +40,7 @@ pub(crate) async fn forward(
                 "upstream \"{}\" is unavailable over HTTP: {}",
                 upstream.config.settings.name,
                 if err.is_timeout() {
-                    "timed out"
+                    "timed out (request_timeout_ms)"
                 } else if err.is_connect() {
                     "connection failed"
                 } else {
@@ -54,12 +54,13 @@ pub(crate) async fn forward(
     let headers = response.headers().clone();
     let bytes = match response.bytes().await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return json_error(
-                StatusCode::BAD_GATEWAY,
-                "upstream response ended early",
-                "UPSTREAM_UNAVAILABLE",
-            )
+        Err(err) => {
+            let message = if err.is_timeout() {
+                "upstream response timed out (request_timeout_ms)"
+            } else {
+                "upstream response ended early"
+            };
+            return json_error(StatusCode::BAD_GATEWAY, message, "UPSTREAM_UNAVAILABLE");
         }
     };
     let mut out = Response::new(full(bytes));
