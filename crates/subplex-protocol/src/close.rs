@@ -21,7 +21,8 @@ pub const GOING_AWAY: Close = Close {
     code: 1001,
     reason: "Gateway shutting down",
 };
-/// A frame over the configured size limit.
+/// A frame over the configured size limit. The reason sent is the size check's own text
+/// (sizes included), this one is the fallback.
 pub const MESSAGE_TOO_BIG: Close = Close {
     code: 1009,
     reason: "Message too big",
@@ -51,12 +52,6 @@ pub const TOO_MANY_INIT: Close = Close {
     code: 4429,
     reason: "Too many initialisation requests",
 };
-/// The client did not read its messages fast enough (slow-consumer policy).
-pub const SLOW_CONSUMER: Close = Close {
-    code: 4503,
-    reason: "Client too slow: outbound queue full",
-};
-
 /// graphql-transport-ws 4409: the reason names the id, so it is built, not a constant.
 pub const SUBSCRIBER_EXISTS_CODE: u16 = 4409;
 

@@ -101,7 +101,10 @@ impl UpstreamConnection {
         self.pool.connection_opened();
         let ending = match self.establish(dial).await {
             Ok(mut socket) => {
-                info!("upstream connection established");
+                info!(
+                    open = self.pool.open_connections(),
+                    "upstream connection established"
+                );
                 let ending = self.serve(&mut socket).await;
                 self.close_socket(&mut socket, &ending).await;
                 ending

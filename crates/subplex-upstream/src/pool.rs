@@ -69,6 +69,11 @@ impl PoolShared {
     pub fn connection_closed(&self) {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
     }
+
+    /// Connections of this upstream currently open, for logs.
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
 }
 
 /// The upstream connections of one upstream, keyed by security context.
@@ -146,12 +151,7 @@ impl Pool {
 
     /// Upstream connections currently open (connecting, serving or closing).
     pub fn open_connections(&self) -> usize {
-        self.shared.open_connections.load(Ordering::Relaxed)
-    }
-
-    /// Security contexts with a connection in the pool.
-    pub fn pooled_contexts(&self) -> usize {
-        self.shared.connections.len()
+        self.shared.open_connections()
     }
 }
 
