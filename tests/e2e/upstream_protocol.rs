@@ -337,3 +337,113 @@ async fn slow_client_is_cut_off_and_the_upstream_operation_stopped() {
         json!({ "type": "complete", "id": "1" })
     );
 }
+
+#[tokio::test]
+async fn wss_upstream_with_a_private_ca_serves_subscriptions() {
+    let certificates = subplex_tests::fake_upstream::test_certificates();
+    let ca_file = std::env::temp_dir().join(format!("subplex-e2e-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &certificates.ca_pem).unwrap();
+    let mut fake =
+        FakeUpstream::start_tls("graphql-transport-ws", certificates.server.clone()).await;
+    let gateway = TestGateway::start(&format!(
+        "[upstreams.up]\nurl = \"https://127.0.0.1:{}/graphql\"\ntls_ca_file = {:?}\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        fake.addr.port(),
+        ca_file.display().to_string()
+    ))
+    .await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({ "token": "t" })).await;
+    client.send(subscribe("1", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    assert_eq!(upstream.handshake().await, json!({ "token": "t" }));
+    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    upstream
+        .send(json!({ "type": "next", "id": "1", "payload": { "data": { "a": 1 } } }))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "next", "id": "1", "payload": { "data": { "a": 1 } } })
+    );
+    let _ = std::fs::remove_file(&ca_file);
+}
+
+#[tokio::test]
+async fn wss_upstream_with_an_untrusted_certificate_is_refused_clearly() {
+    let certificates = subplex_tests::fake_upstream::test_certificates();
+    let fake = FakeUpstream::start_tls("graphql-transport-ws", certificates.server.clone()).await;
+    // No tls_ca_file: only public roots are trusted, so the private CA is not.
+    let gateway = TestGateway::start(&format!(
+        "[upstreams.up]\nurl = \"https://127.0.0.1:{}/graphql\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        fake.addr.port()
+    ))
+    .await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    client.send(subscribe("1", "subscription { a }")).await;
+    let failure = client.recv_json().await;
+    let error = &failure["payload"]["errors"][0];
+    assert_eq!(error["extensions"]["code"], "UPSTREAM_UNAVAILABLE");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_serves_plain_http_queries() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certificates = subplex_tests::fake_upstream::test_certificates();
+    let ca_file =
+        std::env::temp_dir().join(format!("subplex-e2e-http-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &certificates.ca_pem).unwrap();
+    // A minimal HTTPS server: one canned GraphQL response per connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(certificates.server.clone());
+    let server = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                continue;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tls.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"data":{"hello":"over tls"}}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            tls.write_all(response.as_bytes()).await.unwrap();
+            tls.shutdown().await.ok();
+        }
+    });
+    let gateway = TestGateway::start(&format!(
+        "[upstreams.up]\nurl = \"https://127.0.0.1:{port}/graphql\"\ntls_ca_file = {:?}\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        ca_file.display().to_string()
+    ))
+    .await;
+    let response = reqwest::Client::new()
+        .post(gateway.url())
+        .header("content-type", "application/json")
+        .body(r#"{"query":"{ hello }"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.text().await.unwrap(),
+        r#"{"data":{"hello":"over tls"}}"#
+    );
+    server.abort();
+    let _ = std::fs::remove_file(&ca_file);
+}

@@ -3,10 +3,11 @@
 //! silence, garbage, floods).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderValue};
@@ -16,6 +17,13 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::EVENT_TIMEOUT;
+
+/// Any byte stream a fake connection can run on: TCP, or TLS over TCP.
+pub trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
 
 /// A listening fake upstream; each accepted WebSocket arrives through [`FakeUpstream::accept`].
 #[derive(Debug)]
@@ -28,7 +36,7 @@ pub struct FakeUpstream {
 /// One upstream connection, played by the test.
 #[derive(Debug)]
 pub struct FakeConnection {
-    socket: WebSocketStream<TcpStream>,
+    socket: WebSocketStream<Box<dyn Io>>,
     /// The headers of the upgrade request the gateway sent.
     pub headers: HeaderMap,
 }
@@ -36,13 +44,37 @@ pub struct FakeConnection {
 impl FakeUpstream {
     /// Listens on an ephemeral port and answers upgrades with `subprotocol`.
     pub async fn start(subprotocol: &'static str) -> FakeUpstream {
+        Self::listen(subprotocol, None).await
+    }
+
+    /// The same over TLS with `tls` (see [`test_certificates`]).
+    pub async fn start_tls(
+        subprotocol: &'static str,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> FakeUpstream {
+        Self::listen(subprotocol, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn listen(
+        subprotocol: &'static str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, connections) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let stream: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        // A failed TLS handshake is the gateway's to report, not ours.
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => return,
+                        },
+                    };
                     let mut headers = HeaderMap::new();
                     // The error type is tungstenite's, not ours.
                     #[allow(clippy::result_large_err)]
@@ -173,5 +205,45 @@ impl FakeConnection {
 /// A connection that is kept open but never read again.
 #[derive(Debug)]
 pub struct HungConnection {
-    _socket: WebSocketStream<TcpStream>,
+    _socket: WebSocketStream<Box<dyn Io>>,
+}
+
+/// A throwaway CA and a server certificate it signed for `127.0.0.1` and `localhost`.
+#[derive(Debug)]
+pub struct TestCertificates {
+    /// The CA certificate, PEM: what the gateway's `tls_ca_file` points at.
+    pub ca_pem: String,
+    /// The server's TLS configuration.
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+/// Makes fresh certificates (nothing is stored in the repository).
+pub fn test_certificates() -> TestCertificates {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "subplex test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let server_cert = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![server_cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+    )
+    .unwrap();
+    TestCertificates {
+        ca_pem: ca.pem(),
+        server: Arc::new(server),
+    }
 }

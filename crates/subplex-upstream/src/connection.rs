@@ -164,7 +164,19 @@ impl UpstreamConnection {
             .max_message_size(Some(settings.max_message_bytes))
             .max_frame_size(Some(settings.max_message_bytes));
 
-        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+        if settings.ws_url.scheme() == "wss" && settings.tls.is_none() {
+            return Err(connect_error("wss:// needs a TLS configuration".into()));
+        }
+        let connector = settings
+            .tls
+            .clone()
+            .map(tokio_tungstenite::Connector::Rustls);
+        let connect = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            connector,
+        );
         let (mut socket, _response) = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
@@ -504,7 +516,9 @@ fn describe_ws_error(err: &tungstenite::Error) -> String {
         tungstenite::Error::Http(response) => {
             format!("HTTP {} during the WebSocket upgrade", response.status())
         }
+        // rustls errors (an untrusted certificate, a name mismatch) arrive wrapped in io.
         tungstenite::Error::Io(io) => io.to_string(),
+        tungstenite::Error::Tls(tls) => tls.to_string(),
         tungstenite::Error::Capacity(err) => err.to_string(),
         other => other.to_string(),
     }

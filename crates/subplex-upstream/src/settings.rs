@@ -28,6 +28,8 @@ pub struct UpstreamSettings {
     pub max_message_bytes: usize,
     /// Events buffered per subscriber before the slow-consumer policy cuts it off.
     pub subscriber_queue: usize,
+    /// TLS for `wss://` URLs: trusted roots and protocol versions. `None` refuses `wss://`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl UpstreamSettings {
@@ -44,6 +46,7 @@ impl UpstreamSettings {
             keepalive_timeout: Duration::from_millis(10_000),
             max_message_bytes: 1024 * 1024,
             subscriber_queue: 128,
+            tls: None,
         }
     }
 }

@@ -99,33 +99,39 @@ pub(crate) struct GatewayState {
 }
 
 impl GatewayState {
-    pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> Self {
-        let upstreams: Vec<Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|upstream| {
-                Arc::new(Upstream {
-                    config: upstream.clone(),
-                    pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
-                    http: reqwest::Client::builder()
-                        .connect_timeout(upstream.settings.connect_timeout)
-                        .timeout(upstream.request_timeout)
-                        .build()
-                        .unwrap_or_default(),
-                })
-            })
-            .collect();
+    /// Builds the per-upstream pools and HTTP clients. Fails only if an HTTP client cannot
+    /// be built (the TLS settings were refused).
+    pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let http = reqwest::Client::builder()
+                .connect_timeout(upstream.settings.connect_timeout)
+                .timeout(upstream.request_timeout)
+                .use_preconfigured_tls((*upstream.http_tls).clone())
+                .build()
+                .map_err(|err| {
+                    std::io::Error::other(format!(
+                        "upstream \"{}\": cannot build its HTTP client: {err}",
+                        upstream.settings.name
+                    ))
+                })?;
+            upstreams.push(Arc::new(Upstream {
+                config: upstream.clone(),
+                pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
+                http,
+            }));
+        }
         let routes = config
             .routes
             .iter()
             .map(|route| (route.path.clone(), upstreams[route.upstream].clone()))
             .collect();
-        GatewayState {
+        Ok(GatewayState {
             routes,
             server: config.server.clone(),
             downstream_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-        }
+        })
     }
 }
 

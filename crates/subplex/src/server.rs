@@ -36,7 +36,7 @@ impl Gateway {
     pub async fn bind(config: Config) -> std::io::Result<Gateway> {
         let listener = TcpListener::bind(config.server.listen).await?;
         let upstream_shutdown = CancellationToken::new();
-        let state = Arc::new(GatewayState::new(&config, &upstream_shutdown));
+        let state = Arc::new(GatewayState::new(&config, &upstream_shutdown)?);
         Ok(Gateway {
             listener,
             state,

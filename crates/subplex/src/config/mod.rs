@@ -3,11 +3,13 @@
 //!
 //! Every key is documented here; `docs/configuration.md` mirrors these comments.
 
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -127,6 +129,9 @@ pub struct RawUpstream {
     /// Whole-request timeout for queries and mutations forwarded over plain HTTP. Default 30000.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// PEM file of extra CA certificates to trust for `https`/`wss` upstreams, besides
+    /// Mozilla's roots; relative to the config file. Default: none.
+    pub tls_ca_file: Option<String>,
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -218,6 +223,8 @@ pub struct UpstreamConfig {
     pub forward_headers: Vec<HeaderName>,
     /// For plain HTTP forwarding.
     pub request_timeout: Duration,
+    /// TLS client settings for plain HTTP forwarding (the WebSocket ones are in `settings`).
+    pub http_tls: Arc<rustls::ClientConfig>,
 }
 
 /// Validated `[[routes]]`: `upstream` indexes [`Config::upstreams`].

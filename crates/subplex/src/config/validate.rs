@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::HeaderName;
@@ -86,6 +87,8 @@ impl Problems {
 /// Checks a raw config; `file` names it in errors.
 pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut problems = Problems::default();
+    // Files the config names are relative to the config file.
+    let base_dir = Path::new(file).parent().unwrap_or(Path::new(""));
 
     let listen = resolve_listen(&raw.server.listen).unwrap_or_else(|| {
         problems.add(
@@ -122,7 +125,7 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut upstreams = Vec::new();
     let mut upstream_index = HashMap::new();
     for (name, upstream) in &raw.upstreams {
-        if let Some(config) = validate_upstream(name, upstream, &mut problems) {
+        if let Some(config) = validate_upstream(name, upstream, base_dir, &mut problems) {
             upstream_index.insert(name.clone(), upstreams.len());
             upstreams.push(config);
         }
@@ -241,6 +244,7 @@ fn validate_cors(raw: &RawCors, problems: &mut Problems) -> CorsConfig {
 fn validate_upstream(
     name: &str,
     raw: &RawUpstream,
+    base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<UpstreamConfig> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
@@ -292,19 +296,6 @@ fn validate_upstream(
         }
         (None, None) => None,
     };
-    // A derived ws_url inherits the url's scheme: report TLS once, at the key the user wrote.
-    let written_ws_url = ws_url.as_ref().filter(|_| raw.ws_url.is_some());
-    for (field, url) in [("url", http_url.as_ref()), ("ws_url", written_ws_url)] {
-        if let Some(url) = url {
-            if matches!(url.scheme(), "https" | "wss") {
-                problems.add(
-                    key(field),
-                    "TLS upstreams (https/wss) are not supported by this build; use http/ws, or terminate TLS in a sidecar",
-                );
-            }
-        }
-    }
-
     let protocol = match raw.protocol.as_str() {
         "auto" => {
             problems.add(
@@ -368,10 +359,21 @@ fn validate_upstream(
     }
     let request_timeout = problems.positive(key("request_timeout_ms"), raw.request_timeout_ms);
 
+    let ca_file = raw.tls_ca_file.as_ref().map(|file| base_dir.join(file));
+    let tls = match super::tls::upstream_tls(ca_file.as_deref()) {
+        Ok(tls) => Some(tls),
+        Err(reason) => {
+            problems.add(key("tls_ca_file"), reason);
+            None
+        }
+    };
+
     if problems.0.len() != before {
         return None;
     }
+    let tls = tls?;
     let mut settings = UpstreamSettings::new(name, ws_url?, protocol?);
+    settings.tls = Some(tls.websocket);
     settings.idle_timeout = idle_timeout;
     settings.connect_timeout = connect_timeout;
     settings.ack_timeout = ack_timeout;
@@ -385,6 +387,7 @@ fn validate_upstream(
         security_context,
         forward_headers,
         request_timeout,
+        http_tls: tls.http,
     })
 }
 
@@ -501,17 +504,45 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_urls_are_not_echoed_and_tls_is_reported_once() {
+    fn unparsable_urls_are_not_echoed_and_https_derives_wss() {
         let err =
             problems(&GOOD.replace("http://127.0.0.1:4001/graphql", "http://user:hunter2@[::1"));
         assert!(err.contains("upstreams.chat.url: is not a URL"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
+        let config = Config::parse(
+            &GOOD.replace(
+                "http://127.0.0.1:4001/graphql",
+                "https://127.0.0.1:4001/graphql",
+            ),
+            "gateway.toml",
+        )
+        .unwrap();
+        assert_eq!(config.upstreams[0].settings.ws_url.scheme(), "wss");
+        assert!(config.upstreams[0].settings.tls.is_some());
+    }
+
+    #[test]
+    fn tls_ca_file_problems_name_the_file() {
         let err = problems(&GOOD.replace(
-            "http://127.0.0.1:4001/graphql",
-            "https://127.0.0.1:4001/graphql",
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\ntls_ca_file = \"no-such-ca.pem\"",
         ));
-        assert!(err.contains("upstreams.chat.url: TLS upstreams"), "{err}");
-        assert!(!err.contains("ws_url"), "{err}");
+        assert!(
+            err.contains("upstreams.chat.tls_ca_file: cannot read \"no-such-ca.pem\""),
+            "{err}"
+        );
+        let empty =
+            std::env::temp_dir().join(format!("subplex-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            &format!(
+                "idle_timeout_ms = 1500\ntls_ca_file = {:?}",
+                empty.display().to_string()
+            ),
+        ));
+        let _ = std::fs::remove_file(&empty);
+        assert!(err.contains("holds no PEM certificate"), "{err}");
     }
 
     #[test]
