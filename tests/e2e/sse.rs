@@ -76,16 +76,7 @@ async fn keep_alive_comments_are_periodic() {
         .await
         .unwrap();
     let mut chunks = response.bytes_stream();
-    // Chunks may coalesce under load, so count comments in the accumulated text.
-    let mut text = String::new();
-    while text.matches(":\n\n").count() < 3 {
-        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let text = read_until(&mut chunks, |text| text.matches(":\n\n").count() >= 3).await;
     assert!(
         !text.contains("event:"),
         "only keep-alives before the first tick: {text:?}"
@@ -175,15 +166,7 @@ async fn client_disconnect_ends_the_upstream_subscription() {
         .await
         .unwrap();
     let mut chunks = response.bytes_stream();
-    let mut seen = String::new();
-    while !seen.contains("event: next") {
-        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let seen = read_until(&mut chunks, |text| text.contains("event: next")).await;
     assert!(
         seen.contains(r#"data: {"data":{"forever":{"n":1,"user":"ivy"}}}"#),
         "{seen}"
@@ -225,6 +208,24 @@ async fn queries_and_mutations_over_http_are_forwarded() {
         .await
         .unwrap();
     assert_eq!(body, json!({ "data": { "echo": "hi" } }));
+}
+
+/// Reads a streaming body until the text so far satisfies `done`. Chunk boundaries are
+/// not events (they coalesce under load), so conditions look at the accumulated text.
+async fn read_until(
+    chunks: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut text = String::new();
+    while !done(&text) {
+        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
+            .await
+            .expect("the stream sends within the timeout")
+            .expect("the stream is still open")
+            .expect("the stream reads cleanly");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    text
 }
 
 fn urlencode(text: &str) -> String {
@@ -318,15 +319,7 @@ async fn gateway_shutdown_ends_open_streams_and_drains() {
         .await
         .unwrap();
     let mut chunks = response.bytes_stream();
-    let mut seen = String::new();
-    while !seen.contains("event: next") {
-        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        seen.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    read_until(&mut chunks, |text| text.contains("event: next")).await;
     let shutdown = tokio::spawn(gateway.shutdown());
     // The stream ends (no more chunks, no error), and the gateway finishes draining.
     while let Some(chunk) = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
