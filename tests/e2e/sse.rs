@@ -382,3 +382,19 @@ async fn http_forwarding_times_out_with_a_clear_error() {
     );
     hold.abort();
 }
+
+#[tokio::test]
+async fn get_mutations_over_plain_http_are_refused_before_the_upstream() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::for_upstream(server.port, "graphql-transport-ws", "").await;
+    let get = |query: &str| reqwest::get(format!("{}?query={}", gateway.url(), urlencode(query)));
+    let response = get("mutation { echo(message: \"x\") }").await.unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    // Yoga words its own refusal differently: this one is the gateway's.
+    expect_bad_request(response, 405, "mutations cannot be sent with GET; use POST").await;
+    // A GET query is forwarded as before.
+    let response = get("{ hello }").await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({ "data": { "hello": "world" } }));
+}

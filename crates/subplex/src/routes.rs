@@ -322,3 +322,16 @@ pub(crate) async fn read_body(
         )),
     }
 }
+
+/// GET must be safe (GraphQL over HTTP, graphql-sse): a mutation sent with GET gets 405
+/// naming POST, before anything reaches the upstream.
+pub(crate) fn refuse_get_mutation(
+    method: &Method,
+    request: &subplex_protocol::GraphqlRequest,
+) -> Option<Response<ResponseBody>> {
+    let mutation =
+        subplex_protocol::operation_type(&request.query, request.operation_name.as_deref())
+            == Some(subplex_protocol::OperationType::Mutation);
+    (method == Method::GET && mutation)
+        .then(|| method_not_allowed("mutations cannot be sent with GET; use POST", "POST"))
+}

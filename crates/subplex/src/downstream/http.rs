@@ -6,7 +6,9 @@ use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::routes::{full, json_error, read_body, GatewayState, ResponseBody, Upstream};
+use crate::routes::{
+    full, json_error, read_body, refuse_get_mutation, GatewayState, ResponseBody, Upstream,
+};
 
 /// Request headers passed through besides the configured `forward_headers`.
 const PASSED_THROUGH: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];
@@ -17,6 +19,14 @@ pub(crate) async fn forward(
     state: &GatewayState,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
+    // A GET that does not read as a GraphQL request (a persisted-query extension, say) is
+    // the upstream's to judge; one that reads as a mutation is refused here.
+    if let Ok(request) = subplex_protocol::sse::request_from_query(parts.uri.query().unwrap_or(""))
+    {
+        if let Some(refusal) = refuse_get_mutation(&parts.method, &request) {
+            return refusal;
+        }
+    }
     let body = match read_body(body, state.server.max_message_bytes).await {
         Ok(body) => body,
         Err(response) => return response,

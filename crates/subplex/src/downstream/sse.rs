@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use subplex_protocol::{operation_type, sse, Event, GraphqlRequest, OperationType, RawJson};
+use subplex_protocol::{sse, Event, GraphqlRequest, RawJson};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,8 @@ use tracing::{debug, Instrument};
 
 use super::operation::failure_events;
 use crate::routes::{
-    json_error, method_not_allowed, read_body, GatewayState, ResponseBody, Upstream,
+    json_error, method_not_allowed, read_body, refuse_get_mutation, GatewayState, ResponseBody,
+    Upstream,
 };
 
 /// Encoded chunks queued toward one SSE client. Small: each chunk is a whole event, and
@@ -44,12 +45,8 @@ pub(crate) async fn handle(
         Ok(request) => request,
         Err(err) => return json_error(StatusCode::BAD_REQUEST, &err.to_string(), "BAD_REQUEST"),
     };
-    // GET must be safe (GraphQL over HTTP, graphql-sse): a mutation needs POST.
-    if parts.method == Method::GET
-        && operation_type(&request.query, request.operation_name.as_deref())
-            == Some(OperationType::Mutation)
-    {
-        return method_not_allowed("mutations cannot be sent with GET; use POST", "POST");
+    if let Some(refusal) = refuse_get_mutation(&parts.method, &request) {
+        return refusal;
     }
 
     // SSE has no `connection_init`: the payload is `{}` and the headers carry identity.
