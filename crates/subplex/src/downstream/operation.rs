@@ -33,40 +33,54 @@ pub(crate) async fn run(
     generation: u64,
     out: mpsc::Sender<Outbound>,
 ) {
-    let send = |event: Event| {
-        let out = out.clone();
-        let id = id.clone();
-        async move {
-            out.send(Outbound {
-                id,
-                generation,
-                event,
-            })
-            .await
-            .is_ok()
-        }
-    };
     let mut subscription = match upstream.pool.subscribe(&params, request).await {
         Ok(subscription) => subscription,
         Err(error) => {
             debug!(%error, "operation could not start upstream");
-            for event in failure_events(&error) {
-                if !send(event).await {
-                    return;
-                }
-            }
+            deliver_failure(&out, &id, generation, &error).await;
             return;
         }
     };
+    // The hot path: one event in, one event out, no allocation besides the id's refcount.
     while let Some(item) = subscription.recv().await {
-        let events = match item {
-            Ok(event) => vec![event],
-            Err(error) => failure_events(&error).to_vec(),
-        };
-        for event in events {
-            if !send(event).await {
+        match item {
+            Ok(event) => {
+                if !deliver(&out, &id, generation, event).await {
+                    return; // The session is gone; dropping the subscription stops it.
+                }
+            }
+            Err(error) => {
+                deliver_failure(&out, &id, generation, &error).await;
                 return;
             }
+        }
+    }
+}
+
+/// Queues one event for the session; false once the session has ended.
+async fn deliver(
+    out: &mpsc::Sender<Outbound>,
+    id: &Arc<str>,
+    generation: u64,
+    event: Event,
+) -> bool {
+    let outbound = Outbound {
+        id: id.clone(),
+        generation,
+        event,
+    };
+    out.send(outbound).await.is_ok()
+}
+
+async fn deliver_failure(
+    out: &mpsc::Sender<Outbound>,
+    id: &Arc<str>,
+    generation: u64,
+    error: &UpstreamError,
+) {
+    for event in failure_events(error) {
+        if !deliver(out, id, generation, event).await {
+            return;
         }
     }
 }
