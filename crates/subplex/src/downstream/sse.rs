@@ -91,12 +91,8 @@ async fn feed(
     keepalive_every: time::Duration,
     shutdown: CancellationToken,
 ) {
-    let send = |text: String| {
-        let tx = tx.clone();
-        async move { tx.send(Bytes::from(text)).await.is_ok() }
-    };
     // Sent at once: some browsers and proxies stall until the first bytes arrive.
-    if !send(sse::KEEP_ALIVE.to_owned()).await {
+    if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
         return;
     }
     let subscribe = upstream.pool.subscribe(&params, request);
@@ -108,7 +104,7 @@ async fn feed(
             Ok(subscription) => subscription,
             Err(error) => {
                 debug!(%error, "operation could not start upstream");
-                send(encode_all(&failure_events(&error))).await;
+                push(&tx, encode_all(&failure_events(&error))).await;
                 return;
             }
         },
@@ -133,10 +129,15 @@ async fn feed(
             },
             _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
         };
-        if !send(text).await {
+        if !push(&tx, text).await {
             return;
         }
     }
+}
+
+/// Queues encoded text for the response body; false once the client has gone.
+async fn push(tx: &mpsc::Sender<Bytes>, text: String) -> bool {
+    tx.send(Bytes::from(text)).await.is_ok()
 }
 
 fn encode_all(events: &[Event]) -> String {
