@@ -1,97 +1,89 @@
 //! One client operation's way to and from its upstream, shared by every downstream kind.
 //!
-//! The operation runs as its own task so that waiting for an upstream connection never
-//! blocks the client session. It forwards events into the session's bounded queue; when
-//! that queue is full the task waits, its upstream queue fills, and the upstream
-//! connection cuts the subscription off (slow-consumer policy) instead of buffering.
+//! An operation is a stream of [`Event`]s: it subscribes through the pool (waiting for an
+//! upstream connection if there is none yet), then yields the upstream's events, and
+//! turns an upstream failure into an error result followed by completion. The stream owns
+//! the upstream [`Subscription`](subplex_upstream::Subscription): dropping the stream stops
+//! the operation upstream.
+//!
+//! Sessions poll their operations' streams themselves, no task or queue in between: while
+//! a client's socket is slow the session stops polling, the subscription's own queue fills,
+//! and the upstream connection cuts it off (slow-consumer policy) instead of buffering.
 
 use std::sync::Arc;
 
+use futures_util::Stream;
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
-use subplex_upstream::{ConnectParams, UpstreamError};
-use tokio::sync::mpsc;
+use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tracing::debug;
 
 use crate::routes::Upstream;
 
-/// Events a session receives from its operations, tagged so that a late event of an
-/// operation that was already replaced under the same client id is recognised.
-#[derive(Debug)]
-pub(crate) struct Outbound {
-    pub id: Arc<str>,
-    pub generation: u64,
-    pub event: Event,
+/// Where an operation's stream is.
+enum Stage {
+    /// Not subscribed yet.
+    Start {
+        upstream: Arc<Upstream>,
+        params: ConnectParams,
+        request: GraphqlRequest,
+    },
+    Active(Subscription),
+    /// An upstream failure was reported; its `complete` is still to come.
+    Failed,
+    Done,
 }
 
-/// Runs one operation to its end, sending every event to `out`. Dropping the future
-/// (abort) drops the upstream subscription, which stops the operation upstream.
-pub(crate) async fn run(
+/// The events of one operation, ending after its terminal event.
+pub(crate) fn events(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
-    id: Arc<str>,
-    generation: u64,
-    out: mpsc::Sender<Outbound>,
-) {
-    let mut subscription = match upstream.pool.subscribe(&params, request).await {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            debug!(%error, "operation could not start upstream");
-            deliver_failure(&out, &id, generation, &error).await;
-            return;
-        }
+) -> impl Stream<Item = Event> + Send + 'static {
+    let start = Stage::Start {
+        upstream,
+        params,
+        request,
     };
-    // The hot path: one event in, one event out, no allocation besides the id's refcount.
-    while let Some(item) = subscription.recv().await {
-        match item {
-            Ok(event) => {
-                if !deliver(&out, &id, generation, event).await {
-                    return; // The session is gone; dropping the subscription stops it.
+    futures_util::stream::unfold(start, |stage| async move {
+        match stage {
+            Stage::Start {
+                upstream,
+                params,
+                request,
+            } => match upstream.pool.subscribe(&params, request).await {
+                Ok(subscription) => next_event(subscription).await,
+                Err(error) => {
+                    debug!(%error, "operation could not start upstream");
+                    Some((failure_result(&error), Stage::Failed))
                 }
-            }
-            Err(error) => {
-                deliver_failure(&out, &id, generation, &error).await;
-                return;
-            }
+            },
+            Stage::Active(subscription) => next_event(subscription).await,
+            Stage::Failed => Some((Event::Complete, Stage::Done)),
+            Stage::Done => None,
         }
-    }
+    })
 }
 
-/// Queues one event for the session; false once the session has ended.
-async fn deliver(
-    out: &mpsc::Sender<Outbound>,
-    id: &Arc<str>,
-    generation: u64,
-    event: Event,
-) -> bool {
-    let outbound = Outbound {
-        id: id.clone(),
-        generation,
-        event,
-    };
-    out.send(outbound).await.is_ok()
-}
-
-async fn deliver_failure(
-    out: &mpsc::Sender<Outbound>,
-    id: &Arc<str>,
-    generation: u64,
-    error: &UpstreamError,
-) {
-    for event in failure_events(error) {
-        if !deliver(out, id, generation, event).await {
-            return;
+async fn next_event(mut subscription: Subscription) -> Option<(Event, Stage)> {
+    match subscription.recv().await? {
+        Ok(event) => {
+            let next = if event.is_terminal() {
+                Stage::Done
+            } else {
+                Stage::Active(subscription)
+            };
+            Some((event, next))
         }
+        Err(error) => Some((failure_result(&error), Stage::Failed)),
     }
 }
 
 /// An upstream failure as the client sees it: a result carrying the GraphQL error, then
-/// completion. Every client library surfaces that as data plus a clean end, in every
-/// dialect, rather than as a transport error some libraries would retry.
-pub(crate) fn failure_events(error: &UpstreamError) -> [Event; 2] {
+/// (from the stream) completion. Every client library surfaces that as data plus a clean
+/// end, in every dialect, rather than as a transport error some libraries would retry.
+fn failure_result(error: &UpstreamError) -> Event {
     let errors = error.to_graphql_errors();
     let result = format!("{{\"errors\":{}}}", errors.as_str());
     // Built from a valid errors array, so it is valid JSON.
-    let result = RawJson::parse(&result).unwrap_or_else(|_| RawJson::empty_object());
-    [Event::Next(result), Event::Complete]
+    Event::Next(RawJson::parse(&result).unwrap_or_else(|_| RawJson::empty_object()))
 }

@@ -8,16 +8,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use subplex_protocol::{sse, Event, GraphqlRequest, RawJson};
+use subplex_protocol::{sse, GraphqlRequest, RawJson};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
-use super::operation::failure_events;
+use super::operation;
 use crate::routes::{
     json_error, method_not_allowed, read_body, refuse_get_mutation, GatewayState, ResponseBody,
     Upstream,
@@ -95,20 +96,8 @@ async fn feed(
     if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
         return;
     }
-    let subscribe = upstream.pool.subscribe(&params, request);
-    let mut subscription = tokio::select! {
-        biased;
-        _ = tx.closed() => return,
-        _ = shutdown.cancelled() => return,
-        result = subscribe => match result {
-            Ok(subscription) => subscription,
-            Err(error) => {
-                debug!(%error, "operation could not start upstream");
-                push(&tx, encode_all(&failure_events(&error))).await;
-                return;
-            }
-        },
-    };
+    let events = operation::events(upstream, params, request);
+    tokio::pin!(events);
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
     let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
@@ -122,10 +111,9 @@ async fn feed(
                 return;
             }
             _ = &mut cancelled => return,
-            item = subscription.recv() => match item {
+            event = events.next() => match event {
+                Some(event) => sse::encode_event(&event),
                 None => return,
-                Some(Ok(event)) => sse::encode_event(&event),
-                Some(Err(error)) => encode_all(&failure_events(&error)),
             },
             _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
         };
@@ -138,8 +126,4 @@ async fn feed(
 /// Queues encoded text for the response body; false once the client has gone.
 async fn push(tx: &mpsc::Sender<Bytes>, text: String) -> bool {
     tx.send(Bytes::from(text)).await.is_ok()
-}
-
-fn encode_all(events: &[Event]) -> String {
-    events.iter().map(sse::encode_event).collect()
 }

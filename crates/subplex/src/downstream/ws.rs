@@ -1,23 +1,22 @@
 //! WebSocket clients in both dialects: the upgrade, and one session task per connection.
 //!
-//! The session task owns the socket, the protocol rules and the map of running
-//! operations; operations run as tasks of their own and report back over one bounded
-//! queue. The wire dialect is fixed at the upgrade, and every frame to the client is
-//! encoded by that dialect's own types.
+//! The session task owns the socket, the protocol rules and its running operations, whose
+//! event streams it polls itself (see `operation`). The wire dialect is fixed at the
+//! upgrade, and every frame to the client is encoded by that dialect's own types.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{AbortHandle, Abortable, SelectAll};
+use futures_util::{SinkExt, Stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use subplex_protocol::close::{self, Close};
-use subplex_protocol::{legacy_ws, transport_ws, GraphqlRequest, RawJson, Subprotocol};
+use subplex_protocol::{legacy_ws, transport_ws, Event, GraphqlRequest, RawJson, Subprotocol};
 use subplex_upstream::ConnectParams;
-use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -26,16 +25,15 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, Instrument};
 
-use super::operation::{self, Outbound};
+use super::operation;
 use crate::routes::{json_error, GatewayState, ResponseBody, Upstream};
 use crate::server::ConnectionPermit;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Events queued from a session's operations toward its socket. When the socket is slow
-/// the operations wait here, and past that their upstream queues overflow (see
-/// `operation`): this bounds a session's memory whatever its number of operations.
-const OUTBOUND_QUEUE: usize = 256;
+/// A running operation's events, tagged with the client's id; abortable so that a client's
+/// `complete`/`stop` drops it (and with it the upstream subscription) at once.
+type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Event)> + Send>>>;
 
 /// Read buffer per client socket. tungstenite allocates its default (128 KiB) up front for
 /// every connection and zero-fills the free part before each read, so all of it stays
@@ -164,11 +162,6 @@ impl Rules {
     }
 }
 
-struct ActiveOperation {
-    generation: u64,
-    task: AbortHandle,
-}
-
 /// What the session does after handling one input.
 enum Flow {
     Continue,
@@ -187,11 +180,11 @@ struct DownstreamSession {
     state: Arc<GatewayState>,
     /// Set once `connection_init` was accepted.
     connect: Option<ConnectParams>,
-    operations: HashMap<Arc<str>, ActiveOperation>,
-    tasks: JoinSet<()>,
-    next_generation: u64,
-    outbound_tx: mpsc::Sender<Outbound>,
-    outbound: mpsc::Receiver<Outbound>,
+    /// Running operations by client id. Once aborted, a stream yields nothing more, so
+    /// an id reused after `complete` can never receive the old operation's events.
+    operations: HashMap<Arc<str>, AbortHandle>,
+    /// Polled by the session itself: no task and no queue between upstream and socket.
+    streams: SelectAll<OperationStream>,
 }
 
 impl DownstreamSession {
@@ -201,7 +194,6 @@ impl DownstreamSession {
         client_headers: HeaderMap,
         state: Arc<GatewayState>,
     ) -> Self {
-        let (outbound_tx, outbound) = mpsc::channel(OUTBOUND_QUEUE);
         DownstreamSession {
             subprotocol,
             rules: match subprotocol {
@@ -213,10 +205,7 @@ impl DownstreamSession {
             state,
             connect: None,
             operations: HashMap::new(),
-            tasks: JoinSet::new(),
-            next_generation: 0,
-            outbound_tx,
-            outbound,
+            streams: SelectAll::new(),
         }
     }
 
@@ -243,8 +232,9 @@ impl DownstreamSession {
                     last_heard = Instant::now();
                     self.on_client_message(&mut socket, message).await
                 }
-                Some(outbound) = self.outbound.recv() => self.on_outbound(&mut socket, outbound).await,
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => Flow::Continue,
+                Some((id, event)) = self.streams.next(), if !self.streams.is_empty() => {
+                    self.on_event(&mut socket, id, event).await
+                }
                 _ = &mut init_deadline, if self.rules.awaiting_init() => {
                     self.init_timeout(&mut socket).await
                 }
@@ -264,8 +254,7 @@ impl DownstreamSession {
             let _ =
                 time::timeout(self.state.server.shutdown_grace, socket.close(Some(frame))).await;
         }
-        // Dropping the tasks aborts every operation, which stops each one upstream.
-        self.tasks.shutdown().await;
+        // Dropping the streams (with the session) stops every operation upstream.
         debug!("session ended");
     }
 
@@ -493,50 +482,38 @@ impl DownstreamSession {
             return; // The rules only accept operations after the ack.
         };
         let id: Arc<str> = Arc::from(id);
-        self.next_generation += 1;
-        let generation = self.next_generation;
         debug!(%id, operation = ?request.operation_name, "operation started");
-        let task = self.tasks.spawn(
-            operation::run(
-                self.upstream.clone(),
-                params,
-                request,
-                id.clone(),
-                generation,
-                self.outbound_tx.clone(),
-            )
-            .in_current_span(),
-        );
-        self.operations
-            .insert(id, ActiveOperation { generation, task });
+        let tag = id.clone();
+        let events = operation::events(self.upstream.clone(), params, request)
+            .map(move |event| (tag.clone(), event));
+        let (abort, registration) = AbortHandle::new_pair();
+        self.streams.push(Abortable::new(
+            Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,
+            registration,
+        ));
+        self.operations.insert(id, abort);
     }
 
     fn stop(&mut self, id: &str) {
-        if let Some(operation) = self.operations.remove(id) {
+        if let Some(abort) = self.operations.remove(id) {
             debug!(%id, "operation stopped by client");
-            operation.task.abort();
+            abort.abort();
         }
     }
 
-    async fn on_outbound(&mut self, socket: &mut Socket, outbound: Outbound) -> Flow {
-        let current = self
-            .operations
-            .get(&outbound.id)
-            .is_some_and(|op| op.generation == outbound.generation);
-        if !current {
-            return Flow::Continue; // An event of an operation the client already stopped.
+    async fn on_event(&mut self, socket: &mut Socket, id: Arc<str>, event: Event) -> Flow {
+        if !self.operations.contains_key(&id) {
+            return Flow::Continue; // Aborted streams yield nothing; this is a safety net.
         }
-        if outbound.event.is_terminal() {
-            self.operations.remove(&outbound.id);
-            self.rules.finished(&outbound.id);
+        if event.is_terminal() {
+            self.operations.remove(&id);
+            self.rules.finished(&id);
         }
         let frame = match self.subprotocol {
             Subprotocol::GraphqlTransportWs => {
-                transport_ws::ServerMessage::encode_event(&outbound.id, &outbound.event)
+                transport_ws::ServerMessage::encode_event(&id, &event)
             }
-            Subprotocol::GraphqlWs => {
-                legacy_ws::ServerMessage::encode_event(&outbound.id, &outbound.event)
-            }
+            Subprotocol::GraphqlWs => legacy_ws::ServerMessage::encode_event(&id, &event),
         };
         send(socket, frame).await
     }
