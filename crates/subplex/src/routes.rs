@@ -36,15 +36,7 @@ impl Upstream {
     /// of the whole header map.
     pub fn relevant_headers(&self, headers: &HeaderMap) -> HeaderMap {
         let mut kept = HeaderMap::new();
-        for name in self
-            .config
-            .security_context
-            .iter()
-            .chain(&self.config.forward_headers)
-        {
-            if kept.contains_key(name) {
-                continue;
-            }
+        for name in &self.config.keyed_headers {
             for value in headers.get_all(name) {
                 kept.append(name.clone(), value.clone());
             }
@@ -53,9 +45,7 @@ impl Upstream {
     }
 
     /// The connection parameters for a client with these request headers and this final
-    /// init payload. The security context hashes every header that reaches the upstream
-    /// (`forward_headers`) as well as those configured as `security_context`: a forwarded
-    /// header the key ignored would let two callers share one upstream identity.
+    /// init payload; the key hashes `keyed_headers` (see there why forwarded ones are in).
     pub fn connect_params(&self, headers: &HeaderMap, init_payload: RawJson) -> ConnectParams {
         let forwarded: Vec<_> = self
             .config
@@ -68,17 +58,12 @@ impl Upstream {
                     .map(move |value| (name.clone(), value.clone()))
             })
             .collect();
-        let keyed = self
-            .config
-            .security_context
-            .iter()
-            .chain(&self.config.forward_headers)
-            .flat_map(|name| {
-                headers
-                    .get_all(name)
-                    .iter()
-                    .map(move |value| (name.as_str(), value.as_bytes()))
-            });
+        let keyed = self.config.keyed_headers.iter().flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(move |value| (name.as_str(), value.as_bytes()))
+        });
         ConnectParams {
             key: SecurityContext::compute(&self.config.settings.name, keyed, &init_payload),
             headers: forwarded,

@@ -217,8 +217,10 @@ impl CorsConfig {
 pub struct UpstreamConfig {
     pub settings: UpstreamSettings,
     pub http_url: url::Url,
-    /// Lower-cased; hashed into the security context together with `forward_headers`.
-    pub security_context: Vec<HeaderName>,
+    /// Every header hashed into the security context: `security_context` and
+    /// `forward_headers` together (a forwarded header the key ignored would let two callers
+    /// share one upstream identity). Lower-cased, each once, computed at start-up.
+    pub keyed_headers: Vec<HeaderName>,
     /// Lower-cased; never hop-by-hop or `sec-websocket-*`.
     pub forward_headers: Vec<HeaderName>,
     /// For plain HTTP forwarding.

@@ -343,6 +343,12 @@ fn validate_upstream(
     };
     let security_context = header_list("security_context", &raw.security_context, problems, false);
     let forward_headers = header_list("forward_headers", &raw.forward_headers, problems, true);
+    let mut keyed_headers = security_context;
+    for name in &forward_headers {
+        if !keyed_headers.contains(name) {
+            keyed_headers.push(name.clone());
+        }
+    }
 
     let idle_timeout = problems.positive(key("idle_timeout_ms"), raw.idle_timeout_ms);
     let connect_timeout = problems.positive(key("connect_timeout_ms"), raw.connect_timeout_ms);
@@ -384,7 +390,7 @@ fn validate_upstream(
     Some(UpstreamConfig {
         settings,
         http_url: http_url?,
-        security_context,
+        keyed_headers,
         forward_headers,
         request_timeout,
         http_tls: tls.http,
@@ -423,7 +429,7 @@ mod tests {
             subplex_protocol::Subprotocol::GraphqlWs
         );
         assert_eq!(chat.settings.idle_timeout.as_millis(), 1500);
-        assert_eq!(chat.security_context, ["authorization", "x-tenant"]);
+        assert_eq!(chat.keyed_headers, ["authorization", "x-tenant"]);
         assert_eq!(config.routes[0].path, "/graphql");
     }
 
