@@ -208,3 +208,63 @@ async fn an_over_long_operation_id_closes_4400_naming_the_key() {
     let reason = client.expect_close(4400).await;
     assert!(reason.contains("server.max_operation_id_bytes"), "{reason}");
 }
+
+/// A client completes a fast operation and at once reuses its id, while the old
+/// operation's events are still in flight. Events the gateway sent before it read the
+/// `complete` may arrive; once the new operation's first event arrived, none of the old
+/// one may follow. Repeated, so the race has many chances to go wrong.
+#[tokio::test]
+async fn no_event_of_a_completed_operation_follows_the_next_one_with_the_same_id() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    for protocol in [TRANSPORT_WS, LEGACY_WS] {
+        let mut client = RawClient::connect(gateway.addr, protocol, &[]).await;
+        client
+            .send(json!({ "type": "connection_init", "payload": {} }))
+            .await;
+        assert_eq!(client.recv_json_skip_ka().await["type"], "connection_ack");
+        let (start, stop, event) = if protocol == TRANSPORT_WS {
+            (
+                "subscribe",
+                json!({ "type": "complete", "id": "x" }),
+                "next",
+            )
+        } else {
+            ("start", json!({ "type": "stop", "id": "x" }), "data")
+        };
+        let start = |round: usize| {
+            let query = format!("subscription {{ r{round}: tick(count: 100000, intervalMs: 1) }}");
+            json!({ "type": start, "id": "x", "payload": { "query": query } })
+        };
+        client.send(start(0)).await;
+        for round in 1..=30 {
+            // Wait until the running operation really streams.
+            let key = format!("r{}", round - 1);
+            loop {
+                let message = client.recv_json_skip_ka().await;
+                if message["payload"]["data"].get(&key).is_some() {
+                    break;
+                }
+            }
+            client.send(stop.clone()).await;
+            client.send(start(round)).await;
+            let key = format!("r{round}");
+            let mut new_started = false;
+            let mut seen_new = 0;
+            while seen_new < 3 {
+                let message = client.recv_json_skip_ka().await;
+                assert_eq!(message["id"], "x", "{protocol}: {message}");
+                assert_eq!(message["type"], event, "{protocol}: {message}");
+                let data = &message["payload"]["data"];
+                if data.get(&key).is_some() {
+                    new_started = true;
+                    seen_new += 1;
+                } else {
+                    assert!(
+                        !new_started,
+                        "{protocol} round {round}: an event of the completed operation after the new one's: {message}"
+                    );
+                }
+            }
+        }
+    }
+}
