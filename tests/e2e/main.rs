@@ -3,8 +3,11 @@
 
 mod legacy_ws;
 mod matrix;
+mod multipart;
 mod multiplexing;
+mod origins;
 mod sse;
+mod sse_single;
 mod transport_ws;
 mod upstream_failure;
 mod upstream_protocol;
