@@ -5,6 +5,7 @@ mod legacy_ws;
 mod matrix;
 mod multipart;
 mod multiplexing;
+mod operations;
 mod origins;
 mod sse;
 mod sse_single;

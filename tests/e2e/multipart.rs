@@ -269,3 +269,28 @@ async fn apollo_client_http_link_runs_operations_in_sequence() {
         .wait_for("no subscription left", |c| c.subscriptions_active == 0)
         .await;
 }
+
+#[tokio::test]
+async fn gateway_shutdown_ends_the_body_with_a_transport_error() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let response = post(
+        &Client::new(),
+        &gateway.url(),
+        APOLLO_ACCEPT,
+        json!({ "query": "subscription { tick(count: 2, intervalMs: 60000) }" }),
+    )
+    .await;
+    let mut chunks = response.bytes_stream();
+    assert_eq!(read_until(&mut chunks, |t| t == OPENING).await, OPENING);
+    let shutdown = tokio::spawn(gateway.shutdown());
+    assert_eq!(
+        read_until(&mut chunks, |t| t.ends_with(END)).await,
+        format!(
+            "{}--\r\n",
+            part(
+                r#"{"payload":null,"errors":[{"extensions":{"code":"SHUTTING_DOWN"},"message":"the gateway is shutting down"}]}"#
+            )
+        )
+    );
+    shutdown.await.unwrap();
+}

@@ -445,3 +445,24 @@ async fn graphql_sse_client_in_single_connection_mode() {
         .wait_for("no subscription left", |c| c.subscriptions_active == 0)
         .await;
 }
+
+#[tokio::test]
+async fn gateway_shutdown_ends_open_streams() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let (http, url) = (Client::new(), gateway.url());
+    let token = reserve(&http, &url, "alice").await;
+    let stream = open(&http, &url, "alice", &token).await;
+    let forever = "subscription { tick(count: 2, intervalMs: 60000) }";
+    assert_eq!(
+        post_operation(&http, &url, "alice", &token, "a", forever).await,
+        202
+    );
+    let shutdown = tokio::spawn(gateway.shutdown());
+    // The stream ends, without a `complete` for the running operation.
+    let text = tokio::time::timeout(EVENT_TIMEOUT, stream.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert_eq!(text, ":\n\n");
+    shutdown.await.unwrap();
+}

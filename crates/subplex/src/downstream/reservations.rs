@@ -11,6 +11,7 @@
 //! operation on it is a map lookup plus small bookkeeping.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{AbortHandle, AbortRegistration};
@@ -86,20 +87,37 @@ pub(crate) enum StreamError {
 }
 
 /// What the stream's task holds: its token and the notification of posted operations.
-#[derive(Debug)]
 pub(crate) struct OpenStream {
     pub token: Arc<str>,
     pub posted: Arc<Notify>,
 }
 
+impl fmt::Debug for OpenStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a bearer secret.
+        f.debug_struct("OpenStream").finish_non_exhaustive()
+    }
+}
+
 /// Every single-connection stream of the gateway.
-#[derive(Debug)]
 pub(crate) struct Reservations {
     settings: SseSingleConnectionConfig,
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default)]
+impl fmt::Debug for Reservations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Tokens are bearer secrets: only how many there are. `try_lock`, so that Debug can
+        // never wait on (or deadlock with) the lock.
+        let streams = self.inner.try_lock().map(|inner| inner.streams.len()).ok();
+        f.debug_struct("Reservations")
+            .field("settings", &self.settings)
+            .field("streams", &streams)
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     streams: HashMap<Arc<str>, Reservation>,
     next_serial: u64,
@@ -323,6 +341,16 @@ mod tests {
             },
             request: GraphqlRequest::new("{ a }"),
         }
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let streams = Reservations::new(settings());
+        let token = streams.reserve(key("alice")).unwrap();
+        let open = streams.open(&token, &key("alice")).unwrap();
+        let shown = format!("{streams:?} {open:?}");
+        assert!(!shown.contains(&*token), "{shown}");
+        assert!(shown.contains("streams: Some(1)"), "{shown}");
     }
 
     #[test]
