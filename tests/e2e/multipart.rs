@@ -38,7 +38,9 @@ async fn body_text(response: Response) -> String {
 
 #[tokio::test]
 async fn a_subscription_body_is_exact_for_every_accept_form() {
-    let (gateway, _demo) = gateway_with_demo("").await;
+    // No heartbeat between the parts, however slow the machine.
+    let (gateway, _demo) =
+        gateway_with_demo("[server.multipart]\nheartbeat_interval_ms = 86400000").await;
     let http = Client::new();
     let ticks = json!({ "query": "subscription { tick(count: 2, intervalMs: 5) }" });
     for accept in [
@@ -265,9 +267,13 @@ async fn apollo_client_http_link_runs_operations_in_sequence() {
         (1..=3).map(tick).collect(),
     ]);
     assert_eq!(lines, expected);
-    server
+    let counters = server
         .wait_for("no subscription left", |c| c.subscriptions_active == 0)
         .await;
+    assert_eq!(
+        counters.connections_total, 1,
+        "every operation shared one upstream connection"
+    );
 }
 
 #[tokio::test]

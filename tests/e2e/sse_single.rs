@@ -360,9 +360,13 @@ async fn delete_and_disconnect_stop_the_upstream_operation() {
             202
         );
     }
-    server
+    let counters = server
         .wait_for("two subscriptions", |c| c.subscriptions_active == 2)
         .await;
+    assert_eq!(
+        counters.connections_total, 1,
+        "one upstream connection for the security context"
+    );
     let delete = delete(&http, &url, "alice", &token, "a").await;
     assert_eq!(delete.status(), 200);
     server
@@ -441,9 +445,13 @@ async fn graphql_sse_client_in_single_connection_mode() {
         expected_ticks("alice", 3),
     ]);
     assert_eq!(lines, expected);
-    server
+    let counters = server
         .wait_for("no subscription left", |c| c.subscriptions_active == 0)
         .await;
+    assert_eq!(
+        counters.connections_total, 1,
+        "every operation shared one upstream connection"
+    );
 }
 
 #[tokio::test]
