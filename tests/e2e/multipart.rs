@@ -300,3 +300,25 @@ async fn gateway_shutdown_ends_the_body_with_a_transport_error() {
     );
     shutdown.await.unwrap();
 }
+
+#[tokio::test]
+async fn apollo_client_reports_a_transport_error() {
+    // Port 9 (discard) on loopback: nothing listens there.
+    let gateway = TestGateway::start(
+        "[upstreams.down]\nurl = \"http://127.0.0.1:9/graphql\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"down\"\n",
+    )
+    .await;
+    let lines = run_http_client(json!({
+        "client": "apollo-http-link",
+        "url": gateway.url(),
+        "steps": [{ "query": "subscription { ticks(count: 1) { n } }", "expectError": true }],
+    }))
+    .await;
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["type"], "error", "{lines:?}");
+    let message = lines[0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("could not connect to upstream \"down\""),
+        "{message}"
+    );
+}
