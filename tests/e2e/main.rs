@@ -3,9 +3,13 @@
 
 mod legacy_ws;
 mod matrix;
+mod multipart;
 mod multiplexing;
+mod operations;
+mod origins;
 mod sessions;
 mod sse;
+mod sse_single;
 mod transport_ws;
 mod upstream_failure;
 mod upstream_protocol;

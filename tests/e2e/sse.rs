@@ -2,6 +2,7 @@
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
+use subplex_tests::http::{read_until, urlencode};
 use subplex_tests::*;
 
 fn sse_request(
@@ -142,12 +143,13 @@ async fn malformed_requests_get_4xx_with_json_errors() {
         "2048 byte limit",
     )
     .await;
-    let put = sse_request(&http, reqwest::Method::PUT, &gateway.url())
+    // PUT and DELETE belong to single-connection mode (`sse_single`).
+    let patch = sse_request(&http, reqwest::Method::PATCH, &gateway.url())
         .send()
         .await
         .unwrap();
-    assert_eq!(put.headers()["allow"], "GET, POST");
-    expect_bad_request(put, 405, "GET or POST").await;
+    assert_eq!(patch.headers()["allow"], "GET, POST");
+    expect_bad_request(patch, 405, "GET or POST").await;
 }
 
 #[tokio::test]
@@ -212,33 +214,6 @@ async fn queries_and_mutations_over_http_are_forwarded() {
 
 /// Reads a streaming body until the text so far satisfies `done`. Chunk boundaries are
 /// not events (they coalesce under load), so conditions look at the accumulated text.
-async fn read_until(
-    chunks: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let mut text = String::new();
-    while !done(&text) {
-        let chunk = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
-            .await
-            .expect("the stream sends within the timeout")
-            .expect("the stream is still open")
-            .expect("the stream reads cleanly");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    text
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn cors_lets_any_origin_read_streams_by_default() {
     let (gateway, _demo) = gateway_with_demo("").await;
@@ -258,7 +233,7 @@ async fn cors_lets_any_origin_read_streams_by_default() {
     assert_eq!(preflight.headers()["access-control-allow-origin"], "*");
     assert_eq!(
         preflight.headers()["access-control-allow-methods"],
-        "GET, POST, OPTIONS"
+        "GET, POST, PUT, DELETE, OPTIONS"
     );
     assert_eq!(
         preflight.headers()["access-control-allow-headers"],

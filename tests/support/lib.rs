@@ -8,10 +8,13 @@
 //! - [`run_clients`] / [`HeldClients`]: the real client libraries (graphql-ws,
 //!   subscriptions-transport-ws, graphql-sse, eventsource) driven by `fixtures/client.mjs`.
 //! - [`ws`]: a raw WebSocket client for protocol edge cases.
+//! - [`http`]: streamed-body helpers and the HTTP subscription clients (graphql-sse
+//!   single-connection mode, Apollo Client's `HttpLink`) of `fixtures/http_clients.mjs`.
 //!
 //! The Node fixtures are installed with `npm ci` on first use if `node_modules` is missing.
 
 pub mod fake_upstream;
+pub mod http;
 pub mod ws;
 
 use std::path::PathBuf;
@@ -36,7 +39,7 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 /// Runs `npm ci` in the fixtures folder once per test run, if it was not done before.
-fn ensure_node_modules() {
+pub(crate) fn ensure_node_modules() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let dir = fixtures_dir();

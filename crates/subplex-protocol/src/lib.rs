@@ -7,7 +7,9 @@
 //!
 //! - [`transport_ws`]: `graphql-transport-ws` (the graphql-ws library).
 //! - [`legacy_ws`]: `graphql-ws` (the legacy subscriptions-transport-ws library, Hasura).
-//! - [`sse`]: GraphQL over Server-Sent Events, distinct-connections mode (graphql-sse, Yoga).
+//! - [`sse`]: GraphQL over Server-Sent Events, distinct-connections and single-connection
+//!   modes (graphql-sse, Yoga).
+//! - [`multipart`]: Apollo's multipart HTTP subscriptions (Apollo Router, Apollo Client).
 //! - [`Event`]: the dialect-neutral result every downstream encoder frames from.
 //! - [`UpstreamFrame`]: what a gateway acting as a *client* makes of a server frame, in
 //!   either WebSocket dialect.
@@ -23,6 +25,7 @@ mod event;
 mod graphql;
 pub mod legacy_ws;
 mod limits;
+pub mod multipart;
 pub mod sse;
 mod subprotocol;
 pub mod transport_ws;

@@ -4,6 +4,11 @@
 //!
 //! Requests come from GET query parameters or a POST JSON body; events are
 //! `event: next` with the execution result and `event: complete` with an empty `data:`.
+//!
+//! Single-connection mode (one stream per client, reserved with `PUT`, operations posted
+//! separately with an `extensions.operationId`) frames the same events with the operation
+//! id: [`encode_operation_event`]. The stream's token travels in [`STREAM_TOKEN_HEADER`] or
+//! the [`STREAM_TOKEN_PARAMETER`] query parameter.
 
 use crate::graphql::RequestError;
 use crate::{Event, GraphqlRequest, RawJson};
@@ -65,6 +70,52 @@ pub fn encode_event(event: &Event) -> String {
 
 /// `complete` with an empty `data:` line, without which `EventSource` listeners never fire.
 const COMPLETE_EVENT: &str = "event: complete\ndata:\n\n";
+
+/// The header that carries a single-connection stream's token (graphql-sse `TOKEN_HEADER_KEY`).
+pub const STREAM_TOKEN_HEADER: &str = "x-graphql-event-stream-token";
+
+/// The query parameter that carries the token when a header cannot be set (`EventSource`).
+pub const STREAM_TOKEN_PARAMETER: &str = "token";
+
+/// Reads one query parameter by name (the first, if repeated).
+pub fn query_parameter(query_string: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query_string.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The `operationId` of a single-connection operation, from its `extensions`: a string, or
+/// a number taken as its text (graphql-sse's handler reads `String(operationId)`). `None`
+/// when absent, empty, or of another JSON type.
+pub fn operation_id(extensions: Option<&RawJson>) -> Option<String> {
+    let extensions: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(extensions?.as_str()).ok()?;
+    let id = match extensions.get("operationId")? {
+        serde_json::Value::String(id) => id.clone(),
+        serde_json::Value::Number(id) => id.to_string(),
+        _ => return None,
+    };
+    (!id.is_empty()).then_some(id)
+}
+
+/// Encodes an event of operation `id` on a single-connection stream:
+/// `event: next` / `data: {"id","payload"}` and `event: complete` / `data: {"id"}`. A
+/// terminal error becomes a `next` carrying `{"errors": ...}`, then `complete`.
+pub fn encode_operation_event(id: &str, event: &Event) -> String {
+    let mut quoted_id = String::with_capacity(id.len() + 2);
+    crate::graphql::push_json_string(&mut quoted_id, id);
+    let next = |payload: &str| next_event(&format!("{{\"id\":{quoted_id},\"payload\":{payload}}}"));
+    let complete = || format!("event: complete\ndata: {{\"id\":{quoted_id}}}\n\n");
+    match event {
+        Event::Next(result) => next(result.as_str()),
+        Event::Error(errors) => {
+            let mut out = next(&format!("{{\"errors\":{}}}", errors.as_str()));
+            out.push_str(&complete());
+            out
+        }
+        Event::Complete => complete(),
+    }
+}
 
 fn next_event(json: &str) -> String {
     let mut out = String::with_capacity(json.len() + 24);
@@ -136,6 +187,46 @@ mod tests {
             encode_event(&error),
             "event: next\ndata: {\"errors\":[{\"message\":\"no\"}]}\n\nevent: complete\ndata:\n\n"
         );
+    }
+
+    #[test]
+    fn operation_events_carry_the_id() {
+        let next = Event::Next(RawJson::parse(r#"{"data":{"t":1}}"#).unwrap());
+        assert_eq!(
+            encode_operation_event("a\"1", &next),
+            "event: next\ndata: {\"id\":\"a\\\"1\",\"payload\":{\"data\":{\"t\":1}}}\n\n"
+        );
+        assert_eq!(
+            encode_operation_event("7", &Event::Complete),
+            "event: complete\ndata: {\"id\":\"7\"}\n\n"
+        );
+        let error = Event::Error(RawJson::parse(r#"[{"message":"no"}]"#).unwrap());
+        assert_eq!(
+            encode_operation_event("7", &error),
+            "event: next\ndata: {\"id\":\"7\",\"payload\":{\"errors\":[{\"message\":\"no\"}]}}\n\nevent: complete\ndata: {\"id\":\"7\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn operation_ids_and_parameters() {
+        let ext = |text: &str| RawJson::parse(text).unwrap();
+        assert_eq!(
+            operation_id(Some(&ext(r#"{"operationId":"x1"}"#))).as_deref(),
+            Some("x1")
+        );
+        assert_eq!(
+            operation_id(Some(&ext(r#"{"operationId":12}"#))).as_deref(),
+            Some("12")
+        );
+        assert_eq!(operation_id(Some(&ext(r#"{"operationId":""}"#))), None);
+        assert_eq!(operation_id(Some(&ext(r#"{"operationId":[1]}"#))), None);
+        assert_eq!(operation_id(Some(&ext("{}"))), None);
+        assert_eq!(operation_id(None), None);
+        assert_eq!(
+            query_parameter("a=1&operationId=x%201&operationId=2", "operationId").as_deref(),
+            Some("x 1")
+        );
+        assert_eq!(query_parameter("a=1", "token"), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Path → upstream, and dispatch of each request by kind: WebSocket upgrade, SSE, or
-//! plain HTTP. Also the shared state every request handler sees.
+//! Path → upstream, and dispatch of each request by kind: WebSocket upgrade, SSE (distinct
+//! or single-connection), multipart, or plain HTTP; browser origins are checked here for
+//! every subscription transport. Also the shared state every request handler sees.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -81,6 +82,8 @@ pub(crate) struct GatewayState {
     pub downstream_shutdown: CancellationToken,
     /// Upgraded WebSocket sessions, which hyper's graceful shutdown does not see.
     pub sessions: TaskTracker,
+    /// graphql-sse single-connection streams, reserved or open.
+    pub sse_streams: downstream::reservations::Reservations,
 }
 
 impl GatewayState {
@@ -116,6 +119,9 @@ impl GatewayState {
             server: config.server.clone(),
             downstream_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            sse_streams: downstream::reservations::Reservations::new(
+                config.server.sse_single_connection.clone(),
+            ),
         })
     }
 }
@@ -152,7 +158,7 @@ fn preflight(req: &Request<Incoming>, state: &GatewayState) -> Response<Response
         let h = response.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            header::HeaderValue::from_static("GET, POST, OPTIONS"),
+            header::HeaderValue::from_static("GET, POST, PUT, DELETE, OPTIONS"),
         );
         if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
@@ -209,18 +215,57 @@ async fn dispatch(
             "NOT_FOUND",
         );
     };
-    if is_websocket_upgrade(&req) {
-        return downstream::ws::upgrade(req, upstream, state, peer);
+    let transport = Transport::of(&req);
+    if transport != Transport::PlainHttp {
+        if let Some(refusal) =
+            downstream::origins::refuse(req.headers(), &state.server.allowed_origins)
+        {
+            return refusal;
+        }
     }
-    if accepts_event_stream(req.headers()) {
-        return downstream::sse::handle(req, upstream, state).await;
+    match transport {
+        Transport::WebSocket => downstream::ws::upgrade(req, upstream, state, peer),
+        Transport::SseSingleConnection => downstream::sse_single::handle(req, upstream, state).await,
+        Transport::Sse => downstream::sse::handle(req, upstream, state).await,
+        Transport::Multipart => downstream::multipart::handle(req, upstream, state).await,
+        Transport::PlainHttp => match *req.method() {
+            Method::GET | Method::POST => downstream::http::forward(req, upstream, &state).await,
+            _ => method_not_allowed(
+                "use GET or POST (with Accept: text/event-stream for subscriptions), or a WebSocket",
+                "GET, POST",
+            ),
+        },
     }
-    match *req.method() {
-        Method::GET | Method::POST => downstream::http::forward(req, upstream, &state).await,
-        _ => method_not_allowed(
-            "use GET or POST (with Accept: text/event-stream for subscriptions), or a WebSocket",
-            "GET, POST",
-        ),
+}
+
+/// How a request on a route is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    WebSocket,
+    /// graphql-sse single-connection mode: a stream token, `PUT` or `DELETE`.
+    SseSingleConnection,
+    /// graphql-sse distinct-connections mode: `Accept: text/event-stream`.
+    Sse,
+    /// Apollo multipart subscriptions: `Accept: multipart/mixed;subscriptionSpec=1.0`.
+    Multipart,
+    /// Queries and mutations forwarded to the upstream's `url`; not subject to
+    /// `allowed_origins` (CORS covers what a page may read).
+    PlainHttp,
+}
+
+impl Transport {
+    fn of<B>(req: &Request<B>) -> Transport {
+        if is_websocket_upgrade(req) {
+            Transport::WebSocket
+        } else if downstream::sse_single::is_single_connection(req) {
+            Transport::SseSingleConnection
+        } else if accepts_event_stream(req.headers()) {
+            Transport::Sse
+        } else if downstream::multipart::is_multipart(req) {
+            Transport::Multipart
+        } else {
+            Transport::PlainHttp
+        }
     }
 }
 
@@ -238,7 +283,7 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
         && has_token(header::CONNECTION, "upgrade")
 }
 
-fn accepts_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn accepts_event_stream(headers: &HeaderMap) -> bool {
     headers.get_all(header::ACCEPT).iter().any(|value| {
         value
             .to_str()

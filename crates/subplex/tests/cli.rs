@@ -43,19 +43,25 @@ mod tempfile_path {
     }
 }
 
-#[test]
-fn config_errors_name_file_key_and_reason_and_exit_64() {
-    let file = config_file(
-        "[upstreams.chat]\nurl = \"http://127.0.0.1:4001/graphql\"\nprotocol = \"graphql-sse\"\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"nope\"\n",
-    );
+/// Runs the gateway with this config text, expecting it to refuse with exit code 64;
+/// returns its stderr and the config file's name.
+fn refused_config(text: &str) -> (String, String) {
+    let file = config_file(text);
     let output = std::process::Command::new(BIN)
         .args(["--config"])
         .arg(&file.0)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let name = file.0.display().to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (stderr, file.0.display().to_string())
+}
+
+#[test]
+fn config_errors_name_file_key_and_reason_and_exit_64() {
+    let (stderr, name) = refused_config(
+        "[upstreams.chat]\nurl = \"http://127.0.0.1:4001/graphql\"\nprotocol = \"graphql-sse\"\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"nope\"\n",
+    );
     assert!(
         stderr.contains(&format!("{name}: invalid configuration:")),
         "{stderr}"
@@ -68,6 +74,24 @@ fn config_errors_name_file_key_and_reason_and_exit_64() {
         stderr.contains("routes[0].upstream: no upstream named \"nope\""),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_forwarded_cookie_from_any_origin_refuses_to_start() {
+    let (stderr, name) = refused_config(
+        "[upstreams.app]\nurl = \"http://127.0.0.1:4001/graphql\"\nforward_headers = [\"cookie\"]\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"app\"\n",
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{name}: invalid configuration:\n  server.allowed_origins: allows any origin"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("upstreams.app.forward_headers uses the \"cookie\" header"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("allowed_origins = [\""), "{stderr}");
 }
 
 #[test]

@@ -59,6 +59,52 @@ pub struct RawServer {
     pub max_operation_id_bytes: usize,
     /// `[server.cors]`: which browser origins may read SSE and HTTP responses.
     pub cors: RawCors,
+    /// Browser origins (the `Origin` request header) allowed to open a WebSocket, an SSE
+    /// stream or a multipart subscription; `"*"` allows any. Requests without `Origin`
+    /// (not from a browser) always pass. Default `["*"]`.
+    pub allowed_origins: Vec<String>,
+    /// `[server.sse_single_connection]`: graphql-sse single-connection mode.
+    pub sse_single_connection: RawSseSingleConnection,
+    /// `[server.multipart]`: Apollo multipart HTTP subscriptions.
+    pub multipart: RawMultipart,
+}
+
+/// `[server.sse_single_connection]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSseSingleConnection {
+    /// A reserved stream token not used to open its stream within this expires. Default 10000.
+    pub token_ttl_ms: u64,
+    /// Most single-connection streams, reserved or open, at once. Default 10000.
+    pub max_streams: usize,
+    /// Most operations running (or waiting for the stream to open) on one stream. Default 100.
+    pub max_operations_per_stream: usize,
+}
+
+impl Default for RawSseSingleConnection {
+    fn default() -> Self {
+        RawSseSingleConnection {
+            token_ttl_ms: 10_000,
+            max_streams: 10_000,
+            max_operations_per_stream: 100,
+        }
+    }
+}
+
+/// `[server.multipart]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMultipart {
+    /// Interval of heartbeat `{}` parts while a subscription is idle. Default 5000 (Apollo's).
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for RawMultipart {
+    fn default() -> Self {
+        RawMultipart {
+            heartbeat_interval_ms: 5_000,
+        }
+    }
 }
 
 /// `[server.cors]`. WebSocket upgrades are not subject to CORS.
@@ -95,6 +141,9 @@ impl Default for RawServer {
             max_operations_per_connection: 200,
             max_operation_id_bytes: 128,
             cors: RawCors::default(),
+            allowed_origins: vec!["*".into()],
+            sse_single_connection: RawSseSingleConnection::default(),
+            multipart: RawMultipart::default(),
         }
     }
 }
@@ -201,6 +250,32 @@ pub struct ServerConfig {
     pub client_write_timeout: Duration,
     pub operation_limits: subplex_protocol::OperationLimits,
     pub cors: CorsConfig,
+    pub allowed_origins: AllowedOrigins,
+    pub sse_single_connection: SseSingleConnectionConfig,
+    pub multipart_heartbeat_interval: Duration,
+}
+
+/// Validated `server.allowed_origins`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigins {
+    pub any_origin: bool,
+    /// Exact serialised origins (`https://app.example.com`).
+    pub origins: Vec<String>,
+}
+
+impl AllowedOrigins {
+    /// Whether a request with this `Origin` header value may use a subscription transport.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        self.any_origin || self.origins.iter().any(|o| o.as_bytes() == origin)
+    }
+}
+
+/// Validated `[server.sse_single_connection]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseSingleConnectionConfig {
+    pub token_ttl: Duration,
+    pub max_streams: usize,
+    pub max_operations_per_stream: usize,
 }
 
 /// Validated `[server.cors]`.

@@ -11,7 +11,8 @@ use subplex_protocol::Subprotocol;
 use subplex_upstream::UpstreamSettings;
 
 use super::{
-    Config, CorsConfig, RawConfig, RawCors, RawUpstream, RouteConfig, ServerConfig, UpstreamConfig,
+    AllowedOrigins, Config, CorsConfig, RawConfig, RawCors, RawServer, RawUpstream, RouteConfig,
+    ServerConfig, SseSingleConnectionConfig, UpstreamConfig,
 };
 
 /// One thing wrong with the config: where and why.
@@ -162,6 +163,12 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             ),
         },
         cors: validate_cors(&raw.server.cors, &mut problems),
+        allowed_origins: validate_allowed_origins(&raw.server, &mut problems),
+        sse_single_connection: validate_sse_single_connection(&raw.server, &mut problems),
+        multipart_heartbeat_interval: problems.positive(
+            "server.multipart.heartbeat_interval_ms".into(),
+            raw.server.multipart.heartbeat_interval_ms,
+        ),
     };
 
     let mut upstreams = Vec::new();
@@ -172,6 +179,8 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             upstreams.push(config);
         }
     }
+
+    refuse_cookies_from_any_origin(&server.allowed_origins, &upstreams, &mut problems);
 
     if raw.routes.is_empty() {
         problems.add(
@@ -254,9 +263,9 @@ fn resolve_listen(listen: &str) -> Option<SocketAddr> {
         .or_else(|| listen.to_socket_addrs().ok()?.next())
 }
 
-fn validate_cors(raw: &RawCors, problems: &mut Problems) -> CorsConfig {
-    let any_origin = raw.allow_origins.iter().any(|o| o == "*");
-    for (i, origin) in raw.allow_origins.iter().enumerate() {
+/// Checks a list of origins (`"*"` or `scheme://host[:port]`); true when it holds `"*"`.
+fn check_origins(key: &str, origins: &[String], problems: &mut Problems) -> bool {
+    for (i, origin) in origins.iter().enumerate() {
         if origin == "*" {
             continue;
         }
@@ -265,11 +274,82 @@ fn validate_cors(raw: &RawCors, problems: &mut Problems) -> CorsConfig {
             .unwrap_or(false);
         if !valid {
             problems.add(
-                format!("server.cors.allow_origins[{i}]"),
+                format!("{key}[{i}]"),
                 format!("\"{origin}\" is not an origin; write scheme://host[:port] with no path or trailing slash, or \"*\""),
             );
         }
     }
+    origins.iter().any(|o| o == "*")
+}
+
+fn validate_allowed_origins(raw: &RawServer, problems: &mut Problems) -> AllowedOrigins {
+    let any_origin = check_origins("server.allowed_origins", &raw.allowed_origins, problems);
+    AllowedOrigins {
+        any_origin,
+        origins: raw
+            .allowed_origins
+            .iter()
+            .filter(|o| *o != "*")
+            .cloned()
+            .collect(),
+    }
+}
+
+/// A cookie is sent by the browser whichever page opens the connection, and a WebSocket
+/// upgrade is not subject to CORS: with a cookie in the upstream identity and every origin
+/// allowed, any site a user visits could subscribe with the user's session (cross-site
+/// WebSocket hijacking). The same holds for SSE and multipart `GET`s.
+fn refuse_cookies_from_any_origin(
+    allowed: &AllowedOrigins,
+    upstreams: &[UpstreamConfig],
+    problems: &mut Problems,
+) {
+    if !allowed.any_origin {
+        return;
+    }
+    for upstream in upstreams {
+        if upstream.keyed_headers.contains(&http::header::COOKIE) {
+            let name = &upstream.settings.name;
+            let field = if upstream.forward_headers.contains(&http::header::COOKIE) {
+                "forward_headers"
+            } else {
+                "security_context"
+            };
+            problems.add(
+                "server.allowed_origins",
+                format!(
+                    "allows any origin (\"*\", the default), but upstreams.{name}.{field} uses the \"cookie\" header: \
+                     any web site could open subscriptions with its visitors' cookies (cross-site WebSocket hijacking); \
+                     list the origins of your own pages instead, e.g. allowed_origins = [\"https://app.example.com\"]"
+                ),
+            );
+        }
+    }
+}
+
+fn validate_sse_single_connection(
+    raw: &RawServer,
+    problems: &mut Problems,
+) -> SseSingleConnectionConfig {
+    let raw = &raw.sse_single_connection;
+    let key = |field: &str| format!("server.sse_single_connection.{field}");
+    for (field, value) in [
+        ("max_streams", raw.max_streams),
+        ("max_operations_per_stream", raw.max_operations_per_stream),
+    ] {
+        if value == 0 {
+            problems.add(key(field), "must be greater than 0");
+        }
+    }
+    SseSingleConnectionConfig {
+        token_ttl: problems.positive(key("token_ttl_ms"), raw.token_ttl_ms),
+        max_streams: raw.max_streams,
+        max_operations_per_stream: raw.max_operations_per_stream,
+    }
+}
+
+fn validate_cors(raw: &RawCors, problems: &mut Problems) -> CorsConfig {
+    let any_origin = check_origins("server.cors.allow_origins", &raw.allow_origins, problems);
     if any_origin && raw.allow_credentials {
         problems.add(
             "server.cors.allow_credentials",
@@ -582,6 +662,97 @@ mod tests {
             config.server.cors.allow_origin("https://a.example"),
             Some("*")
         );
+    }
+
+    #[test]
+    fn allowed_origins_are_checked_and_default_to_any() {
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        assert!(config.server.allowed_origins.any_origin);
+        assert!(config
+            .server
+            .allowed_origins
+            .allows(b"https://anywhere.example"));
+        let config = Config::parse(
+            &GOOD.replace(
+                "listen = \"127.0.0.1:4000\"",
+                "listen = \"127.0.0.1:4000\"\nallowed_origins = [\"https://app.example.com\"]",
+            ),
+            "gateway.toml",
+        )
+        .unwrap();
+        let allowed = &config.server.allowed_origins;
+        assert!(allowed.allows(b"https://app.example.com"));
+        assert!(!allowed.allows(b"https://app.example.com.evil.example"));
+        assert!(!allowed.allows(b"null"));
+        let err = problems(&GOOD.replace(
+            "listen = \"127.0.0.1:4000\"",
+            "listen = \"127.0.0.1:4000\"\nallowed_origins = [\"app.example.com\"]",
+        ));
+        assert!(
+            err.contains("server.allowed_origins[0]: \"app.example.com\" is not an origin"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_keyed_cookie_needs_explicit_origins() {
+        for (field, list) in [
+            (
+                "forward_headers",
+                "forward_headers = [\"authorization\", \"Cookie\"]",
+            ),
+            ("security_context", "security_context = [\"cookie\"]"),
+        ] {
+            let text = GOOD
+                .replace("security_context = [\"Authorization\", \"X-Tenant\"]\n", "")
+                .replace("forward_headers = [\"authorization\"]", list);
+            let err = problems(&text);
+            assert!(
+                err.starts_with("gateway.toml: invalid configuration:"),
+                "{err}"
+            );
+            assert!(
+                err.contains(&format!(
+                    "server.allowed_origins: allows any origin (\"*\", the default), but upstreams.chat.{field} uses the \"cookie\" header"
+                )),
+                "{err}"
+            );
+            assert!(
+                err.contains("allowed_origins = [\"https://app.example.com\"]"),
+                "{err}"
+            );
+            let fixed = text.replace(
+                "listen = \"127.0.0.1:4000\"",
+                "listen = \"127.0.0.1:4000\"\nallowed_origins = [\"https://app.example.com\"]",
+            );
+            Config::parse(&fixed, "gateway.toml").unwrap();
+        }
+    }
+
+    #[test]
+    fn transport_limits_are_checked() {
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        let single = &config.server.sse_single_connection;
+        assert_eq!(single.token_ttl.as_millis(), 10_000);
+        assert_eq!(single.max_streams, 10_000);
+        assert_eq!(single.max_operations_per_stream, 100);
+        assert_eq!(
+            config.server.multipart_heartbeat_interval.as_millis(),
+            5_000
+        );
+        let err = problems(&GOOD.replace(
+            "[upstreams.chat]",
+            "[server.sse_single_connection]\ntoken_ttl_ms = 0\nmax_streams = 0\nmax_operations_per_stream = 0\n\
+             [server.multipart]\nheartbeat_interval_ms = 100000000000\n[upstreams.chat]",
+        ));
+        for expected in [
+            "server.sse_single_connection.token_ttl_ms: must be greater than 0",
+            "server.sse_single_connection.max_streams: must be greater than 0",
+            "server.sse_single_connection.max_operations_per_stream: must be greater than 0",
+            "server.multipart.heartbeat_interval_ms: must be at most 86400000 (one day, in milliseconds)",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
     }
 
     #[test]

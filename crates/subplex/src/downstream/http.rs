@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -31,6 +33,15 @@ pub(crate) async fn forward(
         Ok(body) => body,
         Err(response) => return response,
     };
+    forward_body(parts, body, upstream).await
+}
+
+/// Forwards a request whose body was already read.
+pub(crate) async fn forward_body(
+    parts: http::request::Parts,
+    body: Bytes,
+    upstream: Arc<Upstream>,
+) -> Response<ResponseBody> {
     let mut url = upstream.config.http_url.clone();
     url.set_query(parts.uri.query());
     let mut request = upstream.http.request(parts.method.clone(), url).body(body);

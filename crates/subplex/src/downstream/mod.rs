@@ -1,7 +1,13 @@
 //! Everything that faces clients ("downstream"): WebSocket sessions in both dialects,
-//! SSE streams, and plain HTTP forwarding.
+//! SSE streams (distinct and single-connection), Apollo multipart subscriptions, and
+//! plain HTTP forwarding.
 
 pub(crate) mod http;
+pub(crate) mod multipart;
 mod operation;
+pub(crate) mod origins;
+pub(crate) mod reservations;
 pub(crate) mod sse;
+pub(crate) mod sse_single;
+mod streaming;
 pub(crate) mod ws;

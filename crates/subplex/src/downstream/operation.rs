@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
 use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tracing::debug;
@@ -28,17 +28,33 @@ enum Stage {
         request: GraphqlRequest,
     },
     Active(Subscription),
-    /// An upstream failure was reported; its `complete` is still to come.
-    Failed,
     Done,
 }
 
-/// The events of one operation, ending after its terminal event.
+/// The events of one operation, ending after its terminal event. An upstream failure
+/// becomes an error result followed by `complete` (see [`failure_result`]).
 pub(crate) fn events(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
 ) -> impl Stream<Item = Event> + Send + 'static {
+    outcomes(upstream, params, request).flat_map(|outcome| {
+        let (first, second) = match outcome {
+            Ok(event) => (event, None),
+            Err(error) => (failure_result(&error), Some(Event::Complete)),
+        };
+        futures_util::stream::iter(std::iter::once(first).chain(second))
+    })
+}
+
+/// The events of one operation, or the upstream failure that ends it, for transports
+/// that report a failure differently from an operation's own result (multipart). Ends
+/// after a terminal event or the failure.
+pub(crate) fn outcomes(
+    upstream: Arc<Upstream>,
+    params: ConnectParams,
+    request: GraphqlRequest,
+) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
     let start = Stage::Start {
         upstream,
         params,
@@ -51,20 +67,21 @@ pub(crate) fn events(
                 params,
                 request,
             } => match upstream.pool.subscribe(&params, request).await {
-                Ok(subscription) => next_event(subscription).await,
+                Ok(subscription) => next_outcome(subscription).await,
                 Err(error) => {
                     debug!(%error, "operation could not start upstream");
-                    Some((failure_result(&error), Stage::Failed))
+                    Some((Err(error), Stage::Done))
                 }
             },
-            Stage::Active(subscription) => next_event(subscription).await,
-            Stage::Failed => Some((Event::Complete, Stage::Done)),
+            Stage::Active(subscription) => next_outcome(subscription).await,
             Stage::Done => None,
         }
     })
 }
 
-async fn next_event(mut subscription: Subscription) -> Option<(Event, Stage)> {
+async fn next_outcome(
+    mut subscription: Subscription,
+) -> Option<(Result<Event, UpstreamError>, Stage)> {
     match subscription.recv().await? {
         Ok(event) => {
             let next = if event.is_terminal() {
@@ -72,9 +89,9 @@ async fn next_event(mut subscription: Subscription) -> Option<(Event, Stage)> {
             } else {
                 Stage::Active(subscription)
             };
-            Some((event, next))
+            Some((Ok(event), next))
         }
-        Err(error) => Some((failure_result(&error), Stage::Failed)),
+        Err(error) => Some((Err(error), Stage::Done)),
     }
 }
 

@@ -4,29 +4,21 @@
 //! queue. A client that disconnects drops the body; the task sees the queue close, and
 //! dropping the subscription stops the operation upstream.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
-use subplex_protocol::{sse, GraphqlRequest, RawJson};
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use subplex_protocol::{sse, GraphqlRequest};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, Instrument};
+use tracing::debug;
 
 use super::operation;
-use crate::routes::{
-    json_error, method_not_allowed, read_body, refuse_get_mutation, GatewayState, ResponseBody,
-    Upstream,
-};
-
-/// Encoded chunks queued toward one SSE client. Small: each chunk is a whole event, and
-/// a client that does not read lets its upstream queue overflow (slow-consumer policy).
-const STREAM_QUEUE: usize = 16;
+use super::streaming::{push, queued_response, read_operation, spawn_feed};
+use crate::routes::{GatewayState, ResponseBody, Upstream};
 
 pub(crate) async fn handle(
     req: Request<Incoming>,
@@ -34,44 +26,27 @@ pub(crate) async fn handle(
     state: Arc<GatewayState>,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    let request = match parts.method {
-        Method::GET => sse::request_from_query(parts.uri.query().unwrap_or("")),
-        Method::POST => match read_body(body, state.server.max_message_bytes).await {
-            Ok(body) => sse::request_from_body(&body),
-            Err(response) => return response,
-        },
-        _ => return method_not_allowed("event streams are opened with GET or POST", "GET, POST"),
+    let request = match read_operation(&parts, body, state.server.max_message_bytes).await {
+        Ok((request, _)) => request,
+        Err(response) => return response,
     };
-    let request = match request {
-        Ok(request) => request,
-        Err(err) => return json_error(StatusCode::BAD_REQUEST, &err.to_string(), "BAD_REQUEST"),
-    };
-    if let Some(refusal) = refuse_get_mutation(&parts.method, &request) {
-        return refusal;
-    }
 
-    // SSE has no `connection_init`: the payload is `{}` and the headers carry identity.
-    let params = upstream.connect_params(&parts.headers, RawJson::empty_object());
-    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-    let span = tracing::info_span!("downstream", route = %parts.uri.path(), protocol = "sse", ctx = %params.key);
-    state.sessions.spawn(
-        feed(
-            upstream,
-            params,
-            request,
-            tx,
-            state.server.keepalive_interval,
-            state.downstream_shutdown.clone(),
-        )
-        .instrument(span),
+    let keepalive = state.server.keepalive_interval;
+    let shutdown = state.downstream_shutdown.clone();
+    let rx = spawn_feed(
+        &state,
+        &parts,
+        "sse",
+        upstream,
+        request,
+        |upstream, params, request, tx| feed(upstream, params, request, tx, keepalive, shutdown),
     );
+    event_stream_response(rx)
+}
 
-    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), rx))
-    });
-    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)));
+/// A `text/event-stream` response fed from `rx`, with the headers graphql-sse sends.
+pub(crate) fn event_stream_response(rx: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+    let mut response = queued_response(rx);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -121,9 +96,4 @@ async fn feed(
             return;
         }
     }
-}
-
-/// Queues encoded text for the response body; false once the client has gone.
-async fn push(tx: &mpsc::Sender<Bytes>, text: String) -> bool {
-    tx.send(Bytes::from(text)).await.is_ok()
 }

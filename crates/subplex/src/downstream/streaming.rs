@@ -1,0 +1,121 @@
+//! Pieces every streamed HTTP response shares (SSE in both modes, multipart): reading the
+//! GraphQL request, and a response body fed through a small bounded queue by a task.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, Method, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use subplex_protocol::{sse, GraphqlRequest, RawJson};
+use subplex_upstream::ConnectParams;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::routes::{
+    json_error, method_not_allowed, read_body, refuse_get_mutation, GatewayState, ResponseBody,
+    Upstream,
+};
+
+/// Encoded chunks queued toward one streaming client. Small: each chunk is a whole event, and
+/// a client that does not read lets its upstream queue overflow (slow-consumer policy).
+pub(crate) const STREAM_QUEUE: usize = 16;
+
+/// Reads a GraphQL request from GET query parameters or a POST JSON body, returning the
+/// body too (empty for GET); 405 for other methods, 400 for an unusable request, 413 for
+/// an oversized body.
+pub(crate) async fn read_request(
+    parts: &Parts,
+    body: Incoming,
+    limit: usize,
+) -> Result<(GraphqlRequest, Bytes), Response<ResponseBody>> {
+    let (request, body) = match parts.method {
+        Method::GET => (
+            sse::request_from_query(parts.uri.query().unwrap_or("")),
+            Bytes::new(),
+        ),
+        Method::POST => {
+            let body = read_body(body, limit).await?;
+            (sse::request_from_body(&body), body)
+        }
+        _ => {
+            return Err(method_not_allowed(
+                "event streams are opened with GET or POST",
+                "GET, POST",
+            ))
+        }
+    };
+    match request {
+        Ok(request) => Ok((request, body)),
+        Err(err) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            &err.to_string(),
+            "BAD_REQUEST",
+        )),
+    }
+}
+
+/// Reads the one operation of a streamed request (SSE distinct mode, multipart) and
+/// refuses a mutation sent with GET.
+pub(crate) async fn read_operation(
+    parts: &Parts,
+    body: Incoming,
+    limit: usize,
+) -> Result<(GraphqlRequest, Bytes), Response<ResponseBody>> {
+    let (request, body) = read_request(parts, body, limit).await?;
+    match refuse_get_mutation(&parts.method, &request) {
+        Some(refusal) => Err(refusal),
+        None => Ok((request, body)),
+    }
+}
+
+/// Starts the task that feeds a one-operation stream (SSE distinct mode, multipart) and
+/// returns the queue it feeds. SSE and multipart have no `connection_init`: the payload is
+/// `{}` and the request's keyed headers carry identity.
+pub(crate) fn spawn_feed<Feed>(
+    state: &GatewayState,
+    parts: &Parts,
+    protocol: &'static str,
+    upstream: Arc<Upstream>,
+    request: GraphqlRequest,
+    feed: impl FnOnce(Arc<Upstream>, ConnectParams, GraphqlRequest, mpsc::Sender<Bytes>) -> Feed,
+) -> mpsc::Receiver<Bytes>
+where
+    Feed: Future<Output = ()> + Send + 'static,
+{
+    let params = upstream.connect_params(&parts.headers, RawJson::empty_object());
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    let span =
+        tracing::info_span!("downstream", route = %parts.uri.path(), protocol, ctx = %params.key);
+    state
+        .sessions
+        .spawn(feed(upstream, params, request, tx).instrument(span));
+    rx
+}
+
+/// Whether any `Accept` header value passes `test`.
+pub(crate) fn any_accept(headers: &HeaderMap, test: impl Fn(&str) -> bool) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|value| value.to_str().is_ok_and(&test))
+}
+
+/// A streaming response whose body is whatever the feeding task queues; the body ends
+/// when the task drops its sender, and the task sees the queue close when the client goes.
+pub(crate) fn queued_response(rx: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), rx))
+    });
+    Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)))
+}
+
+/// Queues encoded text for the response body; false once the client has gone.
+pub(crate) async fn push(tx: &mpsc::Sender<Bytes>, text: String) -> bool {
+    tx.send(Bytes::from(text)).await.is_ok()
+}
