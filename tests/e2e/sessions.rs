@@ -80,11 +80,16 @@ async fn legacy_connection_terminate_closes_1000_cleanly() {
     assert_eq!(client.recv().await, Received::Dropped);
 }
 
+/// A short write timeout, and subscriber queues far longer than the tests run, so that a
+/// stuck client can only be cut by the write timeout, never by the slow-consumer policy.
+const STUCK_CONFIG: &str = "[server]\nclient_write_timeout_ms = 300\n";
+const STUCK_UPSTREAM: &str = "subscriber_queue = 1000000";
+
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_and_others_are_unaffected() {
     let server = NodeServer::start(Upstream::Yoga).await;
     let gateway = TestGateway::start(&format!(
-        "[server]\nclient_write_timeout_ms = 300\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
+        "{STUCK_CONFIG}[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n{STUCK_UPSTREAM}\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
         server.port
     ))
@@ -266,5 +271,45 @@ async fn no_event_of_a_completed_operation_follows_the_next_one_with_the_same_id
                 }
             }
         }
+    }
+}
+
+/// SSE and multipart clients that stop reading: the connection's write deadline fails the
+/// stuck write, hyper drops the connection, and the operation stops upstream.
+#[tokio::test]
+async fn streamed_http_clients_that_stop_reading_are_cut() {
+    use tokio::io::AsyncWriteExt;
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::start(&format!(
+        "{STUCK_CONFIG}[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n{STUCK_UPSTREAM}\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        server.port
+    ))
+    .await;
+    let query = "subscription%7Bforever(intervalMs:1)%7Bn%20padding(bytes:4096)%7D%7D";
+    for accept in [
+        "text/event-stream",
+        "multipart/mixed;subscriptionSpec=\"1.0\"",
+    ] {
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.set_recv_buffer_size(4096).unwrap();
+        let mut stuck = tcp.connect(gateway.addr).await.unwrap();
+        let request = format!(
+            "GET /graphql?query={query} HTTP/1.1\r\nhost: {}\r\naccept: {accept}\r\n\r\n",
+            gateway.addr
+        );
+        stuck.write_all(request.as_bytes()).await.unwrap();
+        server
+            .wait_for("the stuck client's subscription", |c| {
+                c.subscriptions_active == 1
+            })
+            .await;
+        // Never read: the gateway's writes stall and the deadline cuts the connection.
+        server
+            .wait_for("the stuck client's subscription to end", |c| {
+                c.subscriptions_active == 0
+            })
+            .await;
+        drop(stuck);
     }
 }

@@ -15,6 +15,7 @@ mod downstream;
 mod routes;
 mod server;
 pub mod telemetry;
+mod write_deadline;
 
 pub use config::Config;
 pub use server::Gateway;

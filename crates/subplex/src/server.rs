@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::routes::{self, GatewayState};
+use crate::write_deadline::WriteDeadline;
 
 /// One client connection's place under `server.max_connections`; released when the last
 /// clone (the HTTP connection task, an upgraded session) is dropped.
@@ -65,6 +66,7 @@ impl Gateway {
         let connections = Arc::new(Semaphore::new(state.server.max_connections));
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
+        let write_timeout = state.server.client_write_timeout;
 
         loop {
             // Biased: once shutdown is requested no new connection is accepted.
@@ -101,7 +103,10 @@ impl Gateway {
                 async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
             });
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(
+                    TokioIo::new(WriteDeadline::new(stream, write_timeout)),
+                    service,
+                )
                 .into_owned();
             let connection = graceful.watch(connection);
             tokio::spawn(async move {

@@ -609,7 +609,7 @@ async fn write(socket: &mut Socket, bound: &WriteBound, message: Message) -> Flo
             biased;
             result = &mut write => result,
             _ = time::sleep(bound.timeout) => {
-                return Flow::Cut("a write did not complete within server.client_write_timeout_ms");
+                return Flow::Cut("a write to the client did not complete within server.client_write_timeout_ms");
             }
             _ = bound.shutdown.cancelled() => {
                 return Flow::Cut("the gateway is shutting down and a write was stuck");
