@@ -313,3 +313,55 @@ async fn streamed_http_clients_that_stop_reading_are_cut() {
         drop(stuck);
     }
 }
+
+/// On HTTP/2 one connection carries any number of streams, so each streamed response
+/// takes a place of its own under `server.max_connections`.
+#[tokio::test]
+async fn http2_streams_count_against_max_connections() {
+    // Three places: the connection, the first stream, and the one the accept loop holds
+    // for the next connection.
+    let (gateway, _demo) = gateway_with_demo("max_connections = 3").await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}?query=subscription%7Btick(count:1000,intervalMs:50)%7D",
+        gateway.url()
+    );
+    let open = || {
+        client
+            .get(&url)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = open().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
+    let refused = open().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "TOO_MANY_CONNECTIONS"
+    );
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("server.max_connections"));
+    // Ending the first stream (an HTTP/2 reset) gives its place back. The release happens
+    // in the gateway with no signal a client could await, so retry, bounded.
+    drop(first);
+    let reopened = tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            let response = open().await.unwrap();
+            if response.status() == 200 {
+                return response;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a place is free again once the first stream ended");
+    assert_eq!(reopened.version(), reqwest::Version::HTTP_2);
+}

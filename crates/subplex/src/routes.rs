@@ -84,6 +84,9 @@ pub(crate) struct GatewayState {
     pub sessions: TaskTracker,
     /// graphql-sse single-connection streams, reserved or open.
     pub sse_streams: downstream::reservations::Reservations,
+    /// Places under `server.max_connections`: one per client connection, and one more per
+    /// streamed response on HTTP/2, where one connection can carry any number of them.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl GatewayState {
@@ -119,6 +122,7 @@ impl GatewayState {
             server: config.server.clone(),
             downstream_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             sse_streams: downstream::reservations::Reservations::new(
                 config.server.sse_single_connection.clone(),
             ),
@@ -223,7 +227,25 @@ async fn dispatch(
             return refusal;
         }
     }
-    match transport {
+    // On HTTP/1 a stream holds its connection's place; on HTTP/2 it needs one of its own.
+    let stream_slot = match transport {
+        Transport::Sse | Transport::SseSingleConnection | Transport::Multipart
+            if req.version() == http::Version::HTTP_2 =>
+        {
+            match state.connection_slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many connections and HTTP/2 streams (server.max_connections); try again later",
+                        "TOO_MANY_CONNECTIONS",
+                    )
+                }
+            }
+        }
+        _ => None,
+    };
+    let response = match transport {
         Transport::WebSocket => downstream::ws::upgrade(req, upstream, state, peer),
         Transport::SseSingleConnection => downstream::sse_single::handle(req, upstream, state).await,
         Transport::Sse => downstream::sse::handle(req, upstream, state).await,
@@ -235,6 +257,18 @@ async fn dispatch(
                 "GET, POST",
             ),
         },
+    };
+    match stream_slot {
+        // The slot lives as long as the body: hyper drops it when the stream ends or the
+        // client resets it.
+        Some(slot) => response.map(|body| {
+            body.map_frame(move |frame| {
+                let _held = &slot;
+                frame
+            })
+            .boxed_unsync()
+        }),
+        None => response,
     }
 }
 

@@ -10,7 +10,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -63,7 +62,7 @@ impl Gateway {
             upstream_shutdown,
         } = self;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-        let connections = Arc::new(Semaphore::new(state.server.max_connections));
+        let connections = state.connection_slots.clone();
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         let write_timeout = state.server.client_write_timeout;
