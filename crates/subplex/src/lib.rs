@@ -10,10 +10,13 @@
 
 pub mod cli;
 pub mod config;
+mod cors;
 pub mod demo;
 mod downstream;
+mod responses;
 mod routes;
 mod server;
+mod state;
 pub mod telemetry;
 mod write_deadline;
 

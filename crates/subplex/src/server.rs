@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::routes::{self, GatewayState};
+use crate::routes;
+use crate::state::GatewayState;
 use crate::write_deadline::WriteDeadline;
 
 /// One client connection's place under `server.max_connections`; released when the last

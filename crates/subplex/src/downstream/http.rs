@@ -8,9 +8,8 @@ use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::routes::{
-    full, json_error, read_body, refuse_get_mutation, GatewayState, ResponseBody, Upstream,
-};
+use crate::responses::{full, json_error, read_body, refuse_get_mutation, ResponseBody};
+use crate::state::{GatewayState, Upstream};
 
 /// Request headers passed through besides the configured `forward_headers`.
 const PASSED_THROUGH: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];

@@ -11,22 +11,24 @@
 //! them: when the client also takes JSON they are forwarded over plain HTTP and answered
 //! with JSON; otherwise they run like a subscription and give one part and the end.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use subplex_protocol::{multipart, GraphqlRequest, OperationType};
-use subplex_upstream::{ConnectParams, UpstreamError};
+use subplex_protocol::{multipart, OperationType};
+use subplex_upstream::UpstreamError;
 use tokio::sync::mpsc;
 use tokio::time::{self, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::operation;
+use super::operation::Operation;
 use super::streaming::{any_accept, push, queued_response, read_operation, spawn_feed};
-use crate::routes::{GatewayState, ResponseBody, Upstream};
+use crate::responses::ResponseBody;
+use crate::state::{GatewayState, Upstream};
 
 /// Whether the request asks for multipart subscriptions (`subscriptionSpec=1.0`).
 pub(crate) fn is_multipart<B>(req: &Request<B>) -> bool {
@@ -37,6 +39,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
     let (request, body) = match read_operation(&parts, body, state.server.max_message_bytes).await {
@@ -55,10 +58,11 @@ pub(crate) async fn handle(
     let rx = spawn_feed(
         &state,
         &parts,
+        peer,
         "multipart",
         upstream,
         request,
-        |upstream, params, request, tx| feed(upstream, params, request, tx, heartbeat, shutdown),
+        |operation, tx| feed(operation, tx, heartbeat, shutdown),
     );
     let mut response = queued_response(rx);
     let h = response.headers_mut();
@@ -73,9 +77,7 @@ pub(crate) async fn handle(
 }
 
 async fn feed(
-    upstream: Arc<Upstream>,
-    params: ConnectParams,
-    request: GraphqlRequest,
+    operation: Operation,
     tx: mpsc::Sender<Bytes>,
     heartbeat_every: Duration,
     shutdown: CancellationToken,
@@ -86,7 +88,7 @@ async fn feed(
     if !push(&tx, opening).await {
         return;
     }
-    let outcomes = operation::outcomes(upstream, params, request);
+    let outcomes = operation.outcomes();
     tokio::pin!(outcomes);
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);

@@ -1,6 +1,12 @@
 //! One client operation's way to and from its upstream, shared by every downstream kind.
 //!
-//! An operation is a stream of [`Event`]s: it subscribes through the pool (waiting for an
+//! An [`Operation`] is what a downstream session hands to the upstream layer: the client's
+//! id and request, who the client is ([`ClientContext`]: transport, path, peer, the request
+//! headers that matter, its own init payload), and the connection parameters it reaches the
+//! upstream with. It is the place hooks plug into: `on_subscribe` will rewrite `request`
+//! before [`Operation::events`] starts it, `on_next` will see each event.
+//!
+//! Its events are a stream: it subscribes through the pool (waiting for an
 //! upstream connection if there is none yet), then yields the upstream's events, and
 //! turns an upstream failure into an error result followed by completion. The stream owns
 //! the upstream [`Subscription`](subplex_upstream::Subscription): dropping the stream stops
@@ -10,14 +16,77 @@
 //! a client's socket is slow the session stops polling, the subscription's own queue fills,
 //! and the upstream connection cuts it off (slow-consumer policy) instead of buffering.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
+use http::HeaderMap;
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
 use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tracing::debug;
 
-use crate::routes::Upstream;
+use crate::state::Upstream;
+
+/// Who a client is, as each of its operations sees it. Shared by every operation of one
+/// connection (WebSocket) or stream (SSE single connection mode).
+#[derive(Debug)]
+pub(crate) struct ClientContext {
+    /// `"graphql-transport-ws"`, `"graphql-ws"`, `"sse"`, `"multipart"`, ...
+    pub transport: &'static str,
+    /// The route path the client used.
+    pub path: String,
+    pub peer: SocketAddr,
+    /// The request headers kept for the upstream and for hooks (see
+    /// `Upstream::client_headers`): not the whole map, which would cost memory per client.
+    pub headers: HeaderMap,
+    /// The client's own `connection_init` payload; `{}` for transports without one.
+    pub init_payload: RawJson,
+}
+
+/// One client operation: the unit a downstream session hands to the upstream layer.
+#[derive(Debug)]
+pub(crate) struct Operation {
+    /// The client's id for it (`""` where the transport has none: SSE distinct mode,
+    /// multipart).
+    pub id: Arc<str>,
+    pub request: GraphqlRequest,
+    pub client: Arc<ClientContext>,
+    /// The security context, forwarded headers and final init payload it reaches the
+    /// upstream with.
+    pub connect: ConnectParams,
+    pub upstream: Arc<Upstream>,
+}
+
+impl Operation {
+    /// The operation's events, ending after its terminal event. An upstream failure
+    /// becomes an error result followed by `complete` (see [`failure_result`]).
+    pub(crate) fn events(self) -> impl Stream<Item = Event> + Send + 'static {
+        self.log_start();
+        events(self.upstream, self.connect, self.request)
+    }
+
+    /// The operation's events, or the upstream failure that ends it, for transports that
+    /// report a failure differently from an operation's own result (multipart).
+    pub(crate) fn outcomes(
+        self,
+    ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
+        self.log_start();
+        outcomes(self.upstream, self.connect, self.request)
+    }
+
+    /// One debug line per operation; never headers, payloads or variables.
+    fn log_start(&self) {
+        debug!(
+            id = %self.id,
+            transport = self.client.transport,
+            path = %self.client.path,
+            peer = %self.client.peer,
+            ctx = %self.connect.key,
+            operation = ?self.request.operation_name,
+            "operation started"
+        );
+    }
+}
 
 /// Where an operation's stream is.
 enum Stage {
@@ -31,9 +100,7 @@ enum Stage {
     Done,
 }
 
-/// The events of one operation, ending after its terminal event. An upstream failure
-/// becomes an error result followed by `complete` (see [`failure_result`]).
-pub(crate) fn events(
+fn events(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
@@ -47,10 +114,7 @@ pub(crate) fn events(
     })
 }
 
-/// The events of one operation, or the upstream failure that ends it, for transports
-/// that report a failure differently from an operation's own result (multipart). Ends
-/// after a terminal event or the failure.
-pub(crate) fn outcomes(
+fn outcomes(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,

@@ -9,7 +9,7 @@
 use http::{header, HeaderMap, Response, StatusCode};
 
 use crate::config::AllowedOrigins;
-use crate::routes::{json_error, ResponseBody};
+use crate::responses::{json_error, ResponseBody};
 
 /// 403 when the request's `Origin` is not allowed; `None` lets it through.
 pub(crate) fn refuse(

@@ -20,6 +20,7 @@ use subplex_upstream::{ConnectParams, SecurityContext};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::operation::ClientContext;
 use crate::config::SseSingleConnectionConfig;
 
 /// Random bytes per token: 256 bits, far beyond guessing.
@@ -28,6 +29,7 @@ const TOKEN_BYTES: usize = 32;
 /// An operation posted to a stream, not started yet.
 #[derive(Debug)]
 pub(crate) struct PendingOperation {
+    pub client: Arc<ClientContext>,
     pub params: ConnectParams,
     pub request: GraphqlRequest,
 }
@@ -334,6 +336,13 @@ mod tests {
 
     fn pending(user: &str) -> PendingOperation {
         PendingOperation {
+            client: Arc::new(ClientContext {
+                transport: "sse-single-connection",
+                path: "/graphql".into(),
+                peer: ([127, 0, 0, 1], 1).into(),
+                headers: Default::default(),
+                init_payload: RawJson::empty_object(),
+            }),
             params: ConnectParams {
                 key: key(user),
                 headers: Vec::new(),

@@ -4,26 +4,29 @@
 //! queue. A client that disconnects drops the body; the task sees the queue close, and
 //! dropping the subscription stops the operation upstream.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use subplex_protocol::{sse, GraphqlRequest};
+use subplex_protocol::sse;
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::operation;
+use super::operation::Operation;
 use super::streaming::{push, queued_response, read_operation, spawn_feed};
-use crate::routes::{GatewayState, ResponseBody, Upstream};
+use crate::responses::ResponseBody;
+use crate::state::{GatewayState, Upstream};
 
 pub(crate) async fn handle(
     req: Request<Incoming>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
     let request = match read_operation(&parts, body, state.server.max_message_bytes).await {
@@ -36,10 +39,11 @@ pub(crate) async fn handle(
     let rx = spawn_feed(
         &state,
         &parts,
+        peer,
         "sse",
         upstream,
         request,
-        |upstream, params, request, tx| feed(upstream, params, request, tx, keepalive, shutdown),
+        |operation, tx| feed(operation, tx, keepalive, shutdown),
     );
     event_stream_response(rx)
 }
@@ -60,9 +64,7 @@ pub(crate) fn event_stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Respo
 }
 
 async fn feed(
-    upstream: Arc<Upstream>,
-    params: subplex_upstream::ConnectParams,
-    request: GraphqlRequest,
+    operation: Operation,
     tx: mpsc::Sender<Bytes>,
     keepalive_every: time::Duration,
     shutdown: CancellationToken,
@@ -71,7 +73,7 @@ async fn feed(
     if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
         return;
     }
-    let events = operation::events(upstream, params, request);
+    let events = operation.events();
     tokio::pin!(events);
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);

@@ -14,6 +14,7 @@
 //! polls every operation's event stream itself, as a WebSocket session does; dropping the
 //! stream (the client left, or the gateway drains) drops them and stops them upstream.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -28,14 +29,13 @@ use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tracing::{debug, Instrument};
 
-use super::operation;
+use super::operation::Operation;
 use super::reservations::{OpenStream, PendingOperation, Reservations, StreamError};
 use super::sse::event_stream_response;
-use super::streaming::{any_accept, push, read_request, STREAM_QUEUE};
-use crate::routes::{
-    accepts_event_stream, full, json_error, method_not_allowed, refuse_get_mutation, GatewayState,
-    ResponseBody, Upstream,
-};
+use super::streaming::{any_accept, http_client_context, push, read_request, STREAM_QUEUE};
+use crate::responses::{full, json_error, method_not_allowed, refuse_get_mutation, ResponseBody};
+use crate::routes::accepts_event_stream;
+use crate::state::{GatewayState, Upstream};
 
 /// Longest `operationId` accepted; graphql-sse's client sends 36-character UUIDs.
 const MAX_OPERATION_ID_LEN: usize = 128;
@@ -63,6 +63,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
     // No `connection_init` here either: identity is the keyed headers, as in SSE.
@@ -142,7 +143,13 @@ pub(crate) async fn handle(
         return refusal;
     }
     let key = params.key;
-    match streams.post(&token, &key, &id, PendingOperation { params, request }) {
+    let client = http_client_context(&parts, peer, "sse-single-connection", &upstream);
+    let pending = PendingOperation {
+        client,
+        params,
+        request,
+    };
+    match streams.post(&token, &key, &id, pending) {
         Ok(()) => {
             let mut response = Response::new(full(""));
             *response.status_mut() = StatusCode::ACCEPTED;
@@ -221,7 +228,14 @@ async fn feed(
                     debug!(id = %started.id, "operation started");
                     let (id, serial) = (started.id, started.serial);
                     let pending = started.pending;
-                    let events = operation::events(upstream.clone(), pending.params, pending.request)
+                    let operation = Operation {
+                        id: id.clone(),
+                        request: pending.request,
+                        client: pending.client,
+                        connect: pending.params,
+                        upstream: upstream.clone(),
+                    };
+                    let events = operation.events()
                         .map(move |event| (id.clone(), serial, event));
                     let events: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
                     operations.push(Abortable::new(events, started.abort));

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -11,14 +12,15 @@ use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use subplex_protocol::{sse, GraphqlRequest, RawJson};
-use subplex_upstream::ConnectParams;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::routes::{
-    json_error, method_not_allowed, read_body, refuse_get_mutation, GatewayState, ResponseBody,
-    Upstream,
+use super::operation::{ClientContext, Operation};
+
+use crate::responses::{
+    json_error, method_not_allowed, read_body, refuse_get_mutation, ResponseBody,
 };
+use crate::state::{GatewayState, Upstream};
 
 /// Encoded chunks queued toward one streaming client. Small: each chunk is a whole event, and
 /// a client that does not read lets its upstream queue overflow (slow-consumer policy).
@@ -78,22 +80,46 @@ pub(crate) async fn read_operation(
 pub(crate) fn spawn_feed<Feed>(
     state: &GatewayState,
     parts: &Parts,
+    peer: SocketAddr,
     protocol: &'static str,
     upstream: Arc<Upstream>,
     request: GraphqlRequest,
-    feed: impl FnOnce(Arc<Upstream>, ConnectParams, GraphqlRequest, mpsc::Sender<Bytes>) -> Feed,
+    feed: impl FnOnce(Operation, mpsc::Sender<Bytes>) -> Feed,
 ) -> mpsc::Receiver<Bytes>
 where
     Feed: Future<Output = ()> + Send + 'static,
 {
-    let params = upstream.connect_params(&parts.headers, RawJson::empty_object());
+    let client = http_client_context(parts, peer, protocol, &upstream);
+    let connect = upstream.connect_params(&client.headers, client.init_payload.clone());
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     let span =
-        tracing::info_span!("downstream", route = %parts.uri.path(), protocol, ctx = %params.key);
-    state
-        .sessions
-        .spawn(feed(upstream, params, request, tx).instrument(span));
+        tracing::info_span!("downstream", route = %parts.uri.path(), protocol, ctx = %connect.key);
+    let operation = Operation {
+        id: Arc::from(""),
+        request,
+        client,
+        connect,
+        upstream,
+    };
+    state.sessions.spawn(feed(operation, tx).instrument(span));
     rx
+}
+
+/// The client of an HTTP request (SSE, multipart): no `connection_init`, so the payload
+/// is `{}` and the request's headers carry identity.
+pub(crate) fn http_client_context(
+    parts: &Parts,
+    peer: SocketAddr,
+    transport: &'static str,
+    upstream: &Upstream,
+) -> Arc<ClientContext> {
+    Arc::new(ClientContext {
+        transport,
+        path: parts.uri.path().to_owned(),
+        peer,
+        headers: upstream.client_headers(&parts.headers),
+        init_payload: RawJson::empty_object(),
+    })
 }
 
 /// Whether any `Accept` header value passes `test`.

@@ -1,8 +1,6 @@
-//! WebSocket clients in both dialects: the upgrade, and one session task per connection.
-//!
-//! The session task owns the socket, the protocol rules and its running operations, whose
-//! event streams it polls itself (see `operation`). The wire dialect is fixed at the
-//! upgrade, and every frame to the client is encoded by that dialect's own types.
+//! One client WebSocket connection as one task: it owns the socket, the dialect's rules
+//! and its running operations, whose event streams it polls itself (see `operation`), with
+//! a single `select!` loop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,135 +11,27 @@ use std::time::Duration;
 use futures_util::future::poll_immediate;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{SinkExt, Stream, StreamExt};
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http::HeaderMap;
 use hyper_util::rt::TokioIo;
 use subplex_protocol::close::{self, Close};
 use subplex_protocol::{legacy_ws, transport_ws, Event, GraphqlRequest, RawJson, Subprotocol};
 use subplex_upstream::ConnectParams;
 use tokio::time::{self, Instant};
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, Instrument};
+use tracing::{debug, info};
 
-use super::operation;
-use crate::routes::{json_error, GatewayState, ResponseBody, Upstream};
-use crate::server::ConnectionPermit;
+use crate::downstream::operation::{ClientContext, Operation};
+use crate::state::{GatewayState, Upstream};
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(super) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// A running operation's events, tagged with the client's id; abortable so that a client's
 /// `complete`/`stop` drops it (and with it the upstream subscription) at once.
 type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Event)> + Send>>>;
-
-/// Read buffer per client socket. tungstenite allocates its default (128 KiB) up front for
-/// every connection and zero-fills the free part before each read, so all of it stays
-/// resident. Client frames are small (subscribe, ping, complete); a larger frame is read in
-/// more steps. 4 KiB → 1 KiB measured 23.0 → 20.4 KiB per idle subscription (bench idle).
-const CLIENT_READ_BUFFER: usize = 1024;
-
-/// Answers a WebSocket upgrade request, then runs the session on the upgraded connection.
-pub(crate) fn upgrade(
-    mut req: Request<Incoming>,
-    upstream: Arc<Upstream>,
-    state: Arc<GatewayState>,
-    peer: SocketAddr,
-) -> Response<ResponseBody> {
-    let headers = req.headers();
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(HeaderValue::as_bytes)
-        != Some(b"13")
-    {
-        let mut response = json_error(
-            StatusCode::UPGRADE_REQUIRED,
-            "unsupported WebSocket version; use Sec-WebSocket-Version: 13",
-            "BAD_WEBSOCKET_REQUEST",
-        );
-        response.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return response;
-    }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "WebSocket upgrade without Sec-WebSocket-Key",
-            "BAD_WEBSOCKET_REQUEST",
-        );
-    };
-    let offered = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let Some(subprotocol) = Subprotocol::negotiate(offered) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "WebSocket subprotocol missing or unsupported: offer \"graphql-transport-ws\" (graphql-ws library) \
-             or \"graphql-ws\" (subscriptions-transport-ws) in Sec-WebSocket-Protocol",
-            "UNSUPPORTED_SUBPROTOCOL",
-        );
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let client_headers = upstream.relevant_headers(headers);
-    let permit = req.extensions_mut().remove::<ConnectionPermit>();
-    let on_upgrade = hyper::upgrade::on(&mut req);
-
-    let max_message = state.server.max_message_bytes;
-    let span = tracing::info_span!(
-        "downstream",
-        %peer,
-        route = %req.uri().path(),
-        protocol = %subprotocol,
-    );
-    let session_state = state.clone();
-    state.sessions.spawn(
-        async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(err) => {
-                    debug!(error = %err, "upgrade failed");
-                    return;
-                }
-            };
-            let config = WebSocketConfig::default()
-                .read_buffer_size(CLIENT_READ_BUFFER)
-                .max_message_size(Some(max_message))
-                .max_frame_size(Some(max_message));
-            let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            DownstreamSession::new(subprotocol, upstream, client_headers, session_state)
-                .run(socket)
-                .await;
-            drop(permit);
-        }
-        .instrument(span),
-    );
-
-    let mut response = Response::new(crate::routes::full(""));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&accept).unwrap_or_else(|_| HeaderValue::from_static("")),
-    );
-    h.insert(
-        header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(subprotocol.wire_name()),
-    );
-    response
-}
 
 /// The rules of the session's dialect.
 enum Rules {
@@ -190,14 +80,15 @@ struct WriteBound {
 }
 
 /// One client WebSocket connection.
-struct DownstreamSession {
+pub(super) struct DownstreamSession {
     subprotocol: Subprotocol,
     rules: Rules,
     upstream: Arc<Upstream>,
-    client_headers: HeaderMap,
+    /// Who the client is, until `connection_init` completes it with the init payload.
+    client: Option<ClientDetails>,
     state: Arc<GatewayState>,
     /// Set once `connection_init` was accepted.
-    connect: Option<ConnectParams>,
+    connect: Option<Connected>,
     /// Running operations by client id. Once aborted, a stream yields nothing more, so
     /// an id reused after `complete` can never receive the old operation's events.
     operations: HashMap<Arc<str>, AbortHandle>,
@@ -206,11 +97,25 @@ struct DownstreamSession {
     writes: WriteBound,
 }
 
+/// What the upgrade request told about the client.
+pub(super) struct ClientDetails {
+    pub path: String,
+    pub peer: SocketAddr,
+    /// Already narrowed by `Upstream::client_headers`.
+    pub headers: HeaderMap,
+}
+
+/// An initialised client: who it is and how its operations reach the upstream.
+struct Connected {
+    client: Arc<ClientContext>,
+    params: ConnectParams,
+}
+
 impl DownstreamSession {
-    fn new(
+    pub(super) fn new(
         subprotocol: Subprotocol,
         upstream: Arc<Upstream>,
-        client_headers: HeaderMap,
+        client: ClientDetails,
         state: Arc<GatewayState>,
     ) -> Self {
         let limits = state.server.operation_limits;
@@ -229,7 +134,7 @@ impl DownstreamSession {
                 }
             },
             upstream,
-            client_headers,
+            client: Some(client),
             state,
             connect: None,
             operations: HashMap::new(),
@@ -238,7 +143,7 @@ impl DownstreamSession {
         }
     }
 
-    async fn run(mut self, mut socket: Socket) {
+    pub(super) async fn run(mut self, mut socket: Socket) {
         debug!("session started");
         let shutdown_token = self.state.downstream_shutdown.clone();
         // Built once: a fresh `cancelled()` per iteration would re-register with the token
@@ -520,24 +425,39 @@ impl DownstreamSession {
     }
 
     fn accept_init(&mut self, payload: Option<RawJson>) {
+        // The rules accept one `connection_init` only.
+        let Some(details) = self.client.take() else {
+            return;
+        };
+        let client = Arc::new(ClientContext {
+            transport: self.subprotocol.wire_name(),
+            path: details.path,
+            peer: details.peer,
+            headers: details.headers,
+            init_payload: payload.unwrap_or_else(RawJson::empty_object),
+        });
         // Until hooks exist the client's own payload goes upstream, `{}` when it sent none.
-        let init_payload = payload.unwrap_or_else(RawJson::empty_object);
         let params = self
             .upstream
-            .connect_params(&self.client_headers, init_payload);
+            .connect_params(&client.headers, client.init_payload.clone());
         debug!(ctx = %params.key, "client initialised");
-        self.connect = Some(params);
+        self.connect = Some(Connected { client, params });
     }
 
     fn start(&mut self, id: String, request: GraphqlRequest) {
-        let Some(params) = self.connect.clone() else {
+        let Some(connected) = &self.connect else {
             return; // The rules only accept operations after the ack.
         };
         let id: Arc<str> = Arc::from(id);
-        debug!(%id, operation = ?request.operation_name, "operation started");
+        let operation = Operation {
+            id: id.clone(),
+            request,
+            client: connected.client.clone(),
+            connect: connected.params.clone(),
+            upstream: self.upstream.clone(),
+        };
         let tag = id.clone();
-        let events = operation::events(self.upstream.clone(), params, request)
-            .map(move |event| (tag.clone(), event));
+        let events = operation.events().map(move |event| (tag.clone(), event));
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(
             Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,

@@ -1,0 +1,127 @@
+//! The state every request handler shares: the routes with their upstreams (pool, HTTP
+//! client, settings), the server settings, and the handles of shutdown and of the places
+//! under `server.max_connections`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use subplex_protocol::RawJson;
+use subplex_upstream::{ConnectParams, Pool, SecurityContext};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ServerConfig, UpstreamConfig};
+use crate::downstream;
+
+/// One upstream as the request handlers use it.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub config: UpstreamConfig,
+    pub pool: Pool,
+    pub http: reqwest::Client,
+}
+
+impl Upstream {
+    /// The request headers a client's operations keep: those that can matter upstream
+    /// (`security_context` and `forward_headers`), plus `cookie` and `origin`, which hooks
+    /// read; not the whole header map, which would cost memory per client. Only the keyed
+    /// ones enter the security context.
+    pub fn client_headers(&self, headers: &HeaderMap) -> HeaderMap {
+        let mut kept = HeaderMap::new();
+        let for_hooks = [http::header::COOKIE, http::header::ORIGIN];
+        for name in self.config.keyed_headers.iter().chain(&for_hooks) {
+            if kept.contains_key(name) {
+                continue;
+            }
+            for value in headers.get_all(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        kept
+    }
+
+    /// The connection parameters for a client with these request headers and this final
+    /// init payload; the key hashes `keyed_headers` (see there why forwarded ones are in).
+    pub fn connect_params(&self, headers: &HeaderMap, init_payload: RawJson) -> ConnectParams {
+        let forwarded: Vec<_> = self
+            .config
+            .forward_headers
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |value| (name.clone(), value.clone()))
+            })
+            .collect();
+        let keyed = self.config.keyed_headers.iter().flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .map(move |value| (name.as_str(), value.as_bytes()))
+        });
+        ConnectParams {
+            key: SecurityContext::compute(&self.config.settings.name, keyed, &init_payload),
+            headers: forwarded,
+            init_payload,
+        }
+    }
+}
+
+/// State shared by every request.
+#[derive(Debug)]
+pub(crate) struct GatewayState {
+    pub routes: HashMap<String, Arc<Upstream>>,
+    pub server: ServerConfig,
+    /// Cancelled when the gateway starts draining: sessions close, streams end.
+    pub downstream_shutdown: CancellationToken,
+    /// Upgraded WebSocket sessions, which hyper's graceful shutdown does not see.
+    pub sessions: TaskTracker,
+    /// graphql-sse single-connection streams, reserved or open.
+    pub sse_streams: downstream::reservations::Reservations,
+    /// Places under `server.max_connections`: one per client connection, and one more per
+    /// streamed response on HTTP/2, where one connection can carry any number of them.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl GatewayState {
+    /// Builds the per-upstream pools and HTTP clients. Fails only if an HTTP client cannot
+    /// be built (the TLS settings were refused).
+    pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let http = reqwest::Client::builder()
+                .connect_timeout(upstream.settings.connect_timeout)
+                .timeout(upstream.request_timeout)
+                .use_preconfigured_tls((*upstream.http_tls).clone())
+                .build()
+                .map_err(|err| {
+                    std::io::Error::other(format!(
+                        "upstream \"{}\": cannot build its HTTP client: {err}",
+                        upstream.settings.name
+                    ))
+                })?;
+            upstreams.push(Arc::new(Upstream {
+                config: upstream.clone(),
+                pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
+                http,
+            }));
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| (route.path.clone(), upstreams[route.upstream].clone()))
+            .collect();
+        Ok(GatewayState {
+            routes,
+            server: config.server.clone(),
+            downstream_shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            sse_streams: downstream::reservations::Reservations::new(
+                config.server.sse_single_connection.clone(),
+            ),
+        })
+    }
+}
