@@ -10,7 +10,6 @@
 
 pub mod cli;
 pub mod config;
-pub mod demo;
 mod downstream;
 mod routes;
 mod server;
