@@ -512,7 +512,7 @@ pub struct DemoServer {
 
 impl DemoServer {
     pub async fn start() -> DemoServer {
-        let demo = subplex::demo::DemoUpstream::bind("127.0.0.1:0".parse().unwrap())
+        let demo = subplex_demo::DemoUpstream::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("bind demo upstream");
         let port = demo.local_addr().port();

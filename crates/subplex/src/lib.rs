@@ -11,7 +11,6 @@
 pub mod cli;
 pub mod config;
 mod cors;
-pub mod demo;
 mod downstream;
 mod responses;
 mod routes;

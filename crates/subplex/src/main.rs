@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use subplex::cli::{Cli, Command};
 use subplex::config::{Config, ConfigError, RawRoute};
-use subplex::demo::DemoUpstream;
 use subplex::{telemetry, Gateway};
+use subplex_demo::DemoUpstream;
 use tokio_util::sync::CancellationToken;
 
 /// EX_USAGE from sysexits.h: the configuration is wrong.

@@ -7,11 +7,15 @@
 //! type Subscription { tick(count: Int!, intervalMs: Int!): Int! }
 //! ```
 //!
-//! It is not a GraphQL engine: a purpose-built scanner recognises one root field per
-//! document (with an optional alias and Int arguments given as literals or `$variables`)
-//! and answers anything else (fragments, directives, selections, several operations) with
-//! a GraphQL error naming what it supports. Nor is it a production server: no TLS, no
+//! It is not a GraphQL engine: documents are parsed with `apollo-parser`, and the demo
+//! resolves one root field per document (with an optional alias and Int arguments given as
+//! literals or `$variables`); it answers anything else (fragments, directives, selections,
+//! several operations) with a GraphQL error naming what it supports, and a syntax error
+//! with where the parser found it. Nor is it a production server: no TLS, no
 //! authentication, no connection limits.
+//!
+//! `subplex demo` runs it in front of the gateway; the gateway library does not depend on
+//! it, and the end-to-end tests use it as their fastest upstream.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -411,216 +415,169 @@ enum Operation {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token<'a> {
-    Name(&'a str),
-    /// A numeric literal, well-formed or not: only Ints are ever accepted (see [`is_int`]),
-    /// so anything else just ends up in an error message.
-    Number(&'a str),
-    String,
-    /// One of `! $ & ( ) : = @ [ ] { | }`, or `.` standing for `...`.
-    Punct(char),
-}
-
-/// Splits a document into tokens, dropping whatever GraphQL ignores (whitespace, commas,
-/// comments, a BOM) and reducing string literals to a marker: no argument here takes one,
-/// but their contents must not be mistaken for syntax.
-fn scan(source: &str) -> Result<Vec<Token<'_>>, String> {
-    let bytes = source.as_bytes();
-    let run = |mut i: usize, part: fn(&u8) -> bool| {
-        while bytes.get(i).is_some_and(part) {
-            i += 1;
-        }
-        i
-    };
-    let (mut tokens, mut i) = (Vec::new(), 0);
-    while let Some(&c) = bytes.get(i) {
-        let start = i;
-        match c {
-            b' ' | b'\t' | b'\n' | b'\r' | b',' => i += 1,
-            b'#' => i = run(i, |&b| b != b'\n' && b != b'\r'),
-            b'"' => {
-                i = skip_string(source, i).ok_or("unterminated string")?;
-                tokens.push(Token::String);
-            }
-            b'.' if source[i..].starts_with("...") => {
-                i += 3;
-                tokens.push(Token::Punct('.'));
-            }
-            _ if b"!$&():=@[]{|}".contains(&c) => {
-                i += 1;
-                tokens.push(Token::Punct(char::from(c)));
-            }
-            b'_' | b'a'..=b'z' | b'A'..=b'Z' => {
-                i = run(i, |&b| b == b'_' || b.is_ascii_alphanumeric());
-                tokens.push(Token::Name(&source[start..i]));
-            }
-            b'-' | b'0'..=b'9' => {
-                i = run(i + 1, |&b| {
-                    b"_.+-".contains(&b) || b.is_ascii_alphanumeric()
-                });
-                tokens.push(Token::Number(&source[start..i]));
-            }
-            _ if source[i..].starts_with('\u{feff}') => i += '\u{feff}'.len_utf8(),
-            _ => {
-                let c = source[i..].chars().next().unwrap_or_default();
-                return Err(format!("unexpected character `{c}`"));
-            }
-        }
-    }
-    Ok(tokens)
-}
-
-/// The index just past the string literal, plain or block, opening at `start`.
-fn skip_string(source: &str, start: usize) -> Option<usize> {
-    let rest = &source[start..];
-    if let Some(body) = rest.strip_prefix(r#"""""#) {
-        // `\"""` is a block string's only escape; blanking it keeps every offset.
-        let end = body.replace(r#"\""""#, "    ").find(r#"""""#)?;
-        return Some(start + 3 + end + 3);
-    }
-    let mut escaped = false;
-    for (offset, b) in rest.bytes().enumerate().skip(1) {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' => escaped = true,
-            b'"' => return Some(start + offset + 1),
-            b'\n' | b'\r' => return None,
-            _ => {}
-        }
-    }
-    None
-}
-
-fn found(rest: &[Token<'_>]) -> String {
-    match rest.first() {
-        None => "the end of the document".into(),
-        Some(Token::Name(text) | Token::Number(text)) => format!("`{text}`"),
-        Some(Token::String) => "a string".into(),
-        Some(Token::Punct('.')) => "`...` (fragments are not supported)".into(),
-        Some(Token::Punct(c)) => format!("`{c}`"),
-    }
-}
-
-fn is_int(text: &str) -> bool {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-}
-
 #[derive(Debug, PartialEq, Eq)]
-enum Arg<'a> {
-    Int(&'a str),
-    Variable(&'a str),
+enum Arg {
+    Int(String),
+    Variable(String),
 }
 
+/// The one shape the demo resolves, as read from a document.
 #[derive(Debug, PartialEq, Eq)]
-struct Document<'a> {
+struct Document {
     subscription: bool,
-    name: Option<&'a str>,
-    alias: Option<&'a str>,
-    field: &'a str,
-    args: Vec<(&'a str, Arg<'a>)>,
+    name: Option<String>,
+    alias: Option<String>,
+    field: String,
+    args: Vec<(String, Arg)>,
 }
 
-/// Parses the one shape the demo resolves: an operation (or the `{ ... }` shorthand) whose
-/// selection is a single scalar field.
-fn parse(source: &str) -> Result<Document<'_>, String> {
-    use Token::{Name, Number, Punct};
-    let tokens = scan(source)?;
-    let (subscription, name, mut rest) = match tokens.as_slice() {
-        [Punct('{'), rest @ ..] => (false, None, rest),
-        [Name(keyword @ ("query" | "subscription")), rest @ ..] => {
-            let (name, mut rest) = match rest {
-                [Name(name), rest @ ..] => (Some(*name), rest),
-                _ => (None, rest),
-            };
-            // Variable definitions: their types and defaults do not matter here.
-            if let [Punct('('), tail @ ..] = rest {
-                let close = tail.iter().position(|t| *t == Punct(')'));
-                rest = &tail[close.ok_or("unclosed variable definitions")? + 1..];
-            }
-            match rest {
-                [Punct('{'), rest @ ..] => (*keyword == "subscription", name, rest),
-                _ => return Err(format!("expected `{{`, found {}", found(rest))),
-            }
-        }
-        [Name("mutation"), ..] => return Err("there are no mutations".into()),
-        _ => return Err(format!("expected an operation, found {}", found(&tokens))),
-    };
-    let (alias, field);
-    (alias, field, rest) = match rest {
-        [Name(alias), Punct(':'), Name(field), tail @ ..] => (Some(*alias), *field, tail),
-        [Name(_), Punct(':'), tail @ ..] => {
-            return Err(format!(
-                "expected a field after the alias, found {}",
-                found(tail)
+/// Why a document cannot be resolved, before the schema is consulted.
+#[derive(Debug, PartialEq, Eq)]
+enum Unreadable {
+    /// Not valid GraphQL: apollo-parser's first error, with where it found it.
+    Syntax(String),
+    /// GraphQL, but more than the one-field shape the demo resolves.
+    Unsupported(String),
+}
+
+/// Parses `source` with apollo-parser and accepts the one shape the demo resolves: an
+/// operation (or the `{ ... }` shorthand) whose selection is a single scalar field.
+fn parse(source: &str) -> Result<Document, Unreadable> {
+    use apollo_parser::cst::{CstNode, Definition, Selection, Value};
+    use Unreadable::Unsupported;
+    let tree = apollo_parser::Parser::new(source).parse();
+    if let Some(error) = tree.errors().next() {
+        let near = match error.is_eof() {
+            true => "the end of the document".to_owned(),
+            false => format!("`{}`", error.data()),
+        };
+        let (at, message) = (error.index(), error.message());
+        return Err(Unreadable::Syntax(format!(
+            "at byte {at} ({near}): {message}"
+        )));
+    }
+    let mut definitions = tree.document().definitions();
+    let operation = match definitions.next() {
+        None => return Err(Unsupported("expected an operation, found nothing".into())),
+        Some(Definition::OperationDefinition(operation)) => operation,
+        Some(Definition::FragmentDefinition(_)) => {
+            return Err(Unsupported(
+                "expected an operation, found `fragment`".into(),
             ))
         }
-        [Name(field), tail @ ..] => (None, *field, tail),
-        _ => return Err(format!("expected a field, found {}", found(rest))),
-    };
-    let mut args = Vec::new();
-    if let [Punct('('), tail @ ..] = rest {
-        rest = tail;
-        loop {
-            let (arg, value, tail) = match rest {
-                [Punct(')'), tail @ ..] => {
-                    rest = tail;
-                    break;
-                }
-                [Name(arg), Punct(':'), Number(n), tail @ ..] if is_int(n) => {
-                    (arg, Arg::Int(n), tail)
-                }
-                [Name(arg), Punct(':'), Punct('$'), Name(var), tail @ ..] => {
-                    (arg, Arg::Variable(var), tail)
-                }
-                [Name(arg), Punct(':'), value @ ..] => {
-                    return Err(format!("`{arg}` must be an Int, found {}", found(value)))
-                }
-                _ => return Err(format!("expected an argument, found {}", found(rest))),
-            };
-            args.push((*arg, value));
-            rest = tail;
+        Some(_) => {
+            let found = "a type system definition";
+            return Err(Unsupported(format!("expected an operation, found {found}")));
         }
+    };
+    if definitions.next().is_some() {
+        return Err(Unsupported("expected one operation, found more".into()));
     }
-    match rest {
-        [Punct('}')] => Ok(Document {
-            subscription,
-            name,
-            alias,
-            field,
-            args,
-        }),
-        [Punct('}'), extra @ ..] => Err(format!("expected one operation, found {}", found(extra))),
-        [Punct('{'), ..] => Err(format!("`{field}` is a scalar and has no selection")),
-        [Punct('@'), ..] => Err("directives are not supported".into()),
-        [] => Err("expected `}`, found the end of the document".into()),
-        _ => Err(format!("expected one root field, found {}", found(rest))),
+    let subscription = match operation.operation_type() {
+        Some(keyword) if keyword.mutation_token().is_some() => {
+            return Err(Unsupported("there are no mutations".into()))
+        }
+        keyword => keyword.is_some_and(|keyword| keyword.subscription_token().is_some()),
+    };
+    let no_directives = |directives: Option<apollo_parser::cst::Directives>| match directives
+        .is_some_and(|d| d.directives().next().is_some())
+    {
+        true => Err(Unsupported("directives are not supported".into())),
+        false => Ok(()),
+    };
+    no_directives(operation.directives())?;
+    // Variable definitions: their types and defaults do not matter here.
+    let mut selections = operation
+        .selection_set()
+        .into_iter()
+        .flat_map(|set| set.selections());
+    let field = match selections.next() {
+        Some(Selection::Field(field)) => field,
+        Some(_) => {
+            let found = "`...` (fragments are not supported)";
+            return Err(Unsupported(format!("expected a field, found {found}")));
+        }
+        None => return Err(Unsupported("expected a field, found none".into())),
+    };
+    let text = |name: Option<apollo_parser::cst::Name>| name.map(|n| n.text().to_string());
+    // A value's own source text, without the whitespace or commas around it.
+    let source = |value: &dyn CstNode| value.syntax().text().to_string().trim().to_owned();
+    let (alias, field_name) = (
+        text(field.alias().and_then(|a| a.name())),
+        text(field.name()),
+    );
+    let field_name = field_name.unwrap_or_default();
+    if let Some(extra) = selections.next() {
+        let found = match extra {
+            Selection::Field(extra) => format!("`{}`", text(extra.name()).unwrap_or_default()),
+            _ => "`...` (fragments are not supported)".into(),
+        };
+        return Err(Unsupported(format!(
+            "expected one root field, found {found}"
+        )));
     }
+    if field.selection_set().is_some() {
+        let message = format!("`{field_name}` is a scalar and has no selection");
+        return Err(Unsupported(message));
+    }
+    no_directives(field.directives())?;
+    let mut args = Vec::new();
+    for argument in field
+        .arguments()
+        .into_iter()
+        .flat_map(|list| list.arguments())
+    {
+        let name = text(argument.name()).unwrap_or_default();
+        let value = match argument.value() {
+            Some(Value::IntValue(int)) => Arg::Int(source(&int)),
+            Some(Value::Variable(variable)) => Arg::Variable(variable.text().to_string()),
+            Some(Value::StringValue(_)) => {
+                let message = format!("`{name}` must be an Int, found a string");
+                return Err(Unsupported(message));
+            }
+            other => {
+                let found = other.map_or(String::new(), |value| source(&value));
+                return Err(Unsupported(format!(
+                    "`{name}` must be an Int, found `{found}`"
+                )));
+            }
+        };
+        args.push((name, value));
+    }
+    Ok(Document {
+        subscription,
+        name: text(operation.name()),
+        alias,
+        field: field_name,
+        args,
+    })
 }
 
 /// Checks `request` against the schema: what to run, or the GraphQL error message.
 fn plan(request: &GraphqlRequest) -> Result<Operation, String> {
-    let doc = parse(&request.query).map_err(|err| format!("Syntax error: {err}; {SUPPORTED}"))?;
+    let doc = parse(&request.query).map_err(|err| match err {
+        Unreadable::Syntax(err) => format!("Syntax error {err}; {SUPPORTED}"),
+        Unreadable::Unsupported(err) => format!("Unsupported document: {err}; {SUPPORTED}"),
+    })?;
     if let Some(wanted) = &request.operation_name {
-        if doc.name != Some(wanted.as_str()) {
+        if doc.name.as_deref() != Some(wanted.as_str()) {
             return Err(format!("Unknown operation named \"{wanted}\"."));
         }
     }
-    let key = doc.alias.unwrap_or(doc.field).to_owned();
+    let key = doc.alias.clone().unwrap_or_else(|| doc.field.clone());
     let (root, field) = match doc.subscription {
         false => ("Query", "hello"),
         true => ("Subscription", "tick"),
     };
     if doc.field != field {
-        let asked = doc.field;
+        let asked = &doc.field;
         return Err(format!(
             "Cannot query field \"{asked}\" on type \"{root}\"; {SUPPORTED}"
         ));
     }
     let (mut count, mut every) = (None, None);
     for (name, value) in &doc.args {
-        let slot = match (field, *name) {
+        let slot = match (field, name.as_str()) {
             ("tick", "count") => &mut count,
             ("tick", "intervalMs") => &mut every,
             _ => {
@@ -651,7 +608,7 @@ fn plan(request: &GraphqlRequest) -> Result<Operation, String> {
 
 fn int_arg(
     name: &str,
-    arg: Option<&Arg<'_>>,
+    arg: Option<&Arg>,
     range: RangeInclusive<i64>,
     variables: &Map<String, Value>,
 ) -> Result<i64, String> {
@@ -662,7 +619,7 @@ fn int_arg(
         }
         // Literals too long for i64 are out of range, which the check below reports.
         Some(Arg::Int(text)) => text.parse::<i64>().ok(),
-        Some(Arg::Variable(var)) => match variables.get(*var) {
+        Some(Arg::Variable(var)) => match variables.get(var) {
             None | Some(Value::Null) => {
                 let text = "of required type \"Int!\" was not provided.";
                 return Err(format!("Variable \"${var}\" {text}"));
@@ -687,28 +644,6 @@ mod tests {
     use tokio::time::Instant;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    fn show(source: &str) -> String {
-        let tokens = scan(source).unwrap().into_iter().map(|token| match token {
-            Token::Name(text) | Token::Number(text) => text.to_owned(),
-            Token::String => "\"\"".into(),
-            Token::Punct(c) => c.into(),
-        });
-        tokens.collect::<Vec<_>>().join(" ")
-    }
-
-    #[test]
-    fn scanner_skips_comments_strings_commas_and_bom() {
-        let source = "\u{feff}{ # a } comment \"\n t : tick(a: \"}#\\\"\", ";
-        let source = format!("{source}b: \"\"\"\n}}\\\"\"\" #\"\"\", c: -12, d: 1.5e3,,)}}");
-        let tokens = "{ t : tick ( a : \"\" b : \"\" c : -12 d : 1.5e3 ) }";
-        assert_eq!(show(&source), tokens);
-        assert_eq!(show("...on$x:\"\"!"), ". on $ x : \"\" !");
-        for bad in ["\"open", "\"\"\"open", "\"a\nb\"", "\"\\\"", "ü", "?", ".."] {
-            assert!(scan(bad).is_err(), "{bad:?} should not scan");
-        }
-        assert!(is_int("-12") && is_int("0") && !is_int("-") && !is_int("1e3"));
-    }
-
     fn plan_with(query: &str, variables: Option<&str>) -> Result<Operation, String> {
         let mut request = GraphqlRequest::new(query);
         request.variables = variables.map(|v| RawJson::parse(v).unwrap());
@@ -718,6 +653,21 @@ mod tests {
     fn ticks(key: &str, count: u32, ms: u64) -> Result<Operation, String> {
         let (key, every) = (key.to_owned(), Duration::from_millis(ms));
         Ok(Operation::Tick { key, count, every })
+    }
+
+    #[test]
+    fn ignores_comments_strings_commas_and_bom() {
+        let query = "\u{feff}# a } comment \"\n subscription S($s: String = \"}#\\\"\", ";
+        let query =
+            format!("{query}$b: String = \"\"\"\n}}\\\"\"\" #\"\"\") {{ t : tick(,count: -12,, ");
+        let query = format!("{query}intervalMs: 5) }}");
+        let message = plan_with(&query, None).unwrap_err();
+        assert!(
+            message.starts_with("tick argument \"count\" must be between"),
+            "{message}"
+        );
+        let query = query.replace("-12", "2");
+        assert_eq!(plan_with(&query, None), ticks("t", 2, 5));
     }
 
     #[test]
@@ -758,20 +708,23 @@ subscription { tick(count: 1, intervalMs: 1, n: 2) } => "n" on field "Subscripti
 { goodbye } => Cannot query field "goodbye" on type "Query"; the demo upstream supports only
 subscription { hello } => Cannot query field "hello" on type "Subscription"
 query { tick(count: 1, intervalMs: 1) } => Cannot query field "tick" on type "Query"
- => Syntax error: expected an operation, found the end of the document; the demo upstream
+ => Syntax error at byte 0 (the end of the document): Unexpected <EOF>.; the demo
 { hello world } => expected one root field, found `world`
 { hello { length } } => `hello` is a scalar and has no selection
-{ hello } { hello } => expected one operation, found `{`
+{ hello } { hello } => expected one operation, found more
 { ...F } => found `...` (fragments are not supported)
 fragment F on Query { hello } => expected an operation, found `fragment`
 mutation { hello } => there are no mutations
-query @live { hello } => expected `{`, found `@`
+query @live { hello } => Unsupported document: directives are not supported; the demo
 { hello @skip(if: true) } => directives are not supported
-query ($a: Int { hello } => unclosed variable definitions
-{ hello( => expected an argument, found the end of the document
-{ hello => expected `}`, found the end of the document
-{ hello: } => expected a field after the alias, found `}`
-{ "hello } => unterminated string
+{ hello(n: [1]) } => `n` must be an Int, found `[1]`
+{ ... on Query { hello } } => found `...` (fragments are not supported)
+type Query { hello: String } => expected an operation, found a type system definition
+query ($a: Int { hello } => Syntax error at byte 15 (`{`): expected R_PAREN, got {; the demo
+{ hello( => Syntax error at byte 8 (the end of the document): expected an Argument
+{ hello => at byte 7 (the end of the document): expected R_CURLY, got EOF
+{ hello: } => Syntax error at byte 9 (`}`): expected a Name; the demo upstream supports
+{ "hello } => at byte 2 (`"hello }`): unterminated string value
 "#;
 
     #[test]
