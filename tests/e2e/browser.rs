@@ -53,6 +53,21 @@ fn response(op: u64, data: Value) -> Value {
     json!({ "type": "response", "op": op, "status": 200, "body": { "data": data } })
 }
 
+/// The gateway's answer to the browser's CORS preflight for a POST with `Authorization`
+/// and `Content-Type` from `origin` (docs/configuration.md, `[server.cors]`), as the
+/// browser reports it.
+fn preflight_allowed(url: &str, origin: &str) -> Value {
+    json!({
+        "type": "preflight", "url": url, "status": 204,
+        "headers": {
+            "access-control-allow-origin": origin,
+            "access-control-allow-methods": "GET, POST, OPTIONS",
+            "access-control-allow-headers": "authorization,content-type",
+            "access-control-max-age": "600",
+        },
+    })
+}
+
 /// Compares the page's events with `expected`, printing both one event per line.
 fn assert_events(events: &[Value], expected: &[Value]) {
     let show = |events: &[Value]| {
@@ -171,6 +186,8 @@ async fn graphql_sse_browser_build_sends_authorization_after_a_preflight() {
     expected.push(complete(1));
     expected.push(next(2, json!({ "echo": "over SSE" })));
     expected.push(complete(2));
+    // One preflight: the browser caches the answer (max-age) for the next two requests.
+    expected.push(preflight_allowed(&gateway.url(), "*"));
     assert_events(&events, &expected);
     assert_upstream_subscriptions(&yoga, 1).await;
     browser.close().await;
@@ -199,13 +216,14 @@ async fn fetch_with_authorization_from_the_allowed_origin() {
         )
         .await;
 
-    // `whoami` is alice: the browser sent the Authorization header, which it only does
-    // after the gateway's preflight answer allowed it.
+    // The browser asked first (one preflight, cached for the second request), and `whoami`
+    // is alice: the Authorization header it then sent reached Yoga.
     assert_events(
         &events,
         &[
             response(0, json!({ "whoami": "alice" })),
             response(1, json!({ "echo": "over fetch" })),
+            preflight_allowed(&gateway.url(), &browser.origin),
         ],
     );
     browser.close().await;
@@ -227,13 +245,16 @@ async fn the_browser_refuses_responses_to_an_origin_that_is_not_allowed() {
             }),
         )
         .await;
-    // The preflight gets no `Access-Control-Allow-Origin`, so the POST is never sent.
+    // The preflight's answer has no CORS headers, so the browser never sends the POST.
     assert_events(
         &fetched,
-        &[json!({
-            "type": "fetch_failed", "op": 0,
-            "error": { "name": "TypeError", "message": "Failed to fetch" },
-        })],
+        &[
+            json!({
+                "type": "fetch_failed", "op": 0,
+                "error": { "name": "TypeError", "message": "Failed to fetch" },
+            }),
+            json!({ "type": "preflight", "url": gateway.url(), "status": 204, "headers": {} }),
+        ],
     );
 
     let streamed = browser
