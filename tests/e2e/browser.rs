@@ -2,7 +2,8 @@
 //! another origin than the gateway's, so every request is a cross-origin one. The page
 //! uses the browser's own `EventSource`, `WebSocket` and `fetch`, and the browser builds
 //! of graphql-ws and graphql-sse with their default options, several operations in
-//! sequence; Yoga is the upstream. Each test asserts the exact events the page saw.
+//! sequence; Yoga is the upstream. A bare browser `WebSocket` covers the closes the gateway
+//! starts. Each test asserts the exact events the page saw.
 
 use serde_json::{json, Value};
 use subplex_tests::browser::Browser;
@@ -150,10 +151,10 @@ async fn graphql_ws_browser_build_closes_each_lazy_socket_cleanly() {
     ];
     let mut expected = Vec::new();
     for (op, nexts) in results.into_iter().enumerate() {
-        expected.push(json!({ "type": "socket_open", "protocol": "graphql-transport-ws" }));
+        expected.push(socket_open("graphql-transport-ws"));
         expected.extend(nexts);
         expected.push(complete(op as u64));
-        expected.push(json!({ "type": "socket_close", "code": 1000, "wasClean": true }));
+        expected.push(socket_closed_cleanly(1000));
     }
     assert_events(&events, &expected);
     assert_upstream_subscriptions(&yoga, 2).await;
@@ -270,4 +271,106 @@ async fn the_browser_refuses_responses_to_an_origin_that_is_not_allowed() {
         &[json!({ "type": "error", "op": 0, "readyState": 2 })],
     );
     browser.close().await;
+}
+
+/// `socket_open` for a socket that negotiated `protocol`.
+fn socket_open(protocol: &str) -> Value {
+    json!({ "type": "socket_open", "protocol": protocol })
+}
+
+/// A socket closed with `code` after both Close frames were exchanged.
+fn socket_closed_cleanly(code: u16) -> Value {
+    json!({ "type": "socket_close", "code": code, "wasClean": true })
+}
+
+fn message(message: Value) -> Value {
+    json!({ "type": "message", "message": message })
+}
+
+#[tokio::test]
+async fn shutdown_closes_a_browser_websocket_cleanly_with_1001() {
+    let (_yoga, gateway) = yoga_behind_gateway("").await;
+    let mut browser = Browser::start().await;
+
+    let subscribe = json!({
+        "id": "1", "type": "subscribe",
+        "payload": { "query": "subscription { forever(intervalMs: 60000) { n } }" },
+    });
+    browser
+        .begin(
+            "webSocket",
+            json!({
+                "url": gateway.url(),
+                "protocol": "graphql-transport-ws",
+                "messages": [{ "type": "connection_init" }, subscribe],
+            }),
+        )
+        .await;
+    browser
+        .wait_event("the first event", |e| e["message"]["type"] == "next")
+        .await;
+    gateway.shutdown().await;
+
+    assert_events(
+        &browser.finish().await,
+        &[
+            socket_open("graphql-transport-ws"),
+            message(json!({ "type": "connection_ack" })),
+            message(
+                json!({ "id": "1", "type": "next", "payload": { "data": { "forever": { "n": 1 } } } }),
+            ),
+            socket_closed_cleanly(1001),
+        ],
+    );
+    browser.close().await;
+}
+
+/// What the browser's own WebSocket sees when it speaks `protocol` to the gateway, sending
+/// `messages`, until the gateway closes it.
+async fn browser_websocket(protocol: &str, messages: Value) -> Vec<Value> {
+    let (_yoga, gateway) = yoga_behind_gateway("").await;
+    let mut browser = Browser::start().await;
+    let events = browser
+        .run(
+            "webSocket",
+            json!({ "url": gateway.url(), "protocol": protocol, "messages": messages }),
+        )
+        .await;
+    browser.close().await;
+    events
+}
+
+#[tokio::test]
+async fn a_protocol_violation_closes_a_browser_websocket_cleanly() {
+    // `subscribe` before `connection_init`: the gateway closes with 4401.
+    let events = browser_websocket(
+        "graphql-transport-ws",
+        json!([{ "id": "1", "type": "subscribe", "payload": { "query": "{ hello }" } }]),
+    )
+    .await;
+    assert_events(
+        &events,
+        &[
+            socket_open("graphql-transport-ws"),
+            socket_closed_cleanly(4401),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn legacy_connection_terminate_closes_a_browser_websocket_cleanly() {
+    let events = browser_websocket(
+        "graphql-ws",
+        json!([{ "type": "connection_init", "payload": {} }, { "type": "connection_terminate" }]),
+    )
+    .await;
+    assert_events(
+        &events,
+        &[
+            socket_open("graphql-ws"),
+            message(json!({ "type": "connection_ack" })),
+            message(json!({ "type": "ka" })),
+            socket_closed_cleanly(1000),
+        ],
+    );
 }

@@ -3,7 +3,8 @@
 //! 127.0.0.1 port (so the gateway is always another origin and CORS applies).
 //!
 //! [`Browser::start`] launches it and [`Browser::run`] runs one page scenario
-//! (`fixtures/browser/page.js`), returning the events the page recorded. Dropping a
+//! (`fixtures/browser/page.js`), returning the events the page recorded; `begin`,
+//! `wait_event` and `finish` split a run for tests that act while it runs. Dropping a
 //! [`Browser`] closes the driver's stdin; the driver then closes Chromium and exits, and
 //! Chromium also exits when the driver dies, because its control pipe closes.
 
@@ -25,6 +26,8 @@ pub struct Browser {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: mpsc::UnboundedReceiver<String>,
+    /// The running scenario's events so far.
+    events: Vec<Value>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -45,10 +48,11 @@ impl Browser {
             origin: String::new(),
             stdin: child.stdin.take(),
             lines: line_channel(child.stdout.take().unwrap()),
+            events: Vec::new(),
             stderr: collect_lines(child.stderr.take().unwrap()),
             child,
         };
-        let ready = browser.next_line(&[]).await;
+        let ready = browser.next_line().await;
         assert_eq!(ready["type"], "ready", "browser.mjs: {ready}");
         browser.origin = ready["origin"].as_str().unwrap().to_owned();
         browser
@@ -57,25 +61,49 @@ impl Browser {
     /// Runs page scenario `scenario` with `args` and returns the events the page recorded,
     /// in order. Fails the test if the driver reports a failure or a stalled scenario.
     pub async fn run(&mut self, scenario: &str, args: Value) -> Vec<Value> {
+        self.begin(scenario, args).await;
+        self.finish().await
+    }
+
+    /// Starts page scenario `scenario` with `args`, for a test that acts while it runs
+    /// ([`Browser::wait_event`]) and then collects its events ([`Browser::finish`]).
+    pub async fn begin(&mut self, scenario: &str, args: Value) {
+        self.events.clear();
         let line = json!({ "scenario": scenario, "args": args }).to_string() + "\n";
         let stdin = self.stdin.as_mut().expect("browser is running");
         stdin
             .write_all(line.as_bytes())
             .await
             .expect("write to browser.mjs");
-        let mut events = Vec::new();
+    }
+
+    /// Waits until the running scenario has recorded an event that `matches`.
+    pub async fn wait_event(&mut self, what: &str, matches: impl Fn(&Value) -> bool) {
+        while !self.events.iter().any(&matches) {
+            let event = self.next_line().await;
+            assert_ne!(
+                event["type"], "done",
+                "the scenario ended before {what}; events: {:#?}",
+                self.events
+            );
+            self.events.push(event);
+        }
+    }
+
+    /// Waits for the running scenario to end and returns its events, in order.
+    pub async fn finish(&mut self) -> Vec<Value> {
         loop {
-            let event = self.next_line(&events).await;
+            let event = self.next_line().await;
             if event["type"] == "done" {
-                return events;
+                return std::mem::take(&mut self.events);
             }
-            events.push(event);
+            self.events.push(event);
         }
     }
 
     /// The driver's next stdout line; a `fatal` line, an early exit or a hang fails the test
-    /// with the events `seen` in the current run and the driver's stderr.
-    async fn next_line(&mut self, seen: &[Value]) -> Value {
+    /// with the events seen in the current run and the driver's stderr.
+    async fn next_line(&mut self) -> Value {
         let line = tokio::time::timeout(EVENT_TIMEOUT, self.lines.recv()).await;
         let failure = match line {
             Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
@@ -87,7 +115,8 @@ impl Browser {
             Err(_) => format!("no output within {EVENT_TIMEOUT:?}"),
         };
         panic!(
-            "browser.mjs: {failure}\nevents so far: {seen:#?}\nstderr: {:?}",
+            "browser.mjs: {failure}\nevents so far: {:#?}\nstderr: {:?}",
+            self.events,
             self.stderr.lock().unwrap()
         );
     }
