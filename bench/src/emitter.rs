@@ -379,7 +379,12 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     counters.connections_open.fetch_add(1, Ordering::Relaxed);
     let _open = OpenConnection(counters);
 
-    let mut rules = ServerRules::new();
+    // A gateway multiplexes every subscriber of a security context onto one connection:
+    // no per-connection operation limit here.
+    let mut rules = ServerRules::with_limits(subplex_protocol::OperationLimits {
+        max_operations: usize::MAX,
+        ..Default::default()
+    });
     let (tick_tx, mut ticks) = mpsc::channel(TICK_QUEUE);
     let mut subscriptions = Subscriptions::new(&shared, tick_tx);
     let close = loop {
@@ -456,6 +461,11 @@ fn on_text(
             subscriptions.remove(&id);
             None
         }
+        // Unreachable with an unlimited operation count; answered like any refusal.
+        Accepted::Refused { id, message } => Some(ServerMessage::Error {
+            id,
+            payload: graphql_errors(&message, "TOO_MANY_OPERATIONS"),
+        }),
     })
 }
 

@@ -5,6 +5,7 @@ mod browser;
 mod legacy_ws;
 mod matrix;
 mod multiplexing;
+mod sessions;
 mod sse;
 mod transport_ws;
 mod upstream_failure;

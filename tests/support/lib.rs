@@ -390,11 +390,18 @@ pub async fn run_clients(clients: Vec<Value>) -> Vec<Vec<Value>> {
     split_by_client(stdout.lines(), count)
 }
 
+/// Splits the driver's output by client. Fails the test on any `library_error`: an error a
+/// client library reported outside an operation (a socket error, an unclean close), which
+/// users of that library would see.
 fn split_by_client<'a>(lines: impl Iterator<Item = &'a str>, count: usize) -> Vec<Vec<Value>> {
     let mut per_client = vec![Vec::new(); count];
     for line in lines {
         let mut value: Value = serde_json::from_str(line)
             .unwrap_or_else(|_| panic!("not JSON from client.mjs: {line}"));
+        assert_ne!(
+            value["type"], "library_error",
+            "a client library reported an error: {line}"
+        );
         if let Some(i) = value.get("client").and_then(Value::as_u64) {
             value.as_object_mut().unwrap().remove("client");
             per_client[i as usize].push(value);

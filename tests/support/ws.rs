@@ -12,6 +12,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::EVENT_TIMEOUT;
 
+/// The upgrade request for `ws://addr/graphql` offering `subprotocol`.
+fn upgrade_request(
+    addr: SocketAddr,
+    subprotocol: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{addr}/graphql")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(subprotocol).unwrap(),
+    );
+    request
+}
+
 /// A connected raw client.
 #[derive(Debug)]
 pub struct RawClient {
@@ -37,13 +52,7 @@ impl RawClient {
         subprotocol: &str,
         headers: &[(&str, &str)],
     ) -> RawClient {
-        let mut request = format!("ws://{addr}/graphql")
-            .into_client_request()
-            .unwrap();
-        request.headers_mut().insert(
-            "sec-websocket-protocol",
-            HeaderValue::from_str(subprotocol).unwrap(),
-        );
+        let mut request = upgrade_request(addr, subprotocol);
         for (name, value) in headers {
             request.headers_mut().insert(
                 tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
@@ -63,6 +72,53 @@ impl RawClient {
             "the server selects the client's first supported subprotocol"
         );
         RawClient { socket }
+    }
+
+    /// Connects like [`RawClient::connect`] over a socket whose receive buffer is tiny, so
+    /// that once the client stops reading the gateway's writes stall after a few KiB.
+    pub async fn connect_with_small_receive_buffer(
+        addr: SocketAddr,
+        subprotocol: &str,
+    ) -> RawClient {
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        tcp.set_recv_buffer_size(4096).unwrap();
+        let stream = tcp.connect(addr).await.expect("connect");
+        let request = upgrade_request(addr, subprotocol);
+        let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("upgrade accepted");
+        RawClient { socket }
+    }
+
+    /// Sends a Close frame with `code` and returns what the server did next: a server
+    /// that follows RFC 6455 §5.5.1 answers with a Close frame of its own.
+    pub async fn close(&mut self, code: u16, reason: &str) -> Received {
+        self.socket
+            .send(Message::Close(Some(
+                tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code: code.into(),
+                    reason: reason.to_owned().into(),
+                },
+            )))
+            .await
+            .expect("send close");
+        self.recv().await
+    }
+
+    /// Reads and discards everything until the connection ends; returns how it ended.
+    /// Bounded as a whole: a connection that stays open fails the test.
+    pub async fn drain_to_end(&mut self) -> Received {
+        let drain = async {
+            loop {
+                match self.recv().await {
+                    Received::Json(_) => continue,
+                    ending => return ending,
+                }
+            }
+        };
+        tokio::time::timeout(EVENT_TIMEOUT, drain)
+            .await
+            .expect("the connection ends within the timeout")
     }
 
     /// Sends a text frame.

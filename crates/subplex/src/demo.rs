@@ -259,7 +259,12 @@ async fn session<S>(mut ws: WebSocketStream<S>, shutdown: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut rules = ServerRules::new();
+    // The gateway multiplexes every client of a security context onto one connection: no
+    // per-connection operation limit here.
+    let mut rules = ServerRules::with_limits(subplex_protocol::OperationLimits {
+        max_operations: usize::MAX,
+        ..Default::default()
+    });
     let mut running = Running::default();
     let (tx, mut rx) = mpsc::channel::<OpEvent>(OUTBOUND_QUEUE);
     let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
@@ -333,6 +338,10 @@ fn on_text(
             return Ok(Vec::new());
         }
         Accepted::Subscribe { id, request } => (id, request),
+        Accepted::Refused { id, message } => {
+            let payload = RawJson::from_value(&json!([{ "message": message }]));
+            return Ok(vec![ServerMessage::Error { id, payload }]);
+        }
     };
     Ok(match plan(&request) {
         Err(message) => {

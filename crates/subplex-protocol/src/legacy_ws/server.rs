@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use super::ClientMessage;
-use crate::{GraphqlRequest, RawJson};
+use crate::{GraphqlRequest, OperationLimits, RawJson};
 
 #[derive(Debug)]
 enum State {
@@ -35,6 +35,8 @@ pub enum Accepted {
     Ignored,
     /// The client ends the connection: close normally.
     Terminate,
+    /// `start` over the connection's operation limit: answer `error` for this id only.
+    Refused { id: String, message: String },
 }
 
 /// A violation: answer with `connection_error` (or `error` for an operation) and, where
@@ -45,6 +47,9 @@ pub enum Violation {
     StartBeforeAck { id: String },
     /// A second `connection_init`: `connection_error`, then close.
     TooManyInit,
+    /// An operation id over [`OperationLimits::max_id_bytes`]: an `error` without id (the
+    /// id itself is not echoed), and the connection stays.
+    IdTooLong { len: usize, limit: usize },
 }
 
 impl Violation {
@@ -54,10 +59,17 @@ impl Violation {
     }
 
     /// The message text sent to the client.
-    pub fn message(&self) -> &'static str {
+    pub fn message(&self) -> String {
         match self {
-            Violation::StartBeforeAck { .. } => "connection_init must be acknowledged before start",
-            Violation::TooManyInit => "Too many initialisation requests",
+            Violation::StartBeforeAck { .. } => {
+                "connection_init must be acknowledged before start".into()
+            }
+            Violation::TooManyInit => "Too many initialisation requests".into(),
+            Violation::IdTooLong { len, limit } => OperationLimits {
+                max_id_bytes: *limit,
+                ..Default::default()
+            }
+            .id_too_long(*len),
         }
     }
 }
@@ -66,6 +78,7 @@ impl Violation {
 #[derive(Debug)]
 pub struct ServerRules {
     state: State,
+    limits: OperationLimits,
 }
 
 impl Default for ServerRules {
@@ -75,9 +88,16 @@ impl Default for ServerRules {
 }
 
 impl ServerRules {
+    /// Rules with the default [`OperationLimits`].
     pub fn new() -> Self {
+        Self::with_limits(OperationLimits::default())
+    }
+
+    /// Rules enforcing `limits`.
+    pub fn with_limits(limits: OperationLimits) -> Self {
         ServerRules {
             state: State::AwaitingInit,
+            limits,
         }
     }
 
@@ -94,11 +114,22 @@ impl ServerRules {
                 Ok(Accepted::Init { payload })
             }
             (ClientMessage::ConnectionInit { .. }, _) => Err(Violation::TooManyInit),
+            (ClientMessage::Start { id, .. }, _) if id.len() > self.limits.max_id_bytes => {
+                Err(Violation::IdTooLong {
+                    len: id.len(),
+                    limit: self.limits.max_id_bytes,
+                })
+            }
             (ClientMessage::Start { id, .. }, State::AwaitingInit | State::Initialising) => {
                 Err(Violation::StartBeforeAck { id })
             }
             (ClientMessage::Start { id, payload }, State::Acknowledged { active }) => {
-                let replaces = !active.insert(id.clone());
+                let replaces = active.contains(&id);
+                if !replaces && active.len() >= self.limits.max_operations {
+                    let message = self.limits.too_many_operations();
+                    return Ok(Accepted::Refused { id, message });
+                }
+                active.insert(id.clone());
                 Ok(Accepted::Start {
                     id,
                     request: payload,
@@ -146,7 +177,11 @@ mod tests {
     }
 
     fn acked() -> ServerRules {
-        let mut rules = ServerRules::new();
+        acked_with(OperationLimits::default())
+    }
+
+    fn acked_with(limits: OperationLimits) -> ServerRules {
+        let mut rules = ServerRules::with_limits(limits);
         rules
             .receive(ClientMessage::ConnectionInit { payload: None })
             .unwrap();
@@ -211,5 +246,31 @@ mod tests {
             rules.receive(ClientMessage::ConnectionTerminate),
             Ok(Accepted::Terminate)
         );
+    }
+
+    #[test]
+    fn starts_over_the_limit_are_refused_but_replacing_a_running_id_is_not() {
+        let mut rules = acked_with(OperationLimits {
+            max_operations: 1,
+            max_id_bytes: 4,
+        });
+        assert!(matches!(
+            rules.receive(start("1")),
+            Ok(Accepted::Start {
+                replaces: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            rules.receive(start("1")),
+            Ok(Accepted::Start { replaces: true, .. })
+        ));
+        assert!(matches!(rules.receive(start("2")), Ok(Accepted::Refused { id, .. }) if id == "2"));
+        let violation = rules.receive(start("12345")).unwrap_err();
+        assert_eq!(violation, Violation::IdTooLong { len: 5, limit: 4 });
+        assert!(!violation.closes());
+        assert!(violation
+            .message()
+            .contains("server.max_operation_id_bytes"));
     }
 }

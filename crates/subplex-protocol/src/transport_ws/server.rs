@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::ClientMessage;
 use crate::close;
-use crate::{GraphqlRequest, RawJson};
+use crate::{GraphqlRequest, OperationLimits, RawJson};
 
 /// Where a server connection is in its lifecycle.
 #[derive(Debug)]
@@ -38,6 +38,9 @@ pub enum Accepted {
     /// A `complete` for an id that is not running (already finished, or never started):
     /// the spec says to ignore it, since it may race with the server's own `complete`.
     Ignored,
+    /// `subscribe` over the connection's operation limit: answer `error` for this id only
+    /// (the id is not running, so the client may reuse it).
+    Refused { id: String, message: String },
 }
 
 /// A protocol violation: the connection must close with [`Violation::close`].
@@ -49,6 +52,8 @@ pub enum Violation {
     TooManyInit,
     /// `subscribe` with the id of an operation that is still running (4409).
     DuplicateId { id: String },
+    /// An operation id over [`OperationLimits::max_id_bytes`] (4400).
+    IdTooLong { len: usize, limit: usize },
 }
 
 impl Violation {
@@ -66,6 +71,15 @@ impl Violation {
                 close::SUBSCRIBER_EXISTS_CODE,
                 close::subscriber_exists_reason(id),
             ),
+            Violation::IdTooLong { len, limit } => {
+                let mut reason = OperationLimits {
+                    max_id_bytes: *limit,
+                    ..Default::default()
+                }
+                .id_too_long(*len);
+                close::truncate_reason(&mut reason);
+                (close::BAD_REQUEST.code, reason)
+            }
         }
     }
 }
@@ -74,6 +88,7 @@ impl Violation {
 #[derive(Debug)]
 pub struct ServerRules {
     state: State,
+    limits: OperationLimits,
 }
 
 impl Default for ServerRules {
@@ -83,9 +98,16 @@ impl Default for ServerRules {
 }
 
 impl ServerRules {
+    /// Rules with the default [`OperationLimits`].
     pub fn new() -> Self {
+        Self::with_limits(OperationLimits::default())
+    }
+
+    /// Rules enforcing `limits`.
+    pub fn with_limits(limits: OperationLimits) -> Self {
         ServerRules {
             state: State::AwaitingInit,
+            limits,
         }
     }
 
@@ -108,10 +130,21 @@ impl ServerRules {
             (ClientMessage::Subscribe { .. }, State::AwaitingInit | State::Initialising) => {
                 Err(Violation::SubscribeBeforeAck)
             }
+            (ClientMessage::Subscribe { id, .. }, _) if id.len() > self.limits.max_id_bytes => {
+                Err(Violation::IdTooLong {
+                    len: id.len(),
+                    limit: self.limits.max_id_bytes,
+                })
+            }
             (ClientMessage::Subscribe { id, payload }, State::Acknowledged { active }) => {
-                if !active.insert(id.clone()) {
+                if active.contains(&id) {
                     return Err(Violation::DuplicateId { id });
                 }
+                if active.len() >= self.limits.max_operations {
+                    let message = self.limits.too_many_operations();
+                    return Ok(Accepted::Refused { id, message });
+                }
+                active.insert(id.clone());
                 Ok(Accepted::Subscribe {
                     id,
                     request: payload,
@@ -166,13 +199,7 @@ mod tests {
     }
 
     fn acked() -> ServerRules {
-        let mut rules = ServerRules::new();
-        assert_eq!(
-            rules.receive(ClientMessage::ConnectionInit { payload: None }),
-            Ok(Accepted::Init { payload: None })
-        );
-        rules.acknowledged();
-        rules
+        acked_with(OperationLimits::default())
     }
 
     #[test]
@@ -251,5 +278,71 @@ mod tests {
             rules.receive(ClientMessage::Pong { payload: None }),
             Ok(Accepted::Pong)
         );
+    }
+
+    fn acked_with(limits: OperationLimits) -> ServerRules {
+        let mut rules = ServerRules::with_limits(limits);
+        assert_eq!(
+            rules.receive(ClientMessage::ConnectionInit { payload: None }),
+            Ok(Accepted::Init { payload: None })
+        );
+        rules.acknowledged();
+        rules
+    }
+
+    #[test]
+    fn operations_over_the_limit_are_refused_one_by_one() {
+        let mut rules = acked_with(OperationLimits {
+            max_operations: 2,
+            max_id_bytes: 8,
+        });
+        assert!(matches!(
+            rules.receive(subscribe("1")),
+            Ok(Accepted::Subscribe { .. })
+        ));
+        assert!(matches!(
+            rules.receive(subscribe("2")),
+            Ok(Accepted::Subscribe { .. })
+        ));
+        match rules.receive(subscribe("3")) {
+            Ok(Accepted::Refused { id, message }) => {
+                assert_eq!(id, "3");
+                assert!(
+                    message.contains("server.max_operations_per_connection"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // The refused id is not running: completing it is ignored, and once another
+        // operation finished it can start.
+        assert_eq!(
+            rules.receive(ClientMessage::Complete { id: "3".into() }),
+            Ok(Accepted::Ignored)
+        );
+        rules.finished("1");
+        assert!(matches!(
+            rules.receive(subscribe("3")),
+            Ok(Accepted::Subscribe { .. })
+        ));
+        assert_eq!(rules.active_operations(), 2);
+    }
+
+    #[test]
+    fn an_over_long_id_is_4400_naming_the_limit() {
+        let mut rules = acked_with(OperationLimits {
+            max_operations: 2,
+            max_id_bytes: 8,
+        });
+        assert!(matches!(
+            rules.receive(subscribe("12345678")),
+            Ok(Accepted::Subscribe { .. })
+        ));
+        let violation = rules.receive(subscribe("123456789")).unwrap_err();
+        assert_eq!(violation, Violation::IdTooLong { len: 9, limit: 8 });
+        let (code, reason) = violation.close();
+        assert_eq!(code, 4400);
+        assert!(reason.contains("server.max_operation_id_bytes"), "{reason}");
+        assert!(reason.len() <= 123);
     }
 }

@@ -49,6 +49,14 @@ pub struct RawServer {
     pub shutdown_grace_ms: u64,
     /// Most simultaneous client connections; more wait in the accept queue. Default 10000.
     pub max_connections: usize,
+    /// A write to a client (an event, a ping, a close frame) that has not completed after
+    /// this long cuts the client: it stopped reading. Default 10000.
+    pub client_write_timeout_ms: u64,
+    /// Operations running at once on one WebSocket connection; more are refused one by one
+    /// with an `error` for their id. Default 200.
+    pub max_operations_per_connection: usize,
+    /// Longest operation id accepted from a WebSocket client, in bytes. Default 128.
+    pub max_operation_id_bytes: usize,
     /// `[server.cors]`: which browser origins may read SSE and HTTP responses.
     pub cors: RawCors,
 }
@@ -83,6 +91,9 @@ impl Default for RawServer {
             keepalive_interval_ms: 12_000,
             shutdown_grace_ms: 10_000,
             max_connections: 10_000,
+            client_write_timeout_ms: 10_000,
+            max_operations_per_connection: 200,
+            max_operation_id_bytes: 128,
             cors: RawCors::default(),
         }
     }
@@ -187,6 +198,8 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    pub client_write_timeout: Duration,
+    pub operation_limits: subplex_protocol::OperationLimits,
     pub cors: CorsConfig,
 }
 

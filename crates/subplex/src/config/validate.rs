@@ -65,6 +65,9 @@ const UNFORWARDABLE: &[&str] = &[
     "content-length",
 ];
 
+/// The longest duration any `*_ms` key accepts: one day.
+const MAX_DURATION_MS: u64 = 24 * 60 * 60 * 1000;
+
 #[derive(Default)]
 struct Problems(Vec<Problem>);
 
@@ -76,11 +79,33 @@ impl Problems {
         });
     }
 
+    /// A duration key that must be greater than 0 (see [`Problems::duration`]).
     fn positive(&mut self, key: String, value: u64) -> Duration {
+        if value == 0 {
+            self.add(key.clone(), "must be greater than 0");
+        }
+        self.duration(key, value)
+    }
+
+    /// A duration key, bounded so that deadline arithmetic (`Instant + Duration`, doubling
+    /// backoffs) can never overflow, whatever the file says.
+    fn duration(&mut self, key: String, value: u64) -> Duration {
+        if value > MAX_DURATION_MS {
+            self.add(
+                key,
+                format!("must be at most {MAX_DURATION_MS} (one day, in milliseconds)"),
+            );
+            return Duration::from_millis(MAX_DURATION_MS);
+        }
+        Duration::from_millis(value)
+    }
+
+    /// A count or size that must be greater than 0.
+    fn at_least_one(&mut self, key: &str, value: usize) -> usize {
         if value == 0 {
             self.add(key, "must be greater than 0");
         }
-        Duration::from_millis(value)
+        value.max(1)
     }
 }
 
@@ -117,8 +142,25 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             "server.keepalive_interval_ms".into(),
             raw.server.keepalive_interval_ms,
         ),
-        shutdown_grace: Duration::from_millis(raw.server.shutdown_grace_ms),
+        shutdown_grace: problems.duration(
+            "server.shutdown_grace_ms".into(),
+            raw.server.shutdown_grace_ms,
+        ),
         max_connections: raw.server.max_connections.max(1),
+        client_write_timeout: problems.positive(
+            "server.client_write_timeout_ms".into(),
+            raw.server.client_write_timeout_ms,
+        ),
+        operation_limits: subplex_protocol::OperationLimits {
+            max_operations: problems.at_least_one(
+                "server.max_operations_per_connection",
+                raw.server.max_operations_per_connection,
+            ),
+            max_id_bytes: problems.at_least_one(
+                "server.max_operation_id_bytes",
+                raw.server.max_operation_id_bytes,
+            ),
+        },
         cors: validate_cors(&raw.server.cors, &mut problems),
     };
 
@@ -484,6 +526,39 @@ mod tests {
         let err = problems("[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"auto\"\n");
         assert!(err.contains("routes: no routes"), "{err}");
         assert!(err.contains("upstreams.a.protocol: \"auto\""), "{err}");
+    }
+
+    #[test]
+    fn durations_and_session_limits_are_bounded() {
+        let err = problems(&GOOD.replace(
+            "listen = \"127.0.0.1:4000\"",
+            "shutdown_grace_ms = 9223372036854775807\nclient_write_timeout_ms = 0\n\
+             max_operations_per_connection = 0",
+        ));
+        assert!(
+            err.contains(
+                "server.shutdown_grace_ms: must be at most 86400000 (one day, in milliseconds)"
+            ),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.client_write_timeout_ms: must be greater than 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.max_operations_per_connection: must be greater than 0"),
+            "{err}"
+        );
+        let err = problems(&GOOD.replace("idle_timeout_ms = 1500", "idle_timeout_ms = 86400001"));
+        assert!(
+            err.contains("upstreams.chat.idle_timeout_ms: must be at most"),
+            "{err}"
+        );
+
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        assert_eq!(config.server.client_write_timeout.as_millis(), 10_000);
+        assert_eq!(config.server.operation_limits.max_operations, 200);
+        assert_eq!(config.server.operation_limits.max_id_bytes, 128);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::future::poll_immediate;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -23,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
 
 use super::operation;
@@ -165,10 +168,25 @@ impl Rules {
 /// What the session does after handling one input.
 enum Flow {
     Continue,
-    /// Close the socket with this code and reason, then end.
+    /// Close the socket with this code and reason, wait for the client's reply, then end.
     Close(u16, String),
-    /// The client closed or the socket broke: end without a close frame of ours.
+    /// The client sent a Close frame: answer it (RFC 6455 §5.5.1), then end. Without the
+    /// answer the client sees 1006 instead of its own clean close, and the graphql-ws
+    /// client, which closes lazily after its last operation, reports an error.
+    ClosedByClient,
+    /// A write to the client did not complete in time: it stopped reading. End without a
+    /// close frame, which could not be written either.
+    Cut(&'static str),
+    /// The socket broke or the client vanished: end without a close frame of ours.
     End,
+}
+
+/// How long a write to a client may take, and the token that abandons a stuck write at
+/// shutdown, so that neither a drain nor a keep-alive ever waits behind one slow client.
+#[derive(Clone)]
+struct WriteBound {
+    timeout: Duration,
+    shutdown: CancellationToken,
 }
 
 /// One client WebSocket connection.
@@ -185,6 +203,7 @@ struct DownstreamSession {
     operations: HashMap<Arc<str>, AbortHandle>,
     /// Polled by the session itself: no task and no queue between upstream and socket.
     streams: SelectAll<OperationStream>,
+    writes: WriteBound,
 }
 
 impl DownstreamSession {
@@ -194,11 +213,20 @@ impl DownstreamSession {
         client_headers: HeaderMap,
         state: Arc<GatewayState>,
     ) -> Self {
+        let limits = state.server.operation_limits;
+        let writes = WriteBound {
+            timeout: state.server.client_write_timeout,
+            shutdown: state.downstream_shutdown.clone(),
+        };
         DownstreamSession {
             subprotocol,
             rules: match subprotocol {
-                Subprotocol::GraphqlTransportWs => Rules::TransportWs(Default::default()),
-                Subprotocol::GraphqlWs => Rules::Legacy(Default::default()),
+                Subprotocol::GraphqlTransportWs => {
+                    Rules::TransportWs(transport_ws::server::ServerRules::with_limits(limits))
+                }
+                Subprotocol::GraphqlWs => {
+                    Rules::Legacy(legacy_ws::server::ServerRules::with_limits(limits))
+                }
             },
             upstream,
             client_headers,
@@ -206,6 +234,7 @@ impl DownstreamSession {
             connect: None,
             operations: HashMap::new(),
             streams: SelectAll::new(),
+            writes,
         }
     }
 
@@ -245,14 +274,18 @@ impl DownstreamSession {
             }
         };
 
-        if let Flow::Close(code, reason) = flow {
-            debug!(code, %reason, "closing session");
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            let _ =
-                time::timeout(self.state.server.shutdown_grace, socket.close(Some(frame))).await;
+        match flow {
+            Flow::Close(code, reason) => {
+                debug!(code, %reason, "closing session");
+                let frame = CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                };
+                close_handshake(&mut socket, Some(frame), self.writes.timeout).await;
+            }
+            Flow::ClosedByClient => close_handshake(&mut socket, None, self.writes.timeout).await,
+            Flow::Cut(reason) => debug!(reason, "client cut off"),
+            Flow::End | Flow::Continue => {}
         }
         // Dropping the streams (with the session) stops every operation upstream.
         debug!("session ended");
@@ -271,16 +304,13 @@ impl DownstreamSession {
             return Flow::End;
         }
         if matches!(self.rules, Rules::Legacy(_)) && self.connect.is_some() {
-            if let flow @ (Flow::Close(..) | Flow::End) =
-                send(socket, legacy_ws::ServerMessage::Ka.encode()).await
+            if let flow @ (Flow::Close(..) | Flow::End | Flow::Cut(_) | Flow::ClosedByClient) =
+                send(socket, &self.writes, legacy_ws::ServerMessage::Ka.encode()).await
             {
                 return flow;
             }
         }
-        match socket.send(Message::Ping(Default::default())).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::End,
-        }
+        write(socket, &self.writes, Message::Ping(Default::default())).await
     }
 
     async fn on_client_message(
@@ -289,7 +319,8 @@ impl DownstreamSession {
         message: Option<Result<Message, tungstenite::Error>>,
     ) -> Flow {
         let text = match message {
-            None | Some(Ok(Message::Close(_))) => return Flow::End,
+            None => return Flow::End,
+            Some(Ok(Message::Close(_))) => return Flow::ClosedByClient,
             Some(Err(tungstenite::Error::Capacity(err))) => {
                 return Flow::Close(close::MESSAGE_TOO_BIG.code, err.to_string());
             }
@@ -352,6 +383,7 @@ impl DownstreamSession {
                 }
                 send(
                     socket,
+                    &self.writes,
                     transport_ws::ServerMessage::ConnectionAck { payload: None }.encode(),
                 )
                 .await
@@ -359,6 +391,7 @@ impl DownstreamSession {
             Accepted::Ping => {
                 send(
                     socket,
+                    &self.writes,
                     transport_ws::ServerMessage::Pong { payload: None }.encode(),
                 )
                 .await
@@ -367,6 +400,10 @@ impl DownstreamSession {
             Accepted::Subscribe { id, request } => {
                 self.start(id, request);
                 Flow::Continue
+            }
+            Accepted::Refused { id, message } => {
+                let frame = transport_ws::ServerMessage::encode_event(&id, &refusal(&message));
+                send(socket, &self.writes, frame).await
             }
             Accepted::Complete { id } => {
                 self.stop(&id);
@@ -388,8 +425,16 @@ impl DownstreamSession {
                     rules.acknowledged();
                 }
                 // `ka` right after the ack: legacy clients start their keep-alive timer on it.
-                match send(socket, legacy_ws::ServerMessage::ConnectionAck.encode()).await {
-                    Flow::Continue => send(socket, legacy_ws::ServerMessage::Ka.encode()).await,
+                match send(
+                    socket,
+                    &self.writes,
+                    legacy_ws::ServerMessage::ConnectionAck.encode(),
+                )
+                .await
+                {
+                    Flow::Continue => {
+                        send(socket, &self.writes, legacy_ws::ServerMessage::Ka.encode()).await
+                    }
                     other => other,
                 }
             }
@@ -408,6 +453,10 @@ impl DownstreamSession {
                 self.stop(&id);
                 Flow::Continue
             }
+            Accepted::Refused { id, message } => {
+                let frame = legacy_ws::ServerMessage::encode_event(&id, &refusal(&message));
+                send(socket, &self.writes, frame).await
+            }
             Accepted::Ignored => Flow::Continue,
             Accepted::Terminate => Flow::Close(close::NORMAL.code, close::NORMAL.reason.into()),
         }
@@ -419,17 +468,18 @@ impl DownstreamSession {
         violation: legacy_ws::server::Violation,
     ) -> Flow {
         use legacy_ws::server::Violation;
-        let payload = message_payload(violation.message());
+        let payload = message_payload(&violation.message());
         let frame = match &violation {
             Violation::StartBeforeAck { id } => legacy_ws::ServerMessage::Error {
                 id: Some(id.clone()),
                 payload,
             },
+            Violation::IdTooLong { .. } => legacy_ws::ServerMessage::Error { id: None, payload },
             Violation::TooManyInit => legacy_ws::ServerMessage::ConnectionError {
                 payload: Some(payload),
             },
         };
-        match send(socket, frame.encode()).await {
+        match send(socket, &self.writes, frame.encode()).await {
             Flow::Continue if violation.closes() => close_with(close::LEGACY_CONNECTION_ERROR),
             other => other,
         }
@@ -450,7 +500,7 @@ impl DownstreamSession {
                     id: None,
                     payload: message_payload(reason),
                 };
-                send(socket, frame.encode()).await
+                send(socket, &self.writes, frame.encode()).await
             }
         }
     }
@@ -460,7 +510,9 @@ impl DownstreamSession {
             let frame = legacy_ws::ServerMessage::ConnectionError {
                 payload: Some(message_payload(close::INIT_TIMEOUT.reason)),
             };
-            if let flow @ (Flow::Close(..) | Flow::End) = send(socket, frame.encode()).await {
+            if let flow @ (Flow::Close(..) | Flow::End) =
+                send(socket, &self.writes, frame.encode()).await
+            {
                 return flow;
             }
         }
@@ -515,18 +567,70 @@ impl DownstreamSession {
             }
             Subprotocol::GraphqlWs => legacy_ws::ServerMessage::encode_event(&id, &event),
         };
-        send(socket, frame).await
+        send(socket, &self.writes, frame).await
     }
 }
 
-async fn send(socket: &mut Socket, frame: String) -> Flow {
-    match socket.send(Message::text(frame)).await {
+/// Completes the closing handshake: sends our Close frame (`frame`), or the reply that
+/// tungstenite queued when the client's Close arrived (`None`), then reads until the
+/// client's reply or the end of the stream. Waiting for the reply before dropping the
+/// TCP connection lets the client see a clean close (`wasClean`, its own code) instead
+/// of a reset. Bounded by the write timeout: a client that never answers is dropped.
+async fn close_handshake(socket: &mut Socket, frame: Option<CloseFrame>, bound: Duration) {
+    let handshake = async {
+        let sent = match frame {
+            Some(frame) => socket.close(Some(frame)).await,
+            // tungstenite refuses a second Close once the client's arrived; a flush writes
+            // the reply it queued.
+            None => socket.flush().await,
+        };
+        if sent.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = socket.next().await {}
+    };
+    if time::timeout(bound, handshake).await.is_err() {
+        debug!("client did not complete the closing handshake in time");
+    }
+}
+
+async fn send(socket: &mut Socket, bound: &WriteBound, frame: String) -> Flow {
+    write(socket, bound, Message::text(frame)).await
+}
+
+/// Writes one message within `bound`. The common case, a socket with room, completes on
+/// the first poll and arms no timer; only a write that has to wait gets the deadline and
+/// watches the shutdown token.
+async fn write(socket: &mut Socket, bound: &WriteBound, message: Message) -> Flow {
+    let mut write = std::pin::pin!(socket.send(message));
+    let result = match poll_immediate(&mut write).await {
+        Some(result) => result,
+        None => tokio::select! {
+            biased;
+            result = &mut write => result,
+            _ = time::sleep(bound.timeout) => {
+                return Flow::Cut("a write did not complete within server.client_write_timeout_ms");
+            }
+            _ = bound.shutdown.cancelled() => {
+                return Flow::Cut("the gateway is shutting down and a write was stuck");
+            }
+        },
+    };
+    match result {
         Ok(()) => Flow::Continue,
         Err(err) => {
             debug!(error = %err, "client socket write failed");
             Flow::End
         }
     }
+}
+
+/// The `error` for an operation refused by a limit.
+fn refusal(message: &str) -> Event {
+    Event::Error(subplex_protocol::graphql_errors(
+        message,
+        "TOO_MANY_OPERATIONS",
+    ))
 }
 
 fn close_with(close: Close) -> Flow {
