@@ -8,11 +8,14 @@
 //! - [`run_clients`] / [`HeldClients`]: the real client libraries (graphql-ws,
 //!   subscriptions-transport-ws, graphql-sse, eventsource) driven by `fixtures/client.mjs`.
 //! - [`ws`]: a raw WebSocket client for protocol edge cases.
+//! - [`browser::Browser`]: headless Chromium running a test page, driven by
+//!   `fixtures/browser.mjs`.
 //! - [`http`]: streamed-body helpers and the HTTP subscription clients (graphql-sse
 //!   single-connection mode, Apollo Client's `HttpLink`) of `fixtures/http_clients.mjs`.
 //!
 //! The Node fixtures are installed with `npm ci` on first use if `node_modules` is missing.
 
+pub mod browser;
 pub mod fake_upstream;
 pub mod http;
 pub mod ws;
@@ -24,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use subplex::{Config, Gateway};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -124,6 +127,38 @@ impl Drop for TestGateway {
     }
 }
 
+/// Forwards each line a child process writes to `output` into a channel, until the
+/// output or the receiver ends.
+pub(crate) fn line_channel(
+    output: impl AsyncRead + Unpin + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
+    let mut lines = BufReader::new(output).lines();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Collects each line a child process writes to `output`, for failure messages.
+pub(crate) fn collect_lines(
+    output: impl AsyncRead + Unpin + Send + 'static,
+) -> Arc<Mutex<Vec<String>>> {
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let sink = collected.clone();
+    let mut lines = BufReader::new(output).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    collected
+}
+
 /// Counters a Node server reports with every lifecycle event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -207,14 +242,7 @@ impl NodeServer {
             .expect("node must be installed to run the end-to-end tests");
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr_lines = Arc::new(Mutex::new(Vec::new()));
-        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = stderr_lines.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stderr.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
+        let stderr_lines = collect_lines(child.stderr.take().unwrap());
 
         let ready = tokio::time::timeout(EVENT_TIMEOUT, stdout.next_line())
             .await
@@ -402,15 +430,7 @@ impl HeldClients {
         let spec = json!({ "holdOpen": true, "clients": clients });
         let mut child = client_command(&spec).spawn().expect("run client.mjs");
         let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = stdout.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_channel(child.stdout.take().unwrap());
         let mut held = HeldClients {
             count,
             child,
