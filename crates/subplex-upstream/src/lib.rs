@@ -6,6 +6,7 @@
 //!   operation ids and fans events out to [`Subscription`]s.
 //! - [`SseClient`](sse::SseClient): GraphQL over SSE toward an upstream, one HTTP request
 //!   per operation.
+//! - [`probe`](probe::probe): finds which protocol an upstream speaks, by behaviour.
 //! - [`UpstreamSettings`]: plain settings the gateway builds from its validated config.
 //!
 //! This crate knows nothing of downstream clients or of the config file format.
@@ -14,10 +15,12 @@ mod connection;
 mod error;
 mod handle;
 mod pool;
+pub mod probe;
 mod security_context;
 mod settings;
 pub mod sse;
 mod subscription;
+mod ws_dial;
 
 pub use error::UpstreamError;
 pub use pool::{ConnectParams, Pool};
