@@ -110,20 +110,28 @@ fn check_accepts_the_example_config() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 upstreams, 1 routes)"));
 }
 
-/// The address in the first stdout line of `child`, right after `marker`.
-async fn banner_address(child: &mut tokio::process::Child, marker: &str) -> String {
+/// The address in the first stdout line of `child`, right after `marker`, and the rest of
+/// its stdout, which must stay open: the child dies writing to a closed pipe.
+async fn banner_address(
+    child: &mut tokio::process::Child,
+    marker: &str,
+) -> (
+    String,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
     let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
     let banner = tokio::time::timeout(TIMEOUT, stdout.next_line())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    banner
+    let addr = banner
         .split(marker)
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
-        .to_owned()
+        .to_owned();
+    (addr, stdout)
 }
 
 /// The demo serves ticks over WebSocket, and with debug logging on, neither the
@@ -145,7 +153,7 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         .spawn()
         .unwrap();
     // "subplex demo: gateway on http://ADDR/graphql, ..."
-    let addr = banner_address(&mut child, "gateway on http://").await;
+    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
 
     let mut request = format!("ws://{addr}/graphql")
         .into_client_request()
@@ -244,7 +252,7 @@ async fn probe_names_the_protocol_and_its_evidence() {
         .spawn()
         .unwrap();
     // "subplex demo upstream (graphql-transport-ws) on ws://ADDR/graphql"
-    let addr = banner_address(&mut upstream, "on ws://").await;
+    let (addr, _stdout) = banner_address(&mut upstream, "on ws://").await;
 
     let output = tokio::time::timeout(
         TIMEOUT,
