@@ -83,13 +83,30 @@ impl ProbingPool {
 
     async fn resolve(&self, params: &ConnectParams) -> Result<Resolved, UpstreamError> {
         let name = &self.settings.name;
-        let report = probe(&self.settings, &params.headers, &params.init_payload)
-            .await
-            .map_err(|error| {
-                warn!(upstream = %name, reason = %error, evidence = %evidence_line(&error.evidence), "protocol probe failed; the next subscription probes again");
-                error.to_upstream_error(name)
-            })?;
-        info!(upstream = %name, protocol = %report.protocol, evidence = %evidence_line(&report.evidence), "upstream protocol found by probing");
+        let probing = probe(&self.settings, &params.headers, &params.init_payload);
+        let report = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
+            report = probing => report,
+        };
+        let report = match report {
+            Ok(report) => report,
+            Err(error) => {
+                warn!(
+                    upstream = %name,
+                    reason = %error,
+                    evidence = %evidence_line(&error.evidence),
+                    "protocol probe failed; the next subscription probes again"
+                );
+                return Err(error.to_upstream_error(name));
+            }
+        };
+        info!(
+            upstream = %name,
+            protocol = %report.protocol,
+            evidence = %evidence_line(&report.evidence),
+            "upstream protocol found by probing"
+        );
         Ok(match report.protocol {
             DetectedProtocol::WebSocket(dialect) => {
                 let mut settings = self.settings.clone();
