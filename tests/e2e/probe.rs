@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use subplex_protocol::probe::Verdict;
 use subplex_protocol::{Event, GraphqlRequest, RawJson, Subprotocol};
 use subplex_tests::*;
-use subplex_upstream::probe::{probe, DetectedProtocol, Evidence, SseOutcome};
+use subplex_upstream::probe::{probe, DetectedProtocol, Evidence, ProbeFailure, SseOutcome};
 use subplex_upstream::sse::{SseClient, SseOperation};
 use subplex_upstream::{SseMethod, UpstreamError, UpstreamSettings};
 
@@ -270,6 +270,66 @@ async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
         )
     );
     assert_eq!(lines[1], json!({ "type": "complete" }));
+}
+
+/// An upstream that refuses anonymous callers: the probe reports the refusal at once (no
+/// other dialect, no SSE), succeeds with the credentials, and with `auto` a refused first
+/// probe is not cached: the next client, with credentials, probes again and is served.
+#[tokio::test]
+async fn probe_uses_the_callers_credentials_and_reports_a_refusal() {
+    let server = NodeServer::start(Upstream::YogaRequiringAuth).await;
+    let settings = settings(server.port, "/graphql");
+    let error = probe(&settings, &[], &RawJson::empty_object())
+        .await
+        .unwrap_err();
+    let refusal = "closed with 4403 Forbidden".to_owned();
+    assert_eq!(error.failure, ProbeFailure::Rejected(refusal.clone()));
+    assert_eq!(
+        error.evidence,
+        [
+            upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-transport-ws")),
+            handshake(
+                TRANSPORT_WS,
+                &["close 4403"],
+                Verdict::Rejected { reason: refusal }
+            ),
+        ]
+    );
+    assert_eq!(
+        error.to_upstream_error(&"up".into()).code(),
+        "UPSTREAM_REJECTED"
+    );
+
+    let init_payload = RawJson::parse(r#"{"authorization":"Bearer bo"}"#).unwrap();
+    let report = probe(&settings, &[], &init_payload).await.unwrap();
+    assert_eq!(report.protocol, DetectedProtocol::WebSocket(TRANSPORT_WS));
+    server
+        .wait_for("both probe connections closed", |c| {
+            c.connections_open == 0 && c.connections_total == 2
+        })
+        .await;
+
+    let gateway = TestGateway::for_upstream(server.port, "auto", "").await;
+    let query = "subscription { ticks(count: 2) { n user } }";
+    let anonymous = json!({ "client": "graphql-ws", "url": gateway.url(), "query": query });
+    let results = run_clients(vec![anonymous]).await;
+    let lines = &results[0];
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(
+        lines[0]["payload"]["errors"][0]["message"],
+        "upstream \"up\" refused the connection: closed with 4403 Forbidden"
+    );
+    assert_eq!(
+        lines[0]["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_REJECTED"
+    );
+    assert_eq!(lines[1], json!({ "type": "complete" }));
+    let results = run_clients(vec![client("graphql-ws", &gateway.url(), query, "bo")]).await;
+    assert_eq!(results[0], expected_tick_lines("bo", 2));
+    // Two probes before, then the refused probe, the second probe and the connection.
+    server
+        .wait_for("the gateway's connections", |c| c.connections_total == 5)
+        .await;
 }
 
 /// Reads an operation to its end: the events as JSON (`next` payloads as they came), and
