@@ -431,8 +431,9 @@ async fn dropping_an_sse_operation_ends_the_upstream_subscription() {
     }
 }
 
-/// A 4xx is permanent, a stream cut before `complete` and a refused connection are
-/// retryable, an event over `max_message_bytes` is a protocol error.
+/// A 4xx and a 200 that is not an event stream are permanent, a stream cut before
+/// `complete` and a refused connection are retryable, an event over `max_message_bytes`
+/// is a protocol error.
 #[tokio::test]
 async fn sse_client_classifies_failures() {
     let mut server = NodeServer::start(Upstream::GraphqlSse).await;
@@ -449,6 +450,18 @@ async fn sse_client_classifies_failures() {
     );
     assert!(!error.is_retryable());
     assert_eq!(error.code(), "UPSTREAM_PROTOCOL_ERROR");
+
+    // The fixture's counters: a 200 that is not an event stream.
+    let client = SseClient::new(settings(server.port, "/stats").into()).unwrap();
+    let error = client.subscribe(&[], &request).await.unwrap_err();
+    assert_eq!(
+        error,
+        UpstreamError::NotEventStream {
+            upstream: "up".into(),
+            content_type: "application/json".into()
+        }
+    );
+    assert!(!error.is_retryable());
 
     let mut small = settings(server.port, "/graphql");
     small.max_message_bytes = 16;
