@@ -332,6 +332,73 @@ async fn probe_uses_the_callers_credentials_and_reports_a_refusal() {
         .await;
 }
 
+/// The timeout branches, with a scripted server: a legacy server that acknowledges and then
+/// says nothing (no `ka`, no answer to the ping) is legacy once `ack_timeout_ms` passes; a
+/// server that never acknowledges in either dialect, and is no SSE server either, is
+/// reported as speaking nothing, with every step.
+#[tokio::test]
+async fn probe_timeouts_decide_silent_servers() {
+    use subplex_tests::fake_upstream::FakeUpstream;
+    let short = |port| {
+        let mut settings = settings(port, "/graphql");
+        settings.ack_timeout = std::time::Duration::from_millis(300);
+        settings
+    };
+
+    let mut silent_legacy = FakeUpstream::start("graphql-ws").await;
+    let settings = short(silent_legacy.addr.port());
+    let probing =
+        tokio::spawn(async move { probe(&settings, &[], &RawJson::empty_object()).await });
+    let mut connection = silent_legacy.accept().await;
+    connection.handshake().await;
+    assert_eq!(connection.recv_json().await, json!({ "type": "ping" }));
+    let report = probing.await.unwrap().unwrap();
+    assert_eq!(report.protocol, DetectedProtocol::WebSocket(LEGACY));
+    assert_eq!(
+        report.evidence,
+        [
+            upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-ws")),
+            handshake(LEGACY, &["connection_ack"], Verdict::Speaks(LEGACY)),
+        ]
+    );
+
+    // It selects graphql-transport-ws whatever is offered, and never answers.
+    let mut mute = FakeUpstream::start("graphql-transport-ws").await;
+    let settings = short(mute.addr.port());
+    let probing =
+        tokio::spawn(async move { probe(&settings, &[], &RawJson::empty_object()).await });
+    let mut first = mute.accept().await;
+    assert_eq!(first.recv_json().await["type"], "connection_init");
+    let mut second = mute.accept().await;
+    assert_eq!(second.recv_json().await["type"], "connection_init");
+    let error = probing.await.unwrap().unwrap_err();
+    assert_eq!(error.failure, ProbeFailure::NoProtocol);
+    assert_eq!(error.evidence.len(), 7, "{}", error.detailed());
+    assert_eq!(
+        error.evidence[..6],
+        [
+            upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-transport-ws")),
+            handshake(TRANSPORT_WS, &[], Verdict::NoAck),
+            retry_with(LEGACY),
+            upgrade(&[LEGACY], Some("graphql-transport-ws")),
+            handshake(LEGACY, &[], Verdict::NoAck),
+            sse_fallback(),
+        ]
+    );
+    // The fake takes the SSE request for a broken WebSocket upgrade and hangs up.
+    assert!(
+        matches!(
+            &error.evidence[6],
+            Evidence::Sse {
+                method: SseMethod::Post,
+                outcome: SseOutcome::Failed(_)
+            }
+        ),
+        "{}",
+        error.detailed()
+    );
+}
+
 /// Reads an operation to its end: the events as JSON (`next` payloads as they came), and
 /// the error that ended it, if any.
 async fn drain(mut operation: SseOperation) -> (Vec<Value>, Option<UpstreamError>) {
