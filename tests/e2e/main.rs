@@ -8,6 +8,7 @@ mod multipart;
 mod multiplexing;
 mod operations;
 mod origins;
+mod probe;
 mod sessions;
 mod sse;
 mod sse_single;

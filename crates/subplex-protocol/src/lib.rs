@@ -10,6 +10,8 @@
 //! - [`sse`]: GraphQL over Server-Sent Events, distinct-connections and single-connection
 //!   modes (graphql-sse, Yoga).
 //! - [`multipart`]: Apollo's multipart HTTP subscriptions (Apollo Router, Apollo Client).
+//! - [`sse_client`]: the same protocol from the client side, toward an SSE upstream.
+//! - [`probe`]: the rules that fingerprint a WebSocket server's dialect by behaviour.
 //! - [`Event`]: the dialect-neutral result every downstream encoder frames from.
 //! - [`UpstreamFrame`]: what a gateway acting as a *client* makes of a server frame, in
 //!   either WebSocket dialect.
@@ -26,7 +28,9 @@ mod graphql;
 pub mod legacy_ws;
 mod limits;
 pub mod multipart;
+pub mod probe;
 pub mod sse;
+pub mod sse_client;
 mod subprotocol;
 pub mod transport_ws;
 mod upstream_frame;

@@ -13,23 +13,19 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
 use subplex_protocol::{Event, GraphqlRequest, RawJson, UpstreamFrame};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::handle::{Command, SubscribeRefused, UpstreamHandle};
 use crate::pool::PoolShared;
 use crate::subscription::{self, Subscriber};
+use crate::ws_dial::{self, DialRequest, Socket};
 use crate::{SecurityContext, UpstreamError, UpstreamSettings};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Subscribe requests queued per connection. Callers wait (backpressure) beyond this;
 /// a burst of clients arriving while the connection is being established fits in it.
@@ -147,47 +143,22 @@ impl UpstreamConnection {
             upstream: upstream.clone(),
             reason,
         };
-        let mut request = settings
-            .ws_url
-            .as_str()
-            .into_client_request()
-            .map_err(|err| connect_error(err.to_string()))?;
-        let headers = request.headers_mut();
-        for (name, value) in dial.headers {
-            headers.append(name, value);
-        }
-        headers.insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(settings.protocol.wire_name()),
-        );
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(settings.max_message_bytes))
-            .max_frame_size(Some(settings.max_message_bytes));
-
-        if settings.ws_url.scheme() == "wss" && settings.tls.is_none() {
-            return Err(connect_error("wss:// needs a TLS configuration".into()));
-        }
-        let connector = settings
-            .tls
-            .clone()
-            .map(tokio_tungstenite::Connector::Rustls);
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            connector,
-        );
-        let (mut socket, _response) = tokio::select! {
+        // Dialled by hand, not by tungstenite: a server that selects no subprotocol, or
+        // another one, is still given the chance to speak the configured dialect (the
+        // subprotocol is a hint; see ws_dial.rs).
+        let offered = [settings.protocol];
+        let dialing = ws_dial::dial(DialRequest {
+            url: &settings.ws_url,
+            offered: &offered,
+            headers: &dial.headers,
+            tls: settings.tls.as_ref(),
+            max_message_bytes: settings.max_message_bytes,
+            timeout: settings.connect_timeout,
+        });
+        let mut socket = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
-            result = time::timeout(settings.connect_timeout, connect) => match result {
-                Err(_) => return Err(connect_error(format!(
-                    "no WebSocket handshake within {} ms",
-                    settings.connect_timeout.as_millis()
-                ))),
-                Ok(Err(err)) => return Err(connect_error(describe_ws_error(&err))),
-                Ok(Ok(connected)) => connected,
-            },
+            result = dialing => result.map_err(|err| connect_error(err.to_string()))?.socket,
         };
 
         send_text(

@@ -1,17 +1,19 @@
 //! The `subplex` binary: parses the command line, starts logging, loads the config and
 //! runs the gateway library until SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use subplex::cli::{Cli, Command};
 use subplex::config::{Config, ConfigError, RawRoute};
+use subplex::probe_command::{self, ProbeCommandError};
 use subplex::{telemetry, Gateway};
 use subplex_demo::DemoUpstream;
 use tokio_util::sync::CancellationToken;
 
-/// EX_USAGE from sysexits.h: the configuration is wrong.
+/// EX_USAGE from sysexits.h: the configuration (or a command's arguments) is wrong.
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -30,6 +32,17 @@ fn main() -> ExitCode {
             if let Some(config_error) = err.downcast_ref::<ConfigError>() {
                 eprintln!("subplex: {config_error}");
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            match err.downcast_ref::<ProbeCommandError>() {
+                Some(ProbeCommandError::Usage(reason)) => {
+                    eprintln!("subplex probe: {reason}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                Some(ProbeCommandError::NothingWorks(report)) => {
+                    eprintln!("{report}");
+                    return ExitCode::FAILURE;
+                }
+                None => {}
             }
             eprintln!("subplex: {err:#}");
             ExitCode::FAILURE
@@ -58,6 +71,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             upstream_listen,
             upstream_only,
         } => demo(listen, upstream_listen, upstream_only).await,
+        Command::Probe(args) => {
+            let report = probe_command::run(&args).await?;
+            // Not println!: piped into `head`, a closed stdout is not a reason to panic.
+            let _ = writeln!(std::io::stdout(), "{report}");
+            Ok(())
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use subplex_protocol::RawJson;
-use subplex_upstream::{ConnectParams, Pool, SecurityContext};
+use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,7 +18,7 @@ use crate::downstream;
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub config: UpstreamConfig,
-    pub pool: Pool,
+    pub pool: ProbingPool,
     pub http: reqwest::Client,
 }
 
@@ -104,7 +104,7 @@ impl GatewayState {
                 })?;
             upstreams.push(Arc::new(Upstream {
                 config: upstream.clone(),
-                pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
+                pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
                 http,
             }));
         }
