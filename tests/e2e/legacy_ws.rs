@@ -1,4 +1,7 @@
 //! Legacy `graphql-ws` (subscriptions-transport-ws) downstream, with a raw client.
+//!
+//! The session's timing (periodic `ka`, the init timeout) is tested on paused time beside
+//! the session, in `crates/subplex/src/downstream/ws/session.rs`.
 
 use serde_json::json;
 use subplex_tests::ws::RawClient;
@@ -44,15 +47,6 @@ async fn start_data_complete() {
         client.recv_json_skip_ka().await,
         json!({ "type": "complete", "id": "7" })
     );
-}
-
-#[tokio::test]
-async fn keep_alive_is_periodic() {
-    let (gateway, _demo) = gateway_with_demo("keepalive_interval_ms = 50").await;
-    let mut client = initialised(&gateway).await;
-    for _ in 0..3 {
-        assert_eq!(client.recv_json().await, json!({ "type": "ka" }));
-    }
 }
 
 #[tokio::test]
@@ -132,17 +126,6 @@ async fn second_init_is_a_connection_error_then_close() {
         json!({ "type": "connection_error", "payload": { "message": "Too many initialisation requests" } })
     );
     client.expect_close(1011).await;
-}
-
-#[tokio::test]
-async fn init_timeout_is_a_connection_error_then_close() {
-    let (gateway, _demo) = gateway_with_demo("connection_init_timeout_ms = 200").await;
-    let mut client = RawClient::connect(gateway.addr, PROTOCOL, &[]).await;
-    assert_eq!(
-        client.recv_json().await,
-        json!({ "type": "connection_error", "payload": { "message": "Connection initialisation timeout" } })
-    );
-    client.expect_close(4408).await;
 }
 
 #[tokio::test]

@@ -1,4 +1,8 @@
 //! graphql-transport-ws downstream: the protocol rules and close codes, with a raw client.
+//!
+//! The session's timing (pings, dropping silent clients, the init timeout, the write
+//! timeout) is tested on paused time beside the session, in
+//! `crates/subplex/src/downstream/ws/session.rs`; here only what needs the real upstream.
 
 use serde_json::json;
 use subplex_tests::ws::{RawClient, Received};
@@ -48,14 +52,6 @@ async fn query_over_subscribe_gets_one_next_then_complete() {
         client.recv_json().await,
         json!({ "type": "complete", "id": "q" })
     );
-}
-
-#[tokio::test]
-async fn init_timeout_closes_4408() {
-    let (gateway, _demo) = gateway_with_demo("connection_init_timeout_ms = 200").await;
-    let mut client = RawClient::connect(gateway.addr, PROTOCOL, &[]).await;
-    let reason = client.expect_close(4408).await;
-    assert_eq!(reason, "Connection initialisation timeout");
 }
 
 #[tokio::test]
@@ -298,20 +294,19 @@ async fn gateway_shutdown_closes_clients_with_1001() {
 }
 
 #[tokio::test]
-async fn quiet_clients_stay_and_vanished_clients_are_dropped() {
+async fn a_vanished_client_is_dropped_and_its_upstream_operation_ends() {
+    // The interval only sets how soon the client is dropped (after two to three of them):
+    // it is long enough that no stall of a loaded machine between the client's `init` and
+    // its first event passes for silence. The exact timing is a paused-time unit test.
     let server = NodeServer::start(Upstream::Yoga).await;
     let gateway = TestGateway::start(&format!(
-        "[server]\nkeepalive_interval_ms = 250\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
+        "[server]\nkeepalive_interval_ms = 1000\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
         server.port
     ))
     .await;
     let mut client = RawClient::connect(gateway.addr, PROTOCOL, &[]).await;
     client.init(json!({})).await;
-    // A client that answers pings may stay quiet for many intervals.
-    client
-        .expect_silence(std::time::Duration::from_millis(1500))
-        .await;
     client
         .send(subscribe(
             "1",
@@ -341,6 +336,8 @@ async fn websocket_sessions_count_against_max_connections() {
     second.init(json!({})).await;
 
     // The upgraded sessions still hold their places: a third client waits in the backlog.
+    // No event marks "not served", so this is a window; it can only let a wrong gateway
+    // pass on a stalled machine, never fail a right one (the third is never served early).
     let addr = gateway.addr;
     let mut third = tokio::spawn(async move { RawClient::connect(addr, PROTOCOL, &[]).await });
     let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut third).await;

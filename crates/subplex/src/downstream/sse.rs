@@ -8,16 +8,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use subplex_protocol::sse;
+use subplex_protocol::{sse, Event};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::operation::Operation;
 use super::streaming::{push, queued_response, read_operation, spawn_feed};
 use crate::responses::ResponseBody;
 use crate::state::{GatewayState, Upstream};
@@ -43,7 +42,7 @@ pub(crate) async fn handle(
         "sse",
         upstream,
         request,
-        |operation, tx| feed(operation, tx, keepalive, shutdown),
+        |operation, tx| feed(operation.events(), tx, keepalive, shutdown),
     );
     event_stream_response(rx)
 }
@@ -63,8 +62,10 @@ pub(crate) fn event_stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Respo
     response
 }
 
+/// Feeds one operation's `events` to the client as SSE events, with a keep-alive comment
+/// at once and every `keepalive_every` after.
 async fn feed(
-    operation: Operation,
+    events: impl Stream<Item = Event>,
     tx: mpsc::Sender<Bytes>,
     keepalive_every: time::Duration,
     shutdown: CancellationToken,
@@ -73,7 +74,6 @@ async fn feed(
     if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
         return;
     }
-    let events = operation.events();
     tokio::pin!(events);
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
@@ -97,5 +97,49 @@ async fn feed(
         if !push(&tx, text).await {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::stream;
+
+    use super::*;
+
+    /// Keep-alives on paused time: exact instants, no wall-clock wait.
+    #[tokio::test(start_paused = true)]
+    async fn keep_alive_at_once_then_every_interval_until_the_operation_ends() {
+        let started = Instant::now();
+        let (tx, mut rx) = mpsc::channel(8);
+        // One event, 2.5 intervals in: keep-alives come before it and none after.
+        let events = stream::once(async {
+            time::sleep(Duration::from_millis(2500)).await;
+            Event::Complete
+        });
+        let feed = tokio::spawn(feed(
+            events,
+            tx,
+            Duration::from_millis(1000),
+            CancellationToken::new(),
+        ));
+        let mut received = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            received.push((started.elapsed().as_millis(), chunk));
+        }
+        let keep_alive = Bytes::from_static(sse::KEEP_ALIVE.as_bytes());
+        let complete = Bytes::from(sse::encode_event(&Event::Complete));
+        assert_eq!(
+            received,
+            [
+                (0, keep_alive.clone()),
+                (1000, keep_alive.clone()),
+                (2000, keep_alive),
+                (2500, complete),
+            ]
+        );
+        feed.await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_millis(2500));
     }
 }

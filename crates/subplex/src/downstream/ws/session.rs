@@ -12,10 +12,10 @@ use futures_util::future::poll_immediate;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
-use hyper_util::rt::TokioIo;
 use subplex_protocol::close::{self, Close};
 use subplex_protocol::{legacy_ws, transport_ws, Event, GraphqlRequest, RawJson, Subprotocol};
 use subplex_upstream::ConnectParams;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -27,7 +27,12 @@ use tracing::{debug, info};
 use crate::downstream::operation::{ClientContext, Operation};
 use crate::state::{GatewayState, Upstream};
 
-pub(super) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// What a session's WebSocket runs over: the upgraded hyper connection in production, an
+/// in-memory pipe in the unit tests below. The session is generic over it (monomorphised,
+/// so the production path pays nothing for the tests' seam).
+pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
 
 /// A running operation's events, tagged with the client's id; abortable so that a client's
 /// `complete`/`stop` drops it (and with it the upstream subscription) at once.
@@ -143,7 +148,7 @@ impl DownstreamSession {
         }
     }
 
-    pub(super) async fn run(mut self, mut socket: Socket) {
+    pub(super) async fn run<S: ClientIo>(mut self, mut socket: WebSocketStream<S>) {
         debug!("session started");
         let shutdown_token = self.state.downstream_shutdown.clone();
         // Built once: a fresh `cancelled()` per iteration would re-register with the token
@@ -200,7 +205,11 @@ impl DownstreamSession {
     /// legacy clients their `ka`, and ends the session of a client that has been silent
     /// for two intervals: a peer that vanished without closing must not keep its
     /// operations running upstream.
-    async fn keepalive(&mut self, socket: &mut Socket, silent: time::Duration) -> Flow {
+    async fn keepalive<S: ClientIo>(
+        &mut self,
+        socket: &mut WebSocketStream<S>,
+        silent: time::Duration,
+    ) -> Flow {
         if silent > self.state.server.keepalive_interval * 2 {
             info!(
                 silent_ms = silent.as_millis() as u64,
@@ -218,9 +227,9 @@ impl DownstreamSession {
         write(socket, &self.writes, Message::Ping(Default::default())).await
     }
 
-    async fn on_client_message(
+    async fn on_client_message<S: ClientIo>(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut WebSocketStream<S>,
         message: Option<Result<Message, tungstenite::Error>>,
     ) -> Flow {
         let text = match message {
@@ -274,9 +283,9 @@ impl DownstreamSession {
         }
     }
 
-    async fn on_transport_ws(
+    async fn on_transport_ws<S: ClientIo>(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut WebSocketStream<S>,
         accepted: transport_ws::server::Accepted,
     ) -> Flow {
         use transport_ws::server::Accepted;
@@ -317,9 +326,9 @@ impl DownstreamSession {
         }
     }
 
-    async fn on_legacy(
+    async fn on_legacy<S: ClientIo>(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut WebSocketStream<S>,
         accepted: legacy_ws::server::Accepted,
     ) -> Flow {
         use legacy_ws::server::Accepted;
@@ -367,9 +376,9 @@ impl DownstreamSession {
         }
     }
 
-    async fn on_legacy_violation(
+    async fn on_legacy_violation<S: ClientIo>(
         &mut self,
-        socket: &mut Socket,
+        socket: &mut WebSocketStream<S>,
         violation: legacy_ws::server::Violation,
     ) -> Flow {
         use legacy_ws::server::Violation;
@@ -392,7 +401,11 @@ impl DownstreamSession {
 
     /// A frame that is not a valid message: 4400 for graphql-transport-ws; for legacy, an
     /// `error` without id as the reference server sends, keeping the connection.
-    async fn bad_message(&mut self, socket: &mut Socket, reason: &str) -> Flow {
+    async fn bad_message<S: ClientIo>(
+        &mut self,
+        socket: &mut WebSocketStream<S>,
+        reason: &str,
+    ) -> Flow {
         debug!(?reason, "invalid client message");
         match self.subprotocol {
             Subprotocol::GraphqlTransportWs => {
@@ -410,7 +423,7 @@ impl DownstreamSession {
         }
     }
 
-    async fn init_timeout(&mut self, socket: &mut Socket) -> Flow {
+    async fn init_timeout<S: ClientIo>(&mut self, socket: &mut WebSocketStream<S>) -> Flow {
         if self.subprotocol == Subprotocol::GraphqlWs {
             let frame = legacy_ws::ServerMessage::ConnectionError {
                 payload: Some(message_payload(close::INIT_TIMEOUT.reason)),
@@ -473,7 +486,12 @@ impl DownstreamSession {
         }
     }
 
-    async fn on_event(&mut self, socket: &mut Socket, id: Arc<str>, event: Event) -> Flow {
+    async fn on_event<S: ClientIo>(
+        &mut self,
+        socket: &mut WebSocketStream<S>,
+        id: Arc<str>,
+        event: Event,
+    ) -> Flow {
         if !self.operations.contains_key(&id) {
             return Flow::Continue; // Aborted streams yield nothing; this is a safety net.
         }
@@ -496,7 +514,11 @@ impl DownstreamSession {
 /// client's reply or the end of the stream. Waiting for the reply before dropping the
 /// TCP connection lets the client see a clean close (`wasClean`, its own code) instead
 /// of a reset. Bounded by the write timeout: a client that never answers is dropped.
-async fn close_handshake(socket: &mut Socket, frame: Option<CloseFrame>, bound: Duration) {
+async fn close_handshake<S: ClientIo>(
+    socket: &mut WebSocketStream<S>,
+    frame: Option<CloseFrame>,
+    bound: Duration,
+) {
     let handshake = async {
         let sent = match frame {
             Some(frame) => socket.close(Some(frame)).await,
@@ -514,14 +536,22 @@ async fn close_handshake(socket: &mut Socket, frame: Option<CloseFrame>, bound: 
     }
 }
 
-async fn send(socket: &mut Socket, bound: &WriteBound, frame: String) -> Flow {
+async fn send<S: ClientIo>(
+    socket: &mut WebSocketStream<S>,
+    bound: &WriteBound,
+    frame: String,
+) -> Flow {
     write(socket, bound, Message::text(frame)).await
 }
 
 /// Writes one message within `bound`. The common case, a socket with room, completes on
 /// the first poll and arms no timer; only a write that has to wait gets the deadline and
 /// watches the shutdown token.
-async fn write(socket: &mut Socket, bound: &WriteBound, message: Message) -> Flow {
+async fn write<S: ClientIo>(
+    socket: &mut WebSocketStream<S>,
+    bound: &WriteBound,
+    message: Message,
+) -> Flow {
     let mut write = std::pin::pin!(socket.send(message));
     let result = match poll_immediate(&mut write).await {
         Some(result) => result,
@@ -559,4 +589,265 @@ fn close_with(close: Close) -> Flow {
 
 fn message_payload(message: &str) -> RawJson {
     RawJson::from_value(&serde_json::json!({ "message": message }))
+}
+
+/// The session's timing on paused time: every wait is a timer, so each frame's virtual
+/// time is exact and the tests take no wall-clock time, however loaded the machine. The
+/// client is tungstenite in the client role over an in-memory pipe, which answers pings
+/// whenever it reads, as browsers and client libraries do.
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::task::JoinHandle;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// Any bound on a wait, in virtual time: paused time reaches it at once when the
+    /// session has nothing left to do, so a missing frame fails the test immediately.
+    const BOUND: Duration = Duration::from_secs(3600);
+    /// Room in each direction of the pipe; enough for every test but the stalled client.
+    const ROOMY: usize = 64 * 1024;
+    const INTERVAL_1S: &str = "keepalive_interval_ms = 1000";
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    /// One session on an in-memory pipe, and the client end of it.
+    struct Harness {
+        client: WebSocketStream<DuplexStream>,
+        session: JoinHandle<()>,
+        state: Arc<GatewayState>,
+        started: Instant,
+    }
+
+    impl Harness {
+        /// A session with `[server]` keys `server_keys`. The upstream is never dialled:
+        /// no test here starts an operation.
+        async fn start(subprotocol: Subprotocol, server_keys: &str) -> Self {
+            Harness::with_pipe(subprotocol, server_keys, ROOMY).await
+        }
+
+        /// The same with `pipe_bytes` of room in each direction of the pipe.
+        async fn with_pipe(subprotocol: Subprotocol, server_keys: &str, pipe_bytes: usize) -> Self {
+            let text = format!(
+                "[server]\n{server_keys}\n[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\n\
+                 [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+            );
+            let config = Config::parse(&text, "session-test.toml").expect("valid config");
+            let state = Arc::new(
+                GatewayState::new(&config, &CancellationToken::new()).expect("gateway state"),
+            );
+            let upstream = state.routes["/graphql"].clone();
+            let (client_io, server_io) = tokio::io::duplex(pipe_bytes);
+            let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+            let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+            let details = ClientDetails {
+                path: "/graphql".into(),
+                peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+                headers: HeaderMap::new(),
+            };
+            let session = DownstreamSession::new(subprotocol, upstream, details, state.clone());
+            Harness {
+                client,
+                session: tokio::spawn(session.run(server)),
+                state,
+                started: Instant::now(),
+            }
+        }
+
+        fn elapsed(&self) -> Duration {
+            self.started.elapsed()
+        }
+
+        /// The next frame from the session and when it arrived; `None` once the stream
+        /// ends (cleanly or not).
+        async fn recv(&mut self) -> (Duration, Option<Message>) {
+            let next = time::timeout(BOUND, self.client.next())
+                .await
+                .expect("the session sent nothing and never ended");
+            (self.elapsed(), next.and_then(Result::ok))
+        }
+
+        async fn send(&mut self, message: Value) {
+            self.client
+                .send(Message::text(message.to_string()))
+                .await
+                .expect("the session reads");
+        }
+
+        /// Sends `connection_init` and reads the ack (plus the legacy `ka` after it), both
+        /// sent at once.
+        async fn init(&mut self, subprotocol: Subprotocol) {
+            let at = self.elapsed();
+            self.send(json!({ "type": "connection_init" })).await;
+            assert_eq!(
+                self.recv().await,
+                (at, Some(text(r#"{"type":"connection_ack"}"#)))
+            );
+            if subprotocol == Subprotocol::GraphqlWs {
+                assert_eq!(self.recv().await, (at, Some(text(r#"{"type":"ka"}"#))));
+            }
+        }
+
+        /// Waits for the session to end and returns when it did.
+        async fn ended(&mut self) -> Duration {
+            time::timeout(BOUND, &mut self.session)
+                .await
+                .expect("the session never ended")
+                .expect("the session did not panic");
+            self.elapsed()
+        }
+
+        /// The session closes with `code` and `reason` at `at`; reading on sends
+        /// tungstenite's reply, which completes the handshake and ends the session.
+        async fn expect_close(&mut self, at: Duration, code: u16, reason: &str) {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            assert_eq!(self.recv().await, (at, Some(Message::Close(Some(frame)))));
+            assert_eq!(self.recv().await, (at, None));
+            assert_eq!(self.ended().await, at);
+        }
+
+        /// The client closes with 1000: the session answers and ends at once.
+        async fn close_cleanly(mut self) {
+            let at = self.elapsed();
+            self.client.close(None).await.expect("close sent");
+            let (when, reply) = self.recv().await;
+            assert_eq!(reply, Some(Message::Close(None)));
+            assert_eq!(when, at);
+            assert_eq!(self.ended().await, at);
+        }
+    }
+
+    /// A text frame, as the exact bytes on the wire.
+    fn text(frame: &str) -> Message {
+        Message::text(frame)
+    }
+
+    fn ping() -> Option<Message> {
+        Some(Message::Ping(Bytes::new()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_interval_and_a_client_that_answers_stays_for_many() {
+        let mut h = Harness::start(Subprotocol::GraphqlTransportWs, INTERVAL_1S).await;
+        h.init(Subprotocol::GraphqlTransportWs).await;
+        // Silent but for its pongs, which tungstenite sends on the next read: far more
+        // than two intervals without a message of its own.
+        for k in 1..=20 {
+            assert_eq!(h.recv().await, (ms(1000 * k), ping()));
+        }
+        assert!(!h.session.is_finished());
+        h.close_cleanly().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_silent_for_two_intervals_is_dropped_at_the_next_tick() {
+        let mut h = Harness::start(Subprotocol::GraphqlTransportWs, INTERVAL_1S).await;
+        h.init(Subprotocol::GraphqlTransportWs).await;
+        // The client stops reading, so it answers no ping: at 2 s it has been silent for
+        // exactly two intervals, not more; at 3 s the session ends, without a close frame
+        // (a vanished peer would not read one).
+        assert_eq!(h.ended().await, ms(3000));
+        // What reached the client's side of the pipe: two pings (unmasked, empty), then
+        // the end. Read raw: tungstenite would try to answer the first ping and fail.
+        let mut unread = Vec::new();
+        h.client.get_mut().read_to_end(&mut unread).await.unwrap();
+        assert_eq!(unread, [0x89, 0x00, 0x89, 0x00]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn legacy_ka_right_after_the_ack_then_with_each_ping() {
+        let mut h = Harness::start(Subprotocol::GraphqlWs, INTERVAL_1S).await;
+        // Before the ack: pings only, no `ka`.
+        assert_eq!(h.recv().await, (ms(1000), ping()));
+        h.init(Subprotocol::GraphqlWs).await;
+        for k in 2..=5 {
+            assert_eq!(
+                h.recv().await,
+                (ms(1000 * k), Some(text(r#"{"type":"ka"}"#)))
+            );
+            assert_eq!(h.recv().await, (ms(1000 * k), ping()));
+        }
+        h.close_cleanly().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_init_within_the_timeout_closes_4408() {
+        // Defaults: the 3 s init timeout comes before the first 12 s ping.
+        let mut h = Harness::start(Subprotocol::GraphqlTransportWs, "").await;
+        h.expect_close(ms(3000), 4408, "Connection initialisation timeout")
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn legacy_init_timeout_is_a_connection_error_then_4408() {
+        let mut h =
+            Harness::start(Subprotocol::GraphqlWs, "connection_init_timeout_ms = 500").await;
+        assert_eq!(
+            h.recv().await,
+            (
+                ms(500),
+                Some(text(
+                    r#"{"type":"connection_error","payload":{"message":"Connection initialisation timeout"}}"#
+                ))
+            )
+        );
+        h.expect_close(ms(500), 4408, "Connection initialisation timeout")
+            .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_init_in_time_disarms_the_timeout() {
+        let mut h = Harness::start(
+            Subprotocol::GraphqlTransportWs,
+            "connection_init_timeout_ms = 500\nkeepalive_interval_ms = 1000",
+        )
+        .await;
+        time::sleep(ms(499)).await;
+        h.started = Instant::now();
+        h.init(Subprotocol::GraphqlTransportWs).await;
+        assert_eq!(h.recv().await, (ms(501), ping()));
+        h.close_cleanly().await;
+    }
+
+    /// A client that sends but stops reading: `pongs` answers fill the pipe, the write
+    /// that no longer fits waits, and `client_write_timeout_ms` later the session ends.
+    async fn stalled_client() -> Harness {
+        // 64 bytes each way: three 17-byte pongs fit, the fourth does not.
+        let mut h = Harness::with_pipe(Subprotocol::GraphqlTransportWs, "", 64).await;
+        h.init(Subprotocol::GraphqlTransportWs).await;
+        for _ in 0..5 {
+            h.send(json!({ "type": "ping" })).await;
+        }
+        h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_reading_is_cut_after_the_write_timeout() {
+        let mut h = stalled_client().await;
+        // Default `client_write_timeout_ms`, 10 s, before the first 12 s ping.
+        assert_eq!(h.ended().await, ms(10_000));
+        let pong = Some(text(r#"{"type":"pong"}"#));
+        for _ in 0..3 {
+            assert_eq!(h.recv().await, (ms(10_000), pong.clone()));
+        }
+        // Then the part of the fourth that fitted, and the end: no close frame.
+        assert_eq!(h.recv().await, (ms(10_000), None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_does_not_wait_behind_a_stuck_write() {
+        let mut h = stalled_client().await;
+        time::sleep(ms(1000)).await;
+        h.state.downstream_shutdown.cancel();
+        assert_eq!(h.ended().await, ms(1000));
+    }
 }
