@@ -737,3 +737,209 @@ proptest! {
         prop_assert_eq!(multipart::accepts_json(&accept), json_range, "{}", accept);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The server rules of both WebSocket dialects, against a model of the protocol.
+// ---------------------------------------------------------------------------------------
+
+/// What a client does, or the session does to the rules, in one step.
+#[derive(Debug, Clone)]
+enum Action {
+    Init,
+    /// The session acknowledged the init.
+    Ack,
+    Subscribe(&'static str),
+    Complete(&'static str),
+    Ping,
+    /// The operation ended on its own (upstream `complete` or `error`).
+    Finished(&'static str),
+    /// graphql-ws `connection_terminate`.
+    Terminate,
+}
+
+/// Few ids, so they collide; `é` is two bytes and the last is long, for the id limit.
+const IDS: &[&str] = &["1", "2", "3", "é", "a-long-id"];
+
+fn actions() -> impl Strategy<Value = Vec<Action>> {
+    let action = prop_oneof![
+        1 => Just(Action::Init),
+        1 => Just(Action::Ack),
+        4 => select(IDS).prop_map(Action::Subscribe),
+        2 => select(IDS).prop_map(Action::Complete),
+        1 => Just(Action::Ping),
+        1 => select(IDS).prop_map(Action::Finished),
+        1 => Just(Action::Terminate),
+    ];
+    prop::collection::vec(action, 0..24)
+}
+
+fn limits() -> impl Strategy<Value = subplex_protocol::OperationLimits> {
+    (1..4usize, 1..4usize).prop_map(|(max_operations, max_id_bytes)| {
+        subplex_protocol::OperationLimits {
+            max_operations,
+            max_id_bytes,
+        }
+    })
+}
+
+/// The protocol state a client sees: init sent, init acknowledged, running operations.
+#[derive(Debug, Default)]
+struct Model {
+    init: bool,
+    acked: bool,
+    active: std::collections::BTreeSet<&'static str>,
+}
+
+impl Model {
+    /// A `connection_init`: whether it is the first (the only one accepted).
+    fn init(&mut self) -> bool {
+        !std::mem::replace(&mut self.init, true)
+    }
+
+    /// The session acknowledges; only an init that arrived can be acknowledged.
+    fn ack(&mut self) {
+        self.acked |= self.init;
+    }
+
+    fn finished(&mut self, id: &str) {
+        self.active.remove(id);
+    }
+}
+
+proptest! {
+    /// graphql-transport-ws: one init (a second closes 4429), no subscribe before the ack
+    /// (4401), no id twice while running (4409), ids within the limit (4400), operations
+    /// over the limit refused one by one, `complete` of an unknown id ignored; every
+    /// close reason fits a close frame.
+    #[test]
+    fn transport_ws_server_rules_follow_the_protocol(actions in actions(), limits in limits()) {
+        use transport_ws::server::{Accepted, ServerRules, Violation};
+        use transport_ws::ClientMessage;
+        let mut rules = ServerRules::with_limits(limits);
+        let mut model = Model::default();
+        let request = subplex_protocol::GraphqlRequest::new("subscription { t }");
+        for action in actions {
+            let (got, expected) = match action {
+                Action::Init => (
+                    rules.receive(ClientMessage::ConnectionInit { payload: None }),
+                    model.init().then_some(Accepted::Init { payload: None }).ok_or(Violation::TooManyInit),
+                ),
+                Action::Ack => {
+                    rules.acknowledged();
+                    model.ack();
+                    continue;
+                }
+                Action::Subscribe(id) => {
+                    let expected = if !model.acked {
+                        Err(Violation::SubscribeBeforeAck)
+                    } else if id.len() > limits.max_id_bytes {
+                        Err(Violation::IdTooLong { len: id.len(), limit: limits.max_id_bytes })
+                    } else if model.active.contains(id) {
+                        Err(Violation::DuplicateId { id: id.into() })
+                    } else if model.active.len() >= limits.max_operations {
+                        Ok(Accepted::Refused { id: id.into(), message: limits.too_many_operations() })
+                    } else {
+                        model.active.insert(id);
+                        Ok(Accepted::Subscribe { id: id.into(), request: request.clone() })
+                    };
+                    (rules.receive(ClientMessage::Subscribe { id: id.into(), payload: request.clone() }), expected)
+                }
+                Action::Complete(id) => {
+                    let expected = if model.active.remove(id) { Accepted::Complete { id: id.into() } } else { Accepted::Ignored };
+                    (rules.receive(ClientMessage::Complete { id: id.into() }), Ok(expected))
+                }
+                Action::Ping => (rules.receive(ClientMessage::Ping { payload: None }), Ok(Accepted::Ping)),
+                Action::Finished(id) => {
+                    rules.finished(id);
+                    model.finished(id);
+                    continue;
+                }
+                // graphql-transport-ws has no terminate message.
+                Action::Terminate => continue,
+            };
+            if let Err(violation) = &got {
+                let (code, reason) = violation.close();
+                prop_assert!([4400, 4401, 4409, 4429].contains(&code), "{:?}", violation);
+                prop_assert!(!reason.is_empty() && reason.len() <= 123, "{:?}", reason);
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(rules.active_operations(), model.active.len());
+            prop_assert_eq!(rules.awaiting_init(), !model.init);
+        }
+    }
+
+    /// Legacy graphql-ws: one init (a second closes the connection), ids within the limit,
+    /// no start before the ack (an error, not a close), a start with a running id replaces
+    /// that operation, operations over the limit refused, `stop` of an unknown id ignored.
+    #[test]
+    fn legacy_ws_server_rules_follow_the_protocol(actions in actions(), limits in limits()) {
+        use legacy_ws::server::{Accepted, ServerRules, Violation};
+        use legacy_ws::ClientMessage;
+        let mut rules = ServerRules::with_limits(limits);
+        let mut model = Model::default();
+        let request = subplex_protocol::GraphqlRequest::new("subscription { t }");
+        for action in actions {
+            let (got, expected) = match action {
+                Action::Init => (
+                    rules.receive(ClientMessage::ConnectionInit { payload: None }),
+                    model.init().then_some(Accepted::Init { payload: None }).ok_or(Violation::TooManyInit),
+                ),
+                Action::Ack => {
+                    rules.acknowledged();
+                    model.ack();
+                    continue;
+                }
+                Action::Subscribe(id) => {
+                    let replaces = model.active.contains(id);
+                    let expected = if id.len() > limits.max_id_bytes {
+                        Err(Violation::IdTooLong { len: id.len(), limit: limits.max_id_bytes })
+                    } else if !model.acked {
+                        Err(Violation::StartBeforeAck { id: id.into() })
+                    } else if !replaces && model.active.len() >= limits.max_operations {
+                        Ok(Accepted::Refused { id: id.into(), message: limits.too_many_operations() })
+                    } else {
+                        model.active.insert(id);
+                        Ok(Accepted::Start { id: id.into(), request: request.clone(), replaces })
+                    };
+                    (rules.receive(ClientMessage::Start { id: id.into(), payload: request.clone() }), expected)
+                }
+                Action::Complete(id) => {
+                    let expected = if model.active.remove(id) { Accepted::Stop { id: id.into() } } else { Accepted::Ignored };
+                    (rules.receive(ClientMessage::Stop { id: id.into() }), Ok(expected))
+                }
+                Action::Terminate => (rules.receive(ClientMessage::ConnectionTerminate), Ok(Accepted::Terminate)),
+                Action::Finished(id) => {
+                    rules.finished(id);
+                    model.finished(id);
+                    continue;
+                }
+                // Legacy graphql-ws has no client ping.
+                Action::Ping => continue,
+            };
+            if let Err(violation) = &got {
+                prop_assert_eq!(violation.closes(), *violation == Violation::TooManyInit);
+                prop_assert!(!violation.message().is_empty());
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(rules.awaiting_init(), !model.init);
+        }
+    }
+
+    /// Subprotocol negotiation takes the first known name of any offered header value,
+    /// whatever the spacing; GraphQL documents of any text never panic the parser.
+    #[test]
+    fn subprotocol_negotiation_and_documents(
+        offered in prop::collection::vec(
+            prop::collection::vec(select(&["graphql-ws", "graphql-transport-ws", "graphql_ws", "", "x", "GRAPHQL-WS"][..]), 0..3),
+            0..3,
+        ),
+        space in select(&["", " ", "  "][..]),
+        document in prop_oneof![any::<String>(), token_soup()],
+        name in prop::option::of("[A-Za-z]{1,4}"),
+    ) {
+        let values: Vec<String> = offered.iter().map(|tokens| tokens.join(&format!("{space},{space}"))).collect();
+        let expected = offered.iter().flatten().find_map(|token| Subprotocol::from_wire_name(token));
+        prop_assert_eq!(Subprotocol::negotiate(values.iter().map(String::as_str)), expected);
+        let _ = subplex_protocol::operation_type(&document, name.as_deref());
+    }
+}
