@@ -127,7 +127,14 @@ impl EventSizeGuard {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), EventTooLarge> {
         for &byte in chunk {
             match byte {
-                b'\n' if self.after_cr => self.after_cr = false,
+                b'\n' if self.after_cr => {
+                    self.after_cr = false;
+                    // The LF of a blank CRLF line: it ends the blank line, it does not
+                    // start the next event. (`pending` is 0 only right after a blank line.)
+                    if self.pending == 0 {
+                        continue;
+                    }
+                }
                 b'\r' | b'\n' => {
                     if self.line_start {
                         // A blank line: whatever came before has been dispatched.
@@ -228,6 +235,13 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn size_guard_does_not_count_a_blank_crlf_line_toward_the_next_event() {
+        let mut guard = EventSizeGuard::new(4);
+        guard.feed(b"ab\r\n\r\n").unwrap();
+        guard.feed(b"cde\n\n").unwrap();
     }
 
     #[test]

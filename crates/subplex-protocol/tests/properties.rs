@@ -1,579 +1,1040 @@
-//! Property-style tests without extra crates: a deterministic xorshift generator feeds
-//! many random byte strings, JSON-ish token soups, structured (mostly valid) frames and
-//! mutations of them to every decoder. The oracles live in `support/mod.rs` (shared with
-//! the fuzz targets): decoding never panics, over-limit frames are `TooLarge`, and
-//! anything that decodes re-encodes to something that decodes to the same value.
+//! Property tests on proptest for every codec and protocol rule of the crate.
 //!
-//! `SUBPLEX_PROPTEST_CASES` scales the number of cases (default 3000 per generator);
-//! `SUBPLEX_PROPTEST_SEED` picks another seed.
+//! Valid messages of every codec are generated as typed values together with the ways a
+//! peer may spell them (`properties/strategies.rs`); broken input is random bytes, token
+//! soups and byte-level mutations of valid frames. The decode/encode oracles live in
+//! `support/mod.rs`, shared with the fuzz targets: decoding never panics, over-limit input
+//! is `TooLarge` before parsing, and anything that decodes re-encodes to something that
+//! decodes to the same value.
+//!
+//! 256 cases per property by default; `PROPTEST_CASES=10000 cargo test -p
+//! subplex-protocol --test properties` runs more. A failure is shrunk to a minimal input
+//! and its seed saved in `tests/properties.proptest-regressions`, which is replayed first
+//! on every run (commit it).
 
+#[path = "properties/strategies.rs"]
+mod strategies;
 mod support;
 
-use subplex_protocol::Subprotocol;
+use proptest::prelude::*;
+use proptest::sample::select;
+use serde_json::Value;
+use strategies::*;
+use subplex_protocol::probe::{HandshakeJudge, ProbeFrame, Step, Verdict};
+use subplex_protocol::{
+    legacy_ws, multipart, sse, sse_client, transport_ws, DecodeError, Event, RawJson, Subprotocol,
+    UpstreamFrame,
+};
 use support::*;
 
-/// xorshift64*: small, deterministic, good enough to drive input generation.
-struct Rng(u64);
+/// Every decoder and rule on one input under one limit.
+fn run(text: &str, limit: usize) {
+    check_all(text, limit);
+    check_event_size_guard(text.as_bytes(), limit.min(text.len() / 2));
+}
 
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.max(1))
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|err| panic!("not JSON ({err}): {text:?}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Any input: nothing panics, limits hold, whatever decodes round-trips.
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..64),
+        limit in limit(),
+    ) {
+        check_sse_body(&bytes);
+        check_event_size_guard(&bytes, bytes.len() / 2);
+        let text = String::from_utf8_lossy(&bytes);
+        run(&text, limit.for_len(text.len()));
     }
 
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    #[test]
+    fn token_soup_never_panics_and_round_trips(text in token_soup(), limit in limit()) {
+        run(&text, limit.for_len(text.len()));
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+    #[test]
+    fn mutated_frames_never_panic_and_round_trip(
+        frame in any_frame(),
+        edits in mutations(),
+        limit in limit(),
+    ) {
+        let text = mutate(&frame, &edits);
+        run(&text, limit.for_len(text.len()));
     }
 
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> &'a T {
-        items[self.below(items.len())]
+    #[test]
+    fn any_value_as_a_frame_never_panics(text in json_value(), limit in limit()) {
+        run(&text, limit.for_len(text.len()));
     }
 }
 
-fn cases() -> usize {
-    std::env::var("SUBPLEX_PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
-}
-
-fn seed(salt: u64) -> u64 {
-    let base = std::env::var("SUBPLEX_PROPTEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x05ee_d0f5_u64);
-    base ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-const TYPES: &[&str] = &[
-    // graphql-transport-ws
-    "connection_init",
-    "connection_ack",
-    "ping",
-    "pong",
-    "subscribe",
-    "next",
-    "error",
-    "complete",
-    // legacy graphql-ws
-    "start",
-    "stop",
-    "data",
-    "ka",
-    "connection_error",
-    "connection_terminate",
-    // deprecated legacy aliases
-    "init",
-    "init_success",
-    "init_fail",
-    "subscription_start",
-    "subscription_end",
-    "subscription_data",
-    "subscription_fail",
-    "subscription_success",
-    "keepalive",
-    // nonsense
-    "",
-    "PING",
-    "p\\u0069ng",
-    "nëxt",
+/// Known-good frames from the reference libraries, and their mutations.
+const REFERENCE_FRAMES: &[&str] = &[
+    r#"{"type":"connection_init","payload":{"authToken":"t"}}"#,
+    r#"{"id":"1","type":"subscribe","payload":{"query":"subscription { t }","variables":{"n":1}}}"#,
+    r#"{"id":"1","type":"next","payload":{"data":{"t":1}}}"#,
+    r#"{"id":"1","type":"error","payload":[{"message":"x"}]}"#,
+    r#"{"id":"1","type":"complete"}"#,
+    r#"{"type":"ping"}"#,
+    r#"{"id":"1","type":"start","payload":{"query":"subscription { t }","variables":{},"operationName":null}}"#,
+    r#"{"id":1,"type":"subscription_end"}"#,
+    r#"{"type":"ka"}"#,
+    r#"{"type":"connection_error","payload":"denied"}"#,
+    r#"{"type":"error","id":"1","payload":{"errors":[{"message":"x"}]}}"#,
+    r#"{"type":"subscription_data","id":"1","payload":{"data":null}}"#,
 ];
 
-const STRING_BITS: &[&str] = &[
-    "a",
-    "1",
-    "op",
-    " ",
-    "é",
-    "🚀",
-    "中",
-    "\\\"",
-    "\\\\",
-    "\\n",
-    "\\t",
-    "\\r",
-    "\\/",
-    "\\u0000",
-    "\\u00e9",
-    "\\ud83d\\ude80",
-    "\\u2028",
-    "{",
-    "}",
-    "[",
-    "]",
-    ":",
-    ",",
-    "subscription { t }",
-    "query",
-    "$n",
-    "\u{7f}",
-    "\u{fffd}",
-];
-
-/// A JSON string literal (always valid except, rarely, a lone surrogate escape).
-fn json_string(rng: &mut Rng) -> String {
-    let mut out = String::from("\"");
-    for _ in 0..rng.below(6) {
-        out.push_str(rng.pick(STRING_BITS));
-    }
-    if rng.chance(2) {
-        out.push_str("\\ud800");
-    }
-    out.push('"');
-    out
-}
-
-fn json_number(rng: &mut Rng) -> String {
-    let n: &[&str] = &[
-        "0",
-        "1",
-        "-1",
-        "42",
-        "-0",
-        "1.5",
-        "1e3",
-        "1.0e-7",
-        "-2.5E+2",
-        "18446744073709551615",
-        "18446744073709551616",
-        "123456789012345678901234567890",
-        "9007199254740993",
-    ];
-    rng.pick(n).to_owned()
-}
-
-fn whitespace(rng: &mut Rng) -> &'static str {
-    if rng.chance(80) {
-        ""
-    } else {
-        rng.pick(&[" ", "\n", "\t", "\r\n", "  "])
+#[test]
+fn reference_frames_decode() {
+    for frame in REFERENCE_FRAMES {
+        let accepted = check_transport_client(frame, usize::MAX).is_some()
+            || check_transport_server(frame, usize::MAX).is_some()
+            || check_legacy_client(frame, usize::MAX).is_some()
+            || check_legacy_server(frame, usize::MAX).is_some();
+        assert!(accepted, "no decoder accepted {frame}");
     }
 }
 
-/// A random JSON value of bounded depth, with random insignificant whitespace.
-fn json_value(rng: &mut Rng, depth: usize) -> String {
-    let choice = if depth == 0 {
-        rng.below(4)
-    } else {
-        rng.below(6)
+proptest! {
+    #[test]
+    fn reference_frames_and_their_mutations(
+        frame in select(REFERENCE_FRAMES),
+        edits in mutations(),
+        limit in limit(),
+    ) {
+        let text = mutate(frame, &edits);
+        run(&text, limit.for_len(text.len()));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// WebSocket dialects: every spelling of a valid message decodes to exactly it.
+// ---------------------------------------------------------------------------------------
+
+/// Over a limit shorter than the frame, the same frame is `TooLarge` and nothing else.
+fn assert_too_large<T: std::fmt::Debug>(
+    text: &str,
+    decode: impl Fn(&str, usize) -> Result<T, DecodeError>,
+) {
+    if let Some(limit) = text.len().checked_sub(1) {
+        match decode(text, limit) {
+            Err(DecodeError::TooLarge { len, limit: l }) => {
+                assert_eq!((len, l), (text.len(), limit))
+            }
+            other => panic!("{text:?} under limit {limit} gave {other:?}"),
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn transport_ws_client_messages_round_trip(
+        (message, text) in spelled(transport_client_message(), spell_transport_client),
+    ) {
+        prop_assert_eq!(check_transport_client(&text, text.len()), Some(message.clone()));
+        prop_assert_eq!(check_transport_client(&message.encode(), usize::MAX), Some(message));
+        assert_too_large(&text, transport_ws::ClientMessage::decode);
+    }
+
+    #[test]
+    fn transport_ws_server_messages_round_trip(
+        (message, text) in spelled(transport_server_message(), spell_transport_server),
+    ) {
+        prop_assert_eq!(check_transport_server(&text, text.len()), Some(message.clone()));
+        prop_assert_eq!(
+            check_transport_server(&message.encode(), usize::MAX),
+            Some(message.clone())
+        );
+        assert_too_large(&text, transport_ws::ServerMessage::decode);
+        check_upstream_frame(Subprotocol::GraphqlTransportWs, &text, &upstream_transport(&message));
+        check_probe_classification(&text, transport_server_type(&message));
+    }
+
+    #[test]
+    fn legacy_ws_client_messages_round_trip(
+        (message, text) in spelled(legacy_client_message(), spell_legacy_client),
+    ) {
+        prop_assert_eq!(check_legacy_client(&text, text.len()), Some(message.clone()));
+        let encoded = message.encode();
+        prop_assert_eq!(
+            legacy_ws::ClientMessage::decode(&encoded, usize::MAX),
+            Ok(legacy_client_normalised(&message))
+        );
+        assert_too_large(&text, legacy_ws::ClientMessage::decode);
+    }
+
+    #[test]
+    fn legacy_ws_server_messages_round_trip(
+        (message, text) in spelled(legacy_server_message(), spell_legacy_server),
+    ) {
+        prop_assert_eq!(check_legacy_server(&text, text.len()), Some(message.clone()));
+        prop_assert_eq!(
+            check_legacy_server(&message.encode(), usize::MAX),
+            Some(message.clone())
+        );
+        assert_too_large(&text, legacy_ws::ServerMessage::decode);
+        check_upstream_frame(Subprotocol::GraphqlWs, &text, &upstream_legacy(&message));
+        check_probe_classification(&text, legacy_server_type(&message));
+    }
+
+    /// The frames a gateway sends upstream decode, with the dialect's client decoder, to
+    /// what was meant.
+    #[test]
+    fn upstream_client_frames_decode(
+        id in operation_id(),
+        request in graphql_request(),
+        init in raw_object(),
+    ) {
+        use transport_ws::ClientMessage as T;
+        use legacy_ws::ClientMessage as L;
+        let t = Subprotocol::GraphqlTransportWs;
+        let l = Subprotocol::GraphqlWs;
+        let payload = Some(init.clone());
+        prop_assert_eq!(
+            T::decode(&t.encode_init(&init), usize::MAX),
+            Ok(T::ConnectionInit { payload: payload.clone() })
+        );
+        prop_assert_eq!(
+            L::decode(&l.encode_init(&init), usize::MAX),
+            Ok(L::ConnectionInit { payload })
+        );
+        prop_assert_eq!(
+            T::decode(&t.encode_subscribe(&id, &request), usize::MAX),
+            Ok(T::Subscribe { id: id.clone(), payload: request.clone() })
+        );
+        prop_assert_eq!(
+            L::decode(&l.encode_subscribe(&id, &request), usize::MAX),
+            Ok(L::Start { id: id.clone(), payload: request })
+        );
+        prop_assert_eq!(
+            T::decode(&t.encode_unsubscribe(&id), usize::MAX),
+            Ok(T::Complete { id: id.clone() })
+        );
+        prop_assert_eq!(L::decode(&l.encode_unsubscribe(&id), usize::MAX), Ok(L::Stop { id }));
+    }
+}
+
+/// What the upstream decoder must make of a graphql-transport-ws server message; `None`
+/// for an `error`, whose payload is normalised (checked apart).
+fn upstream_transport(message: &transport_ws::ServerMessage) -> Option<UpstreamFrame> {
+    use transport_ws::ServerMessage::*;
+    Some(match message.clone() {
+        ConnectionAck { .. } => UpstreamFrame::Ack,
+        Ping { .. } => UpstreamFrame::Ping,
+        Pong { .. } => UpstreamFrame::KeepAlive,
+        Next { id, payload } => UpstreamFrame::Operation {
+            id,
+            event: Event::Next(payload),
+        },
+        Error { .. } => return None,
+        Complete { id } => UpstreamFrame::Operation {
+            id,
+            event: Event::Complete,
+        },
+    })
+}
+
+fn upstream_legacy(message: &legacy_ws::ServerMessage) -> Option<UpstreamFrame> {
+    use legacy_ws::ServerMessage::*;
+    Some(match message.clone() {
+        ConnectionAck => UpstreamFrame::Ack,
+        Ka => UpstreamFrame::KeepAlive,
+        ConnectionError { payload } => UpstreamFrame::ConnectionError { payload },
+        Data { id, payload } => UpstreamFrame::Operation {
+            id,
+            event: Event::Next(payload),
+        },
+        Error { id: Some(_), .. } => return None,
+        Error { id: None, payload } => UpstreamFrame::ServerError { payload },
+        Complete { id } => UpstreamFrame::Operation {
+            id,
+            event: Event::Complete,
+        },
+    })
+}
+
+/// The upstream decoder gives `expected`, or for an operation error an `Error` event
+/// whose payload is an errors array (an array from the server passes byte for byte).
+fn check_upstream_frame(dialect: Subprotocol, text: &str, expected: &Option<UpstreamFrame>) {
+    let frame = check_upstream(dialect, text, usize::MAX).expect("a valid frame decodes");
+    match expected {
+        Some(expected) => assert_eq!(&frame, expected),
+        None => match frame {
+            UpstreamFrame::Operation {
+                event: Event::Error(errors),
+                ..
+            } => {
+                assert!(json(errors.as_str()).is_array());
+            }
+            other => panic!("an error frame decoded to {other:?}"),
+        },
+    }
+}
+
+fn transport_server_type(message: &transport_ws::ServerMessage) -> &'static str {
+    use transport_ws::ServerMessage::*;
+    match message {
+        ConnectionAck { .. } => "connection_ack",
+        Ping { .. } => "ping",
+        Pong { .. } => "pong",
+        Next { .. } => "next",
+        Error { .. } => "error",
+        Complete { .. } => "complete",
+    }
+}
+
+fn legacy_server_type(message: &legacy_ws::ServerMessage) -> &'static str {
+    use legacy_ws::ServerMessage::*;
+    match message {
+        ConnectionAck => "connection_ack",
+        ConnectionError { .. } => "connection_error",
+        Ka => "ka",
+        Data { .. } => "data",
+        Error { .. } => "error",
+        Complete { .. } => "complete",
+    }
+}
+
+/// The probe reads the `type` of a frame whatever its dialect: an alias is its own type,
+/// never mistaken for the one it stands for.
+fn check_probe_classification(text: &str, canonical: &str) {
+    let written: String = {
+        #[derive(serde::Deserialize)]
+        struct Typed {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        serde_json::from_str::<Typed>(text).unwrap().kind
     };
-    match choice {
-        0 => rng.pick(&["null", "true", "false"]).to_owned(),
-        1 => json_number(rng),
-        2 | 3 => json_string(rng),
-        4 => {
-            let items: Vec<String> = (0..rng.below(4))
-                .map(|_| json_value(rng, depth - 1))
-                .collect();
-            format!("[{}{}]", whitespace(rng), items.join(","))
+    let frame = ProbeFrame::classify(text);
+    if written == canonical {
+        assert_eq!(frame.name(), canonical, "{text:?}");
+    }
+    if matches!(frame, ProbeFrame::Other(_)) {
+        assert!(![
+            "connection_ack",
+            "ka",
+            "ping",
+            "pong",
+            "connection_error",
+            "error"
+        ]
+        .contains(&written.as_str()));
+    }
+    check_probe_frame(text);
+}
+
+// ---------------------------------------------------------------------------------------
+// The probe's handshake rules.
+// ---------------------------------------------------------------------------------------
+
+fn probe_frame() -> impl Strategy<Value = ProbeFrame> {
+    prop_oneof![
+        Just(ProbeFrame::ConnectionAck),
+        Just(ProbeFrame::Ka),
+        Just(ProbeFrame::Ping),
+        Just(ProbeFrame::Pong),
+        Just(ProbeFrame::ConnectionError),
+        Just(ProbeFrame::Error),
+        any::<String>().prop_map(|text| ProbeFrame::classify(&text)),
+        any_frame().prop_map(|text| ProbeFrame::classify(&text)),
+    ]
+}
+
+proptest! {
+    /// Any sequence of frames then a close or a timeout: no panic, and every frame the
+    /// judge asks to send is a graphql-transport-ws client frame.
+    #[test]
+    fn probe_judges_any_sequence(
+        frames in prop::collection::vec(probe_frame(), 0..8),
+        close in any::<u16>(),
+        reason in any::<String>(),
+    ) {
+        let mut judge = HandshakeJudge::new();
+        for frame in &frames {
+            match judge.on_frame(frame) {
+                Step::Send(reply) => {
+                    let decoded = transport_ws::ClientMessage::decode(&reply, usize::MAX);
+                    prop_assert!(decoded.is_ok(), "{}", reply);
+                }
+                Step::Wait => {}
+                Step::Done(_) => break,
+            }
         }
-        _ => json_object(rng, depth - 1),
+        let _ = judge.on_close(close, &reason);
+        let _ = judge.on_timeout();
     }
-}
 
-fn json_object(rng: &mut Rng, depth: usize) -> String {
-    let fields: Vec<String> = (0..rng.below(4))
-        .map(|_| {
-            format!(
-                "{}{}{}:{}{}",
-                whitespace(rng),
-                json_string(rng),
-                whitespace(rng),
-                whitespace(rng),
-                json_value(rng, depth)
-            )
-        })
-        .collect();
-    format!("{{{}}}", fields.join(","))
-}
-
-/// A GraphQL request object, usually valid.
-fn request(rng: &mut Rng) -> String {
-    let mut fields = Vec::new();
-    match rng.below(10) {
-        0 => {}
-        1 => fields.push(format!("\"query\":{}", json_value(rng, 1))),
-        2 => fields.push("\"query\":null".to_owned()),
-        _ => fields.push(format!("\"query\":{}", json_string(rng))),
-    }
-    if rng.chance(50) {
-        let name = match rng.below(4) {
-            0 => "null".to_owned(),
-            1 => "\"\"".to_owned(),
-            _ => json_string(rng),
+    /// A server that behaves as graphql-transport-ws (pings or pongs, never `ka`, before
+    /// its ack, then a pong) is judged graphql-transport-ws; one that behaves as legacy
+    /// (`ka`s, then `ka` or `error` after the ack) is judged legacy.
+    #[test]
+    fn probe_recognises_each_dialect_by_behaviour(
+        transport_before in prop::collection::vec(
+            prop_oneof![Just(ProbeFrame::Ping), Just(ProbeFrame::Pong)],
+            0..3,
+        ),
+        legacy_before in 0..3usize,
+        legacy_answer in prop_oneof![Just(ProbeFrame::Ka), Just(ProbeFrame::Error)],
+        transport_answer in prop_oneof![Just(ProbeFrame::Pong), Just(ProbeFrame::Ping)],
+    ) {
+        let judge_of = |frames: &[ProbeFrame]| {
+            let mut judge = HandshakeJudge::new();
+            frames.iter().map(|f| judge.on_frame(f)).last()
         };
-        fields.push(format!("\"operationName\":{name}"));
-    }
-    for field in ["variables", "extensions"] {
-        if rng.chance(50) {
-            let value = match rng.below(6) {
-                0 => "null".to_owned(),
-                1 => json_value(rng, 2),
-                _ => json_object(rng, 2),
-            };
-            fields.push(format!("\"{field}\":{}{value}", whitespace(rng)));
+        let mut transport = transport_before.clone();
+        transport.extend([ProbeFrame::ConnectionAck, transport_answer]);
+        let speaks = |dialect| Some(Step::Done(Verdict::Speaks(dialect)));
+        prop_assert_eq!(judge_of(&transport), speaks(Subprotocol::GraphqlTransportWs));
+        let mut legacy = vec![ProbeFrame::Ka; legacy_before];
+        legacy.extend([ProbeFrame::ConnectionAck, legacy_answer]);
+        prop_assert_eq!(judge_of(&legacy), speaks(Subprotocol::GraphqlWs));
+        // Acknowledged and silent: legacy, unless only graphql-transport-ws frames came first.
+        let mut judge = HandshakeJudge::new();
+        for frame in transport_before.iter().chain([&ProbeFrame::ConnectionAck]) {
+            judge.on_frame(frame);
         }
-    }
-    if rng.chance(10) {
-        fields.push(format!("\"extra\":{}", json_value(rng, 1)));
-    }
-    shuffle(rng, &mut fields);
-    format!("{{{}}}", fields.join(","))
-}
-
-fn shuffle<T>(rng: &mut Rng, items: &mut [T]) {
-    for i in (1..items.len()).rev() {
-        let j = rng.below(i + 1);
-        items.swap(i, j);
-    }
-}
-
-/// A `{type, id?, payload?}` frame, valid for some decoder most of the time.
-fn structured_frame(rng: &mut Rng) -> String {
-    let mut fields = Vec::new();
-    if !rng.chance(5) {
-        let kind = if rng.chance(5) {
-            json_value(rng, 1)
+        let expected = if transport_before.is_empty() {
+            Subprotocol::GraphqlWs
         } else {
-            format!("\"{}\"", rng.pick(TYPES))
+            Subprotocol::GraphqlTransportWs
         };
-        fields.push(format!("\"type\":{kind}"));
+        prop_assert_eq!(judge.on_timeout(), Verdict::Speaks(expected));
     }
-    match rng.below(10) {
-        0 => {}
-        1 => fields.push(format!("\"id\":{}", json_number(rng))),
-        2 => fields.push(format!(
-            "\"id\":{}",
-            rng.pick(&["null", "true", "\"\"", "[1]", "{}"])
-        )),
-        _ => fields.push(format!("\"id\":{}", json_string(rng))),
+}
+
+// ---------------------------------------------------------------------------------------
+// GraphQL over SSE: requests.
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    #[test]
+    fn request_bodies_round_trip(
+        (request, body) in graphql_request()
+            .prop_flat_map(|r| (Just(r.clone()), request_spelling(&r))),
+    ) {
+        prop_assert_eq!(check_sse_body(body.as_bytes()), Some(request));
     }
-    match rng.below(10) {
-        0 => {}
-        1 => fields.push("\"payload\":null".to_owned()),
-        2 | 3 => fields.push(format!("\"payload\":{}", json_value(rng, 3))),
-        4 => fields.push(format!("\"payload\":{}", json_object(rng, 2))),
-        5 => {
-            let errors: Vec<String> = (0..rng.below(3))
-                .map(|_| format!("{{\"message\":{}}}", json_string(rng)))
-                .collect();
-            let errors = format!("[{}]", errors.join(","));
-            let payload = if rng.chance(50) {
-                errors
-            } else {
-                format!("{{\"errors\":{errors}}}")
-            };
-            fields.push(format!("\"payload\":{payload}"));
+
+    #[test]
+    fn mutated_request_bodies_never_panic(
+        body in graphql_request().prop_flat_map(|r| request_spelling(&r)),
+        edits in mutations(),
+    ) {
+        check_sse_body(mutate(&body, &edits).as_bytes());
+    }
+
+    /// GET parameters as `URLSearchParams` writes them, with unknown parameters around.
+    #[test]
+    fn query_strings_round_trip(
+        request in graphql_request(),
+        extra in prop::collection::vec(
+            (select(&["x", "", "token", "operationId"][..]), any::<String>()),
+            0..3,
+        ),
+    ) {
+        let mut pairs: Vec<(&str, &str)> = sse_client::query_parameters(&request);
+        pairs.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+        prop_assert_eq!(check_sse_query(&query), Some(request));
+        // The first of a repeated parameter wins.
+        if let Some((key, value)) = extra.first() {
+            prop_assert_eq!(sse::query_parameter(&query, key), Some(value.clone()));
         }
-        _ => fields.push(format!("\"payload\":{}{}", whitespace(rng), request(rng))),
     }
-    if rng.chance(10) {
-        fields.push(format!("\"extra\":{}", json_value(rng, 1)));
+
+    /// Raw, as a careless client might send them: nothing panics.
+    #[test]
+    fn careless_query_strings_never_panic(
+        pairs in prop::collection::vec(
+            (select(&["query", "operationName", "variables", "extensions", "x", ""][..]),
+             prop_oneof![json_object(), json_value(), token_soup()]),
+            0..5,
+        ),
+        edits in mutations(),
+    ) {
+        let raw: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        check_sse_query(&mutate(&raw.join("&"), &edits));
     }
-    shuffle(rng, &mut fields);
-    let fields: Vec<String> = fields
+
+    /// `operationId` in single-connection mode: a non-empty string, or a number as its
+    /// text; anything else is no id.
+    #[test]
+    fn single_connection_operation_ids(
+        id in prop_oneof![
+            operation_id().prop_map(|id| (quote(&id), Some(id))),
+            any::<i64>().prop_map(|n| (n.to_string(), Some(n.to_string()))),
+            select(&["\"\"", "null", "true", "[1]", "{}"][..]).prop_map(|t| (t.to_owned(), None)),
+        ],
+        other in json_object(),
+    ) {
+        let (text, expected) = id;
+        let extensions = raw(&format!("{{\"operationId\":{text},\"other\":{other}}}"));
+        prop_assert_eq!(sse::operation_id(Some(&extensions)), expected);
+        let without = raw(&format!("{{\"other\":{other}}}"));
+        prop_assert_eq!(sse::operation_id(Some(&without)), None);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// GraphQL over SSE: events, both modes, read back as a browser and the SSE upstream
+// client read them.
+// ---------------------------------------------------------------------------------------
+
+/// `(event type, data)` of each event in a stream, per the HTML event-stream rules: lines
+/// end in CRLF, LF or CR; `field: value` loses one leading space; data lines join with LF;
+/// a blank line dispatches; comments (`:`) are skipped.
+fn parse_event_stream(stream: &str) -> Vec<(String, String)> {
+    let mut events = Vec::new();
+    let (mut kind, mut data): (String, Vec<String>) = (String::new(), Vec::new());
+    let normalised = stream.replace("\r\n", "\n").replace('\r', "\n");
+    for line in normalised.split('\n') {
+        if line.is_empty() {
+            if !data.is_empty() {
+                let kind = if kind.is_empty() {
+                    "message".to_owned()
+                } else {
+                    std::mem::take(&mut kind)
+                };
+                events.push((kind, data.join("\n")));
+            }
+            data.clear();
+            kind.clear();
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => kind = value.to_owned(),
+            "data" => data.push(value.to_owned()),
+            _ => {}
+        }
+    }
+    events
+}
+
+proptest! {
+    /// Distinct-connections mode: the stream reads back as the event (a terminal error as
+    /// `next` with `{"errors"}` then `complete`), and `sse_client` decodes it as sent.
+    #[test]
+    fn sse_events_read_back(event in event()) {
+        check_sse_event(&event);
+        let stream = sse::encode_event(&event);
+        let events = parse_event_stream(&stream);
+        let decoded: Vec<Event> = events
+            .iter()
+            .map(|(kind, data)| sse_client::decode_event(kind, data, usize::MAX).unwrap().unwrap())
+            .collect();
+        match &event {
+            Event::Next(result) => {
+                prop_assert_eq!(decoded.len(), 1);
+                let Event::Next(read) = &decoded[0] else { panic!("{decoded:?}") };
+                prop_assert_eq!(json(read.as_str()), json(result.as_str()));
+            }
+            Event::Error(errors) => {
+                prop_assert_eq!(decoded.len(), 2);
+                let Event::Next(read) = &decoded[0] else { panic!("{decoded:?}") };
+                let errors = json(errors.as_str());
+                prop_assert_eq!(json(read.as_str()), serde_json::json!({ "errors": errors }));
+                prop_assert_eq!(&decoded[1], &Event::Complete);
+            }
+            Event::Complete => prop_assert_eq!(decoded, vec![Event::Complete]),
+        }
+    }
+
+    /// Single-connection mode: every event carries the operation id, whatever it holds.
+    #[test]
+    fn sse_operation_events_carry_the_id(id in operation_id(), event in event()) {
+        let stream = sse::encode_operation_event(&id, &event);
+        prop_assert!(stream.ends_with("\n\n"));
+        prop_assert!(!stream.contains('\r'), "raw CR in {:?}", stream);
+        let events = parse_event_stream(&stream);
+        let expected: Vec<(&str, Value)> = match &event {
+            Event::Next(result) => {
+                vec![("next", serde_json::json!({"id": id, "payload": json(result.as_str())}))]
+            }
+            Event::Error(errors) => vec![
+                (
+                    "next",
+                    serde_json::json!({"id": id, "payload": {"errors": json(errors.as_str())}}),
+                ),
+                ("complete", serde_json::json!({"id": id})),
+            ],
+            Event::Complete => vec![("complete", serde_json::json!({"id": id}))],
+        };
+        let read: Vec<(&str, Value)> = events.iter().map(|(k, d)| (k.as_str(), json(d))).collect();
+        prop_assert_eq!(read, expected);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The SSE upstream client's rules.
+// ---------------------------------------------------------------------------------------
+
+proptest! {
+    /// `next` data: an object passes untouched (but for whitespace around it), any other
+    /// JSON is an invalid payload, over the limit it is `TooLarge`; `complete` ignores its
+    /// data and unknown event types are skipped.
+    #[test]
+    fn sse_upstream_events(
+        value in json_value(),
+        before in ws(),
+        after in ws(),
+        limit in limit(),
+        kind in "[a-z]{0,8}",
+    ) {
+        let data = format!("{before}{value}{after}");
+        let limit = limit.for_len(data.len());
+        let decoded = sse_client::decode_event("next", &data, limit);
+        if data.len() > limit {
+            prop_assert_eq!(decoded, Err(DecodeError::TooLarge { len: data.len(), limit }));
+        } else if value.starts_with('{') {
+            prop_assert_eq!(decoded, Ok(Some(Event::Next(RawJson::parse(&value).unwrap()))));
+        } else {
+            let is_invalid_payload =
+                matches!(decoded, Err(DecodeError::InvalidPayload { kind: "next", .. }));
+            prop_assert!(is_invalid_payload);
+        }
+        prop_assert_eq!(
+            sse_client::decode_event("complete", &data, limit),
+            Ok(Some(Event::Complete))
+        );
+        if kind != "next" && kind != "complete" {
+            prop_assert_eq!(sse_client::decode_event(&kind, &data, limit), Ok(None));
+        }
+        check_sse_upstream_event(&data, limit);
+    }
+
+    /// Only a 200 event stream is a stream; 408, 429 and 5xx may pass; the rest will not.
+    #[test]
+    fn sse_upstream_response_heads(
+        status in prop_oneof![100..600u16, select(&[200u16, 408, 429, 500, 503][..])],
+        content_type in prop::option::of(prop_oneof![
+            (
+                select(&["text/event-stream", "TEXT/Event-Stream", " text/event-stream "][..]),
+                select(&["", "; charset=utf-8", ";q=1"][..]),
+            )
+                .prop_map(|(media, params)| format!("{media}{params}")),
+            select(&["application/json", "text/plain", "text/event-streams", ""][..])
+                .prop_map(str::to_owned),
+        ]),
+    ) {
+        use sse_client::ResponseVerdict::*;
+        let stream = content_type.as_deref().is_some_and(sse_client::is_event_stream);
+        let expected = match status {
+            200 if stream => EventStream,
+            408 | 429 | 500..=599 => Retryable,
+            _ => Permanent,
+        };
+        prop_assert_eq!(sse_client::classify_response(status, content_type.as_deref()), expected);
+        if let Some(content_type) = &content_type {
+            let media = content_type.split(';').next().unwrap().trim();
+            prop_assert_eq!(
+                sse_client::is_event_stream(content_type),
+                media.eq_ignore_ascii_case("text/event-stream")
+            );
+        }
+    }
+
+    /// Events of at most `limit` bytes, in any line ending, split into any chunks, never
+    /// trip the size guard; one line of more than `limit` bytes always does.
+    #[test]
+    fn sse_size_guard_counts_events_not_chunks(
+        events in prop::collection::vec(
+            (prop::collection::vec("[^\r\n]{1,12}", 1..4), select(&["\n", "\r\n", "\r"][..])),
+            1..6,
+        ),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        slack in 0..4usize,
+    ) {
+        let texts: Vec<(String, &str)> = events
+            .iter()
+            .map(|(lines, ending)| {
+                let text: String = lines.iter().map(|l| format!("{l}{ending}")).collect();
+                (text, *ending)
+            })
+            .collect();
+        let limit = texts.iter().map(|(t, _)| t.len()).max().unwrap() + slack;
+        let stream: String = texts.iter().map(|(t, ending)| format!("{t}{ending}")).collect();
+        let bytes = stream.as_bytes();
+        let mut at: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        at.extend([0, bytes.len()]);
+        at.sort_unstable();
+        let mut guard = sse_client::EventSizeGuard::new(limit);
+        for pair in at.windows(2) {
+            let fed = guard.feed(&bytes[pair[0]..pair[1]]);
+            prop_assert!(fed.is_ok(), "{:?} under limit {}", stream, limit);
+        }
+        let endless = "x".repeat(limit + 1);
+        prop_assert!(sse_client::EventSizeGuard::new(limit).feed(endless.as_bytes()).is_err());
+        check_event_size_guard(bytes, limit);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Apollo multipart subscriptions.
+// ---------------------------------------------------------------------------------------
+
+/// One piece of a multipart body after the opening.
+#[derive(Debug, Clone)]
+enum Piece {
+    Heartbeat,
+    Event(Event),
+    TransportError(RawJson),
+    Closing,
+}
+
+/// The JSON bodies of a multipart body, checking its framing on the way: the opening,
+/// every part with its JSON content type, CRLF delimiters, the close delimiter last. (A
+/// part's JSON may hold bare LFs, from an upstream that pretty-prints; valid JSON cannot
+/// hold a delimiter.)
+fn parse_multipart(body: &str) -> Vec<Value> {
+    let rest = body
+        .strip_prefix(multipart::OPENING)
+        .expect("the opening comes first");
+    let rest = rest
+        .strip_suffix("--\r\n")
+        .expect("the close delimiter comes last");
+    let mut parts: Vec<&str> = rest.split("\r\n--graphql").collect();
+    assert_eq!(
+        parts.pop(),
+        Some(""),
+        "the body ends right after a delimiter: {body:?}"
+    );
+    parts
         .into_iter()
-        .map(|f| format!("{}{f}{}", whitespace(rng), whitespace(rng)))
-        .collect();
-    format!(
-        "{}{{{}}}{}",
-        whitespace(rng),
-        fields.join(","),
-        whitespace(rng)
-    )
-}
-
-/// A token soup: JSON punctuation, keywords and strings in random order.
-fn token_soup(rng: &mut Rng) -> String {
-    const TOKENS: &[&str] = &[
-        "{",
-        "}",
-        "[",
-        "]",
-        ":",
-        ",",
-        "\"type\"",
-        "\"id\"",
-        "\"payload\"",
-        "\"query\"",
-        "\"variables\"",
-        "\"next\"",
-        "\"subscribe\"",
-        "\"start\"",
-        "\"ka\"",
-        "\"1\"",
-        "1",
-        "null",
-        "true",
-        "\"",
-        "\\",
-        " ",
-        "\n",
-        "-",
-        "e",
-        ".",
-        "\u{0}",
-        "é",
-    ];
-    let mut out = String::new();
-    for _ in 0..rng.below(24) {
-        out.push_str(rng.pick(TOKENS));
-    }
-    out
-}
-
-fn random_bytes(rng: &mut Rng) -> Vec<u8> {
-    (0..rng.below(64))
-        .map(|_| (rng.next() & 0xff) as u8)
+        .map(|part| {
+            let json_text = part
+                .strip_prefix("\r\ncontent-type: application/json\r\n\r\n")
+                .unwrap_or_else(|| panic!("part without its head: {part:?}"));
+            json(json_text)
+        })
         .collect()
 }
 
-/// Truncates, duplicates, deletes or replaces a random slice of a frame.
-fn mutate(rng: &mut Rng, text: &str) -> String {
-    let mut bytes = text.as_bytes().to_vec();
-    for _ in 0..=rng.below(3) {
-        if bytes.is_empty() {
-            break;
-        }
-        let at = rng.below(bytes.len());
-        match rng.below(5) {
-            0 => bytes.truncate(at),
-            1 => {
-                bytes.remove(at);
-            }
-            2 => bytes[at] = (rng.next() & 0xff) as u8,
-            3 => {
-                let token = rng.pick(&[
-                    &b"\""[..],
-                    b"{",
-                    b"}",
-                    b",",
-                    b":",
-                    b"\\",
-                    b"null",
-                    b"[",
-                    b"0",
-                ]);
-                bytes.splice(at..at, token.iter().copied());
-            }
-            _ => {
-                let end = (at + rng.below(8)).min(bytes.len());
-                let copy = bytes[at..end].to_vec();
-                bytes.splice(at..at, copy);
-            }
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Some limits under, at and over the text's length.
-fn limit_for(rng: &mut Rng, text: &str) -> usize {
-    match rng.below(5) {
-        0 => rng.below(text.len() + 2),
-        1 => text.len(),
-        _ => usize::MAX,
-    }
-}
-
-/// Per decoder, how many inputs it accepted.
-#[derive(Default, Debug)]
-struct Accepted {
-    transport_client: usize,
-    transport_server: usize,
-    legacy_client: usize,
-    legacy_server: usize,
-    upstream_transport: usize,
-    upstream_legacy: usize,
-    any: usize,
-}
-
-fn run(text: &str, limit: usize, accepted: &mut Accepted) {
-    let tc = check_transport_client(text, limit).is_some();
-    let ts = check_transport_server(text, limit).is_some();
-    let lc = check_legacy_client(text, limit).is_some();
-    let ls = check_legacy_server(text, limit).is_some();
-    let ut = check_upstream(Subprotocol::GraphqlTransportWs, text, limit).is_some();
-    let ul = check_upstream(Subprotocol::GraphqlWs, text, limit).is_some();
-    check_sse_body(text.as_bytes());
-    check_sse_query(text);
-    check_sse_upstream_event(text, limit);
-    check_probe_frame(text);
-    check_event_size_guard(text.as_bytes(), limit.min(text.len() / 2));
-    accepted.transport_client += usize::from(tc);
-    accepted.transport_server += usize::from(ts);
-    accepted.legacy_client += usize::from(lc);
-    accepted.legacy_server += usize::from(ls);
-    accepted.upstream_transport += usize::from(ut);
-    accepted.upstream_legacy += usize::from(ul);
-    accepted.any += usize::from(tc || ts || lc || ls);
-}
-
-#[test]
-fn random_bytes_never_panic() {
-    let mut rng = Rng::new(seed(1));
-    let mut accepted = Accepted::default();
-    for _ in 0..cases() {
-        let bytes = random_bytes(&mut rng);
-        check_sse_body(&bytes);
-        let text = String::from_utf8_lossy(&bytes);
-        let limit = limit_for(&mut rng, &text);
-        run(&text, limit, &mut accepted);
-    }
-}
-
-#[test]
-fn token_soup_never_panics_and_round_trips() {
-    let mut rng = Rng::new(seed(2));
-    let mut accepted = Accepted::default();
-    for _ in 0..cases() {
-        let text = token_soup(&mut rng);
-        let limit = limit_for(&mut rng, &text);
-        run(&text, limit, &mut accepted);
-    }
-}
-
-#[test]
-fn structured_frames_round_trip() {
-    let mut rng = Rng::new(seed(3));
-    let mut accepted = Accepted::default();
-    let n = cases() * 4;
-    for _ in 0..n {
-        let text = structured_frame(&mut rng);
-        run(&text, usize::MAX, &mut accepted);
-    }
-    eprintln!("{n} structured frames, accepted: {accepted:?}");
-    // The generator must actually reach the round-trip checks of every decoder.
-    let floor = n / 100;
-    assert!(accepted.transport_client > floor, "{accepted:?}");
-    assert!(accepted.transport_server > floor, "{accepted:?}");
-    assert!(accepted.legacy_client > floor, "{accepted:?}");
-    assert!(accepted.legacy_server > floor, "{accepted:?}");
-    assert!(accepted.upstream_transport > floor, "{accepted:?}");
-    assert!(accepted.upstream_legacy > floor, "{accepted:?}");
-}
-
-#[test]
-fn mutated_frames_never_panic_and_round_trip() {
-    let mut rng = Rng::new(seed(4));
-    let mut accepted = Accepted::default();
-    for _ in 0..cases() * 2 {
-        let frame = structured_frame(&mut rng);
-        let text = mutate(&mut rng, &frame);
-        let limit = limit_for(&mut rng, &text);
-        run(&text, limit, &mut accepted);
-    }
-}
-
-#[test]
-fn request_bodies_round_trip() {
-    let mut rng = Rng::new(seed(5));
-    let mut ok = 0;
-    let n = cases() * 2;
-    for _ in 0..n {
-        let mut body = request(&mut rng);
-        if rng.chance(20) {
-            body = mutate(&mut rng, &body);
-        }
-        ok += usize::from(check_sse_body(body.as_bytes()).is_some());
-    }
-    assert!(ok > n / 10, "only {ok} of {n} bodies decoded");
-}
-
-#[test]
-fn query_strings_round_trip() {
-    let mut rng = Rng::new(seed(6));
-    let mut ok = 0;
-    let n = cases() * 2;
-    for _ in 0..n {
-        let mut pairs = Vec::new();
-        for _ in 0..rng.below(5) {
-            let key = rng.pick(&[
-                "query",
-                "operationName",
-                "variables",
-                "extensions",
-                "x",
-                "",
-                "query",
-            ]);
-            let value = match rng.below(4) {
-                0 => json_object(&mut rng, 2),
-                1 => json_value(&mut rng, 2),
-                2 => token_soup(&mut rng),
-                _ => request(&mut rng),
-            };
-            pairs.push((key, value));
-        }
-        let text = if rng.chance(70) {
-            // Properly encoded.
-            let mut ser = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &pairs {
-                ser.append_pair(k, v);
-            }
-            ser.finish()
-        } else {
-            // Raw, as a careless client might send it.
-            let raw: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            mutate(&mut rng, &raw.join("&"))
-        };
-        ok += usize::from(check_sse_query(&text).is_some());
-    }
-    assert!(ok > n / 20, "only {ok} of {n} query strings decoded");
-}
-
-/// Known-good frames from the reference libraries stay good under every mutation depth.
-#[test]
-fn reference_frames_and_their_mutations() {
-    const FRAMES: &[&str] = &[
-        r#"{"type":"connection_init","payload":{"authToken":"t"}}"#,
-        r#"{"id":"1","type":"subscribe","payload":{"query":"subscription { t }","variables":{"n":1}}}"#,
-        r#"{"id":"1","type":"next","payload":{"data":{"t":1}}}"#,
-        r#"{"id":"1","type":"error","payload":[{"message":"x"}]}"#,
-        r#"{"id":"1","type":"complete"}"#,
-        r#"{"type":"ping"}"#,
-        r#"{"id":"1","type":"start","payload":{"query":"subscription { t }","variables":{},"operationName":null}}"#,
-        r#"{"id":1,"type":"subscription_end"}"#,
-        r#"{"type":"ka"}"#,
-        r#"{"type":"connection_error","payload":"denied"}"#,
-        r#"{"type":"error","id":"1","payload":{"errors":[{"message":"x"}]}}"#,
-        r#"{"type":"subscription_data","id":"1","payload":{"data":null}}"#,
+fn multipart_body() -> impl Strategy<Value = Vec<Piece>> {
+    let middle = prop_oneof![
+        1 => Just(Piece::Heartbeat),
+        3 => execution_result().prop_map(|r| Piece::Event(Event::Next(r))),
     ];
-    let mut rng = Rng::new(seed(7));
-    let mut accepted = Accepted::default();
-    for frame in FRAMES {
-        run(frame, usize::MAX, &mut accepted);
+    let last = prop_oneof![
+        Just(Piece::Event(Event::Complete)),
+        graphql_errors().prop_map(|e| Piece::Event(Event::Error(e))),
+        graphql_errors().prop_map(Piece::TransportError),
+        Just(Piece::Closing),
+    ];
+    (prop::collection::vec(middle, 0..5), last).prop_map(|(mut pieces, last)| {
+        pieces.push(last);
+        pieces
+    })
+}
+
+proptest! {
+    /// A body built from any parts reads back, part by part, as what was encoded.
+    #[test]
+    fn multipart_bodies_read_back(pieces in multipart_body()) {
+        let mut body = String::from(multipart::OPENING);
+        let mut expected = Vec::new();
+        for piece in &pieces {
+            match piece {
+                Piece::Heartbeat => {
+                    body.push_str(multipart::HEARTBEAT);
+                    expected.push(serde_json::json!({}));
+                }
+                Piece::Event(event) => {
+                    body.push_str(&multipart::encode_event(event));
+                    match event {
+                        Event::Next(r) => {
+                            expected.push(serde_json::json!({"payload": json(r.as_str())}));
+                        }
+                        Event::Error(e) => {
+                            expected.push(serde_json::json!({"payload": {"errors": json(e.as_str())}}));
+                        }
+                        Event::Complete => {}
+                    }
+                }
+                Piece::TransportError(errors) => {
+                    body.push_str(&multipart::encode_transport_error(errors));
+                    let errors = json(errors.as_str());
+                    expected.push(serde_json::json!({"payload": null, "errors": errors}));
+                }
+                Piece::Closing => body.push_str(multipart::CLOSING),
+            }
+        }
+        prop_assert_eq!(parse_multipart(&body), expected);
     }
-    assert_eq!(accepted.any, FRAMES.len());
-    for _ in 0..cases() {
-        let frame = FRAMES[rng.below(FRAMES.len())];
-        let text = mutate(&mut rng, frame);
-        let limit = limit_for(&mut rng, &text);
-        run(&text, limit, &mut accepted);
+
+    /// An `Accept` list asks for multipart subscriptions exactly when one of its ranges is
+    /// `multipart/mixed` with `subscriptionSpec=1.0`, however it is spaced, quoted or cased.
+    #[test]
+    fn multipart_accept_values(
+        others in prop::collection::vec(select(&[
+            "application/json", "*/*", "text/event-stream", "multipart/mixed",
+            "multipart/mixed;deferSpec=20220824", "multipart/mixed;subscriptionSpec=2.0",
+            "application/graphql-response+json;q=0.9",
+        ][..]), 0..3),
+        wanted in prop::option::of((
+            select(&["multipart/mixed", "Multipart/Mixed"][..]),
+            select(&["subscriptionSpec", "subscriptionspec"][..]),
+            select(&["1.0", "\"1.0\""][..]),
+            select(&["", " "][..]),
+            any::<bool>(),
+        )),
+        position in any::<prop::sample::Index>(),
+    ) {
+        let mut ranges: Vec<String> = others.iter().map(|r| (*r).to_owned()).collect();
+        if let Some((essence, name, value, space, boundary_first)) = wanted {
+            let spec = format!("{name}{space}={space}{value}");
+            let boundary = "boundary=\"graphql\"";
+            let params = if boundary_first { format!("{boundary};{space}{spec}") } else { spec };
+            let range = format!("{essence}{space};{space}{params}");
+            ranges.insert(position.index(ranges.len() + 1), range);
+        }
+        let accept = ranges.join(", ");
+        prop_assert_eq!(multipart::accepts_subscriptions(&accept), wanted.is_some(), "{}", accept);
+        let json_range = others.iter().any(|range| {
+            ["application/json", "*/*", "application/graphql-response+json"]
+                .iter()
+                .any(|json| range.starts_with(json))
+        });
+        prop_assert_eq!(multipart::accepts_json(&accept), json_range, "{}", accept);
     }
 }
 
-#[test]
-fn xorshift_is_deterministic() {
-    let a: Vec<u64> = {
-        let mut rng = Rng::new(7);
-        (0..5).map(|_| rng.next()).collect()
-    };
-    let b: Vec<u64> = {
-        let mut rng = Rng::new(7);
-        (0..5).map(|_| rng.next()).collect()
-    };
-    assert_eq!(a, b);
-    assert_ne!(a[0], a[1]);
+// ---------------------------------------------------------------------------------------
+// The server rules of both WebSocket dialects, against a model of the protocol.
+// ---------------------------------------------------------------------------------------
+
+/// What a client does, or the session does to the rules, in one step.
+#[derive(Debug, Clone)]
+enum Action {
+    Init,
+    /// The session acknowledged the init.
+    Ack,
+    Subscribe(&'static str),
+    Complete(&'static str),
+    Ping,
+    /// The operation ended on its own (upstream `complete` or `error`).
+    Finished(&'static str),
+    /// graphql-ws `connection_terminate`.
+    Terminate,
+}
+
+/// Few ids, so they collide; `é` is two bytes and the last is long, for the id limit.
+const IDS: &[&str] = &["1", "2", "3", "é", "a-long-id"];
+
+fn actions() -> impl Strategy<Value = Vec<Action>> {
+    let action = prop_oneof![
+        1 => Just(Action::Init),
+        1 => Just(Action::Ack),
+        4 => select(IDS).prop_map(Action::Subscribe),
+        2 => select(IDS).prop_map(Action::Complete),
+        1 => Just(Action::Ping),
+        1 => select(IDS).prop_map(Action::Finished),
+        1 => Just(Action::Terminate),
+    ];
+    prop::collection::vec(action, 0..24)
+}
+
+fn limits() -> impl Strategy<Value = subplex_protocol::OperationLimits> {
+    (1..4usize, 1..4usize).prop_map(|(max_operations, max_id_bytes)| {
+        subplex_protocol::OperationLimits {
+            max_operations,
+            max_id_bytes,
+        }
+    })
+}
+
+/// The protocol state a client sees: init sent, init acknowledged, running operations.
+#[derive(Debug, Default)]
+struct Model {
+    init: bool,
+    acked: bool,
+    active: std::collections::BTreeSet<&'static str>,
+}
+
+impl Model {
+    /// A `connection_init`: whether it is the first (the only one accepted).
+    fn init(&mut self) -> bool {
+        !std::mem::replace(&mut self.init, true)
+    }
+
+    /// The session acknowledges; only an init that arrived can be acknowledged.
+    fn ack(&mut self) {
+        self.acked |= self.init;
+    }
+
+    fn finished(&mut self, id: &str) {
+        self.active.remove(id);
+    }
+}
+
+proptest! {
+    /// graphql-transport-ws: one init (a second closes 4429), no subscribe before the ack
+    /// (4401), no id twice while running (4409), ids within the limit (4400), operations
+    /// over the limit refused one by one, `complete` of an unknown id ignored; every
+    /// close reason fits a close frame.
+    #[test]
+    fn transport_ws_server_rules_follow_the_protocol(actions in actions(), limits in limits()) {
+        use transport_ws::server::{Accepted, ServerRules, Violation};
+        use transport_ws::ClientMessage;
+        let mut rules = ServerRules::with_limits(limits);
+        let mut model = Model::default();
+        let request = subplex_protocol::GraphqlRequest::new("subscription { t }");
+        for action in actions {
+            let (got, expected) = match action {
+                Action::Init => (
+                    rules.receive(ClientMessage::ConnectionInit { payload: None }),
+                    model
+                        .init()
+                        .then_some(Accepted::Init { payload: None })
+                        .ok_or(Violation::TooManyInit),
+                ),
+                Action::Ack => {
+                    rules.acknowledged();
+                    model.ack();
+                    continue;
+                }
+                Action::Subscribe(id) => {
+                    let expected = if !model.acked {
+                        Err(Violation::SubscribeBeforeAck)
+                    } else if id.len() > limits.max_id_bytes {
+                        Err(Violation::IdTooLong { len: id.len(), limit: limits.max_id_bytes })
+                    } else if model.active.contains(id) {
+                        Err(Violation::DuplicateId { id: id.into() })
+                    } else if model.active.len() >= limits.max_operations {
+                        let message = limits.too_many_operations();
+                        Ok(Accepted::Refused { id: id.into(), message })
+                    } else {
+                        model.active.insert(id);
+                        Ok(Accepted::Subscribe { id: id.into(), request: request.clone() })
+                    };
+                    let payload = request.clone();
+                    (rules.receive(ClientMessage::Subscribe { id: id.into(), payload }), expected)
+                }
+                Action::Complete(id) => {
+                    let expected = if model.active.remove(id) {
+                        Accepted::Complete { id: id.into() }
+                    } else {
+                        Accepted::Ignored
+                    };
+                    (rules.receive(ClientMessage::Complete { id: id.into() }), Ok(expected))
+                }
+                Action::Ping => {
+                    (rules.receive(ClientMessage::Ping { payload: None }), Ok(Accepted::Ping))
+                }
+                Action::Finished(id) => {
+                    rules.finished(id);
+                    model.finished(id);
+                    continue;
+                }
+                // graphql-transport-ws has no terminate message.
+                Action::Terminate => continue,
+            };
+            if let Err(violation) = &got {
+                let (code, reason) = violation.close();
+                prop_assert!([4400, 4401, 4409, 4429].contains(&code), "{:?}", violation);
+                prop_assert!(!reason.is_empty() && reason.len() <= 123, "{:?}", reason);
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(rules.active_operations(), model.active.len());
+            prop_assert_eq!(rules.awaiting_init(), !model.init);
+        }
+    }
+
+    /// Legacy graphql-ws: one init (a second closes the connection), ids within the limit,
+    /// no start before the ack (an error, not a close), a start with a running id replaces
+    /// that operation, operations over the limit refused, `stop` of an unknown id ignored.
+    #[test]
+    fn legacy_ws_server_rules_follow_the_protocol(actions in actions(), limits in limits()) {
+        use legacy_ws::server::{Accepted, ServerRules, Violation};
+        use legacy_ws::ClientMessage;
+        let mut rules = ServerRules::with_limits(limits);
+        let mut model = Model::default();
+        let request = subplex_protocol::GraphqlRequest::new("subscription { t }");
+        for action in actions {
+            let (got, expected) = match action {
+                Action::Init => (
+                    rules.receive(ClientMessage::ConnectionInit { payload: None }),
+                    model
+                        .init()
+                        .then_some(Accepted::Init { payload: None })
+                        .ok_or(Violation::TooManyInit),
+                ),
+                Action::Ack => {
+                    rules.acknowledged();
+                    model.ack();
+                    continue;
+                }
+                Action::Subscribe(id) => {
+                    let replaces = model.active.contains(id);
+                    let expected = if id.len() > limits.max_id_bytes {
+                        Err(Violation::IdTooLong { len: id.len(), limit: limits.max_id_bytes })
+                    } else if !model.acked {
+                        Err(Violation::StartBeforeAck { id: id.into() })
+                    } else if !replaces && model.active.len() >= limits.max_operations {
+                        let message = limits.too_many_operations();
+                        Ok(Accepted::Refused { id: id.into(), message })
+                    } else {
+                        model.active.insert(id);
+                        Ok(Accepted::Start { id: id.into(), request: request.clone(), replaces })
+                    };
+                    let payload = request.clone();
+                    (rules.receive(ClientMessage::Start { id: id.into(), payload }), expected)
+                }
+                Action::Complete(id) => {
+                    let expected = if model.active.remove(id) {
+                        Accepted::Stop { id: id.into() }
+                    } else {
+                        Accepted::Ignored
+                    };
+                    (rules.receive(ClientMessage::Stop { id: id.into() }), Ok(expected))
+                }
+                Action::Terminate => {
+                    (rules.receive(ClientMessage::ConnectionTerminate), Ok(Accepted::Terminate))
+                }
+                Action::Finished(id) => {
+                    rules.finished(id);
+                    model.finished(id);
+                    continue;
+                }
+                // Legacy graphql-ws has no client ping.
+                Action::Ping => continue,
+            };
+            if let Err(violation) = &got {
+                prop_assert_eq!(violation.closes(), *violation == Violation::TooManyInit);
+                prop_assert!(!violation.message().is_empty());
+            }
+            prop_assert_eq!(got, expected);
+            prop_assert_eq!(rules.awaiting_init(), !model.init);
+        }
+    }
+
+    /// Subprotocol negotiation takes the first known name of any offered header value,
+    /// whatever the spacing; GraphQL documents of any text never panic the parser.
+    #[test]
+    fn subprotocol_negotiation_and_documents(
+        offered in prop::collection::vec(
+            prop::collection::vec(
+                select(&["graphql-ws", "graphql-transport-ws", "graphql_ws", "", "x", "GRAPHQL-WS"][..]),
+                0..3,
+            ),
+            0..3,
+        ),
+        space in select(&["", " ", "  "][..]),
+        document in prop_oneof![any::<String>(), token_soup()],
+        name in prop::option::of("[A-Za-z]{1,4}"),
+    ) {
+        let separator = format!("{space},{space}");
+        let values: Vec<String> = offered.iter().map(|tokens| tokens.join(&separator)).collect();
+        let expected = offered.iter().flatten().find_map(|t| Subprotocol::from_wire_name(t));
+        prop_assert_eq!(Subprotocol::negotiate(values.iter().map(String::as_str)), expected);
+        let _ = subplex_protocol::operation_type(&document, name.as_deref());
+    }
 }
