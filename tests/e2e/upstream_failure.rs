@@ -1,6 +1,14 @@
-//! An upstream that dies or is not there: clients get a GraphQL error and completion.
+//! An upstream that restarts, dies or is not there. A restart within the give-up window is
+//! invisible to clients: their operations are resubscribed on a new upstream connection.
+//! Past the window, or when the upstream is unreachable, clients get a GraphQL error and
+//! completion. A dial that fails is made once per security context, with backoff.
 
-use serde_json::Value;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use subplex_tests::ws::RawClient;
 use subplex_tests::*;
 
 fn assert_failure_then_complete(lines: &[Value], code: &str, who: &str) {
@@ -15,10 +23,106 @@ fn assert_failure_then_complete(lines: &[Value], code: &str, who: &str) {
     );
 }
 
+/// The `forever` counters a client saw restart at 1 this many times (once per upstream
+/// subscription that served it).
+fn starts(lines: &[Value]) -> usize {
+    lines
+        .iter()
+        .filter(|l| l["payload"]["data"]["forever"]["n"] == 1)
+        .count()
+}
+
+/// 200 live subscriptions (graphql-ws, subscriptions-transport-ws and graphql-sse clients,
+/// four users) survive a kill and restart of `kind` on the same port.
+async fn restart_is_invisible_to_clients(kind: Upstream) {
+    const CLIENTS: usize = 200;
+    const KINDS: [&str; 3] = ["graphql-ws", "subscriptions-transport-ws", "graphql-sse"];
+    let mut server = NodeServer::start(kind).await;
+    let port = server.port;
+    // max_ms bounds the wait between the server being back and the next dial; the
+    // defaults (100 ms doubling to 5 s) are otherwise in force.
+    let gateway = TestGateway::for_upstream(
+        port,
+        kind.protocol(),
+        "[upstreams.up.reconnect]\nmax_ms = 1000",
+    )
+    .await;
+    let query = "subscription { forever(intervalMs: 1000) { n user } }";
+    let clients = (0..CLIENTS)
+        .map(|i| {
+            client(
+                KINDS[i % KINDS.len()],
+                &gateway.url(),
+                query,
+                &format!("u{}", i % 4),
+            )
+        })
+        .collect();
+    let mut held = HeldClients::subscribe(clients).await;
+    server
+        .wait_for("every subscription live upstream", |c| {
+            c.subscriptions_active == CLIENTS as u64
+        })
+        .await;
+
+    server.kill().await;
+    let restarted = NodeServer::start_on(kind, port).await;
+    let back = Instant::now();
+    for i in 0..CLIENTS {
+        held.wait_until(i, |lines| starts(lines) >= 2).await;
+    }
+    let all_receiving = back.elapsed();
+    assert!(
+        all_receiving < Duration::from_secs(2),
+        "{kind:?}: every client received again only {all_receiving:?} after the restart"
+    );
+
+    // Exactly one upstream subscription per live operation: none lost, none doubled.
+    restarted
+        .wait_for("every operation resubscribed", |c| {
+            c.subscriptions_active == CLIENTS as u64
+        })
+        .await;
+    let counters = restarted.counters();
+    assert_eq!(counters.subscriptions_active, CLIENTS as u64);
+    // One connection per security context, each dialled once after the restart.
+    assert_eq!(counters.connections_open, counters.connections_total);
+
+    // No client saw an error or an end: each client library reports a closed connection
+    // as an error (retries are off in the driver), so none was closed either.
+    for (i, lines) in held.lines().iter().enumerate() {
+        for line in lines {
+            assert_eq!(line["type"], "next", "{kind:?} client {i}: {lines:#?}");
+            assert!(
+                line["payload"]["errors"].is_null(),
+                "{kind:?} client {i}: {lines:#?}"
+            );
+        }
+        assert_eq!(starts(lines), 2, "{kind:?} client {i}: {lines:#?}");
+    }
+    held.stop().await;
+    eprintln!("{kind:?}: {CLIENTS} clients receiving again {all_receiving:?} after the restart");
+}
+
 #[tokio::test]
-async fn killed_upstream_errors_and_completes_every_client() {
+async fn yoga_restart_is_invisible_to_200_clients() {
+    restart_is_invisible_to_clients(Upstream::Yoga).await;
+}
+
+#[tokio::test]
+async fn legacy_restart_is_invisible_to_200_clients() {
+    restart_is_invisible_to_clients(Upstream::Legacy).await;
+}
+
+#[tokio::test]
+async fn killed_upstream_past_the_give_up_window_errors_and_completes_every_client() {
     let mut server = NodeServer::start(Upstream::Yoga).await;
-    let gateway = TestGateway::for_upstream(server.port, "graphql-transport-ws", "").await;
+    let gateway = TestGateway::for_upstream(
+        server.port,
+        "graphql-transport-ws",
+        "[upstreams.up.reconnect]\ngive_up_after_ms = 500",
+    )
+    .await;
     let query = "subscription { forever(intervalMs: 50) { n user } }";
     let clients = CLIENT_KINDS
         .iter()
@@ -28,27 +132,30 @@ async fn killed_upstream_errors_and_completes_every_client() {
 
     server.kill().await;
     for i in 0..CLIENT_KINDS.len() {
-        // Wait for the complete line: it is the last line each client prints.
-        loop {
-            let lines = held.lines();
-            if lines[i]
+        // The complete line is the last line each client prints.
+        held.wait_until(i, |lines| {
+            lines
                 .last()
                 .is_some_and(|l| l["type"] == "complete" || l["type"] == "error")
-            {
-                break;
-            }
-            let seen = lines[i].len();
-            held.wait_events(i, seen + 1).await;
-        }
+        })
+        .await;
     }
     let lines = held.lines();
     for (kind, client_lines) in CLIENT_KINDS.iter().zip(&lines) {
-        assert_failure_then_complete(client_lines, "UPSTREAM_CLOSED", kind);
+        // The server is gone, so the last redial was refused.
+        assert_failure_then_complete(client_lines, "UPSTREAM_UNAVAILABLE", kind);
         let message = client_lines[client_lines.len() - 2]["payload"]["errors"][0]["message"]
             .as_str()
             .unwrap()
             .to_owned();
-        assert!(message.contains("upstream \"up\""), "{message}");
+        assert!(
+            message.starts_with("gave up reconnecting to upstream \"up\" after 5"),
+            "{message}"
+        );
+        assert!(
+            message.contains("last error: could not connect to upstream \"up\""),
+            "{message}"
+        );
     }
     held.stop().await;
 }
@@ -59,6 +166,7 @@ async fn unreachable_upstream_fails_the_operation_and_the_gateway_keeps_serving(
     // Port 9 (discard) on loopback: nothing listens there.
     let gateway = TestGateway::start(&format!(
         "[upstreams.down]\nurl = \"http://127.0.0.1:9/graphql\"\nconnect_timeout_ms = 2000\n\
+         [upstreams.down.reconnect]\ngive_up_after_ms = 300\n\
          [upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
          [[routes]]\npath = \"/down\"\nupstream = \"down\"\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
@@ -79,35 +187,57 @@ async fn unreachable_upstream_fails_the_operation_and_the_gateway_keeps_serving(
 }
 
 #[tokio::test]
-async fn a_restarted_upstream_serves_new_subscriptions() {
-    let mut server = NodeServer::start(Upstream::Yoga).await;
-    let port = server.port;
-    let gateway = TestGateway::for_upstream(port, "graphql-transport-ws", "").await;
-    let query = "subscription { forever(intervalMs: 50) { n user } }";
-    let mut held =
-        HeldClients::subscribe(vec![client("graphql-ws", &gateway.url(), query, "max")]).await;
-
-    server.kill().await;
-    // The client learns of the failure...
-    loop {
-        let lines = held.lines();
-        if lines[0].last().is_some_and(|l| l["type"] == "complete") {
-            break;
+async fn a_burst_of_subscribes_to_a_dead_upstream_dials_one_at_a_time_with_backoff() {
+    // Accepts TCP connections, counts them and drops each at once: every WebSocket
+    // handshake fails like a crashing server's, which is retryable.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dials = Arc::new(AtomicUsize::new(0));
+    let counted = dials.clone();
+    let acceptor = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
         }
-        let seen = lines[0].len();
-        held.wait_events(0, seen + 1).await;
-    }
-    held.stop().await;
-
-    // ...and once the upstream is back on the same port, new subscriptions work again.
-    let restarted = NodeServer::start_on(Upstream::Yoga, port).await;
-    let results = run_clients(vec![client(
-        "graphql-ws",
-        &gateway.url(),
-        "subscription { ticks(count: 2) { n user } }",
-        "max",
-    )])
+    });
+    let gateway = TestGateway::for_upstream(
+        port,
+        "graphql-transport-ws",
+        "[upstreams.up.reconnect]\ninitial_ms = 100\nmax_ms = 5000\ngive_up_after_ms = 1000",
+    )
     .await;
-    assert_eq!(results[0], expected_tick_lines("max", 2));
-    assert_eq!(restarted.counters().connections_total, 1);
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    const BURST: usize = 200;
+    for id in 0..BURST {
+        client
+            .send(json!({ "type": "subscribe", "id": id.to_string(), "payload": { "query": "subscription { a }" } }))
+            .await;
+    }
+    let mut failed = 0;
+    let mut completed = 0;
+    while completed < BURST {
+        let message = client.recv_json().await;
+        match message["type"].as_str() {
+            Some("next") => {
+                assert_eq!(
+                    message["payload"]["errors"][0]["extensions"]["code"],
+                    "UPSTREAM_UNAVAILABLE"
+                );
+                failed += 1;
+            }
+            Some("complete") => completed += 1,
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    assert_eq!(failed, BURST);
+    // One connection task for the security context dials, backs off (100, 200, 400, …
+    // ms bounds, at least half of each) and gives up after 1 s: a handful of dials at
+    // most, not one per subscriber.
+    let dialled = dials.load(Ordering::SeqCst);
+    assert!(
+        (2..=6).contains(&dialled),
+        "{dialled} dials for {BURST} subscribes"
+    );
+    acceptor.abort();
 }

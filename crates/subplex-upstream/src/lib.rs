@@ -11,13 +11,29 @@
 mod connection;
 mod error;
 mod handle;
+pub mod http;
 mod pool;
+mod reconnect;
+mod registry;
 mod security_context;
 mod settings;
 mod subscription;
+mod ws;
 
-pub use error::UpstreamError;
+pub use error::{ConnectCause, UpstreamError};
 pub use pool::{ConnectParams, Pool};
+pub use reconnect::ReconnectSettings;
 pub use security_context::SecurityContext;
 pub use settings::UpstreamSettings;
 pub use subscription::Subscription;
+
+/// Shows a header list by names only, for `Debug` impls: the values are credentials.
+pub(crate) struct HeaderNames<'a>(pub &'a [(::http::HeaderName, ::http::HeaderValue)]);
+
+impl std::fmt::Debug for HeaderNames<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name.as_str()))
+            .finish()
+    }
+}

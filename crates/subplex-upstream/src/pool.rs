@@ -1,16 +1,16 @@
 //! The pool: one upstream connection per security context.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
 use subplex_protocol::{GraphqlRequest, RawJson};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Dial, UpstreamConnection};
 use crate::handle::{SubscribeRefused, UpstreamHandle};
+use crate::registry::Registry;
 use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
 
 /// How often a subscribe may meet a connection that is closing (idle) before giving up.
@@ -34,45 +34,9 @@ impl std::fmt::Debug for ConnectParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectParams")
             .field("key", &self.key)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(name, _)| name.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("headers", &crate::HeaderNames(&self.headers))
             .field("init_payload", &self.init_payload)
             .finish()
-    }
-}
-
-/// State shared between the pool and its connection tasks.
-#[derive(Debug)]
-pub(crate) struct PoolShared {
-    /// Handles only: every connection's state lives in its task.
-    connections: DashMap<SecurityContext, UpstreamHandle>,
-    open_connections: AtomicUsize,
-}
-
-impl PoolShared {
-    /// Removes the entry for `key` if it is still connection `id` (a newer connection for the
-    /// same key may have replaced it).
-    pub fn remove(&self, key: &SecurityContext, id: u64) {
-        self.connections.remove_if(key, |_, handle| handle.id == id);
-    }
-
-    pub fn connection_opened(&self) {
-        self.open_connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn connection_closed(&self) {
-        self.open_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Connections of this upstream currently open, for logs.
-    pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
     }
 }
 
@@ -80,7 +44,7 @@ impl PoolShared {
 #[derive(Debug)]
 pub struct Pool {
     settings: Arc<UpstreamSettings>,
-    shared: Arc<PoolShared>,
+    registry: Arc<Registry>,
     next_connection_id: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -90,10 +54,7 @@ impl Pool {
     pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
         Pool {
             settings: Arc::new(settings),
-            shared: Arc::new(PoolShared {
-                connections: DashMap::new(),
-                open_connections: AtomicUsize::new(0),
-            }),
+            registry: Arc::new(Registry::default()),
             next_connection_id: AtomicU64::new(1),
             shutdown,
         }
@@ -116,19 +77,20 @@ impl Pool {
             match handle.subscribe(request.clone()).await {
                 Ok(subscription) => return Ok(subscription),
                 Err(SubscribeRefused::Failed(error)) => return Err(error),
-                Err(SubscribeRefused::Closing) => self.shared.remove(&params.key, handle.id),
+                Err(SubscribeRefused::Closing) => self.registry.remove(&params.key, handle.id),
             }
         }
         Err(UpstreamError::Connect {
             upstream: self.settings.name.clone(),
             reason: "every connection attempt was closing; try again".into(),
+            cause: crate::error::ConnectCause::Network,
         })
     }
 
     fn handle_for(&self, params: &ConnectParams) -> UpstreamHandle {
         // The entry guard is a shard lock: it is released before any await, and the
         // connection is established inside the spawned task, not here.
-        match self.shared.connections.entry(params.key) {
+        match self.registry.connections.entry(params.key) {
             Entry::Occupied(entry) => entry.get().clone(),
             Entry::Vacant(entry) => {
                 let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +102,7 @@ impl Pool {
                         init_payload: params.init_payload.clone(),
                     },
                     self.settings.clone(),
-                    self.shared.clone(),
+                    self.registry.register(params.key, id),
                     self.shutdown.child_token(),
                 );
                 entry.insert(handle.clone());
@@ -149,9 +111,10 @@ impl Pool {
         }
     }
 
-    /// Upstream connections currently open (connecting, serving or closing).
+    /// Upstream connection tasks currently running (connecting, serving, reconnecting or
+    /// closing).
     pub fn open_connections(&self) -> usize {
-        self.shared.open_connections()
+        self.registry.open_connections()
     }
 }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use subplex_protocol::Subprotocol;
 
+use crate::ReconnectSettings;
+
 /// Everything the upstream layer needs to know about one GraphQL server.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -30,6 +32,8 @@ pub struct UpstreamSettings {
     pub subscriber_queue: usize,
     /// TLS for `wss://` URLs: trusted roots and protocol versions. `None` refuses `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Backoff and give-up window after a retryable failure.
+    pub reconnect: ReconnectSettings,
 }
 
 impl UpstreamSettings {
@@ -47,6 +51,7 @@ impl UpstreamSettings {
             max_message_bytes: 1024 * 1024,
             subscriber_queue: 128,
             tls: None,
+            reconnect: ReconnectSettings::default(),
         }
     }
 }
