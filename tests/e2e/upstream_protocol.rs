@@ -431,6 +431,7 @@ async fn wss_upstream_with_a_private_ca_serves_subscriptions() {
         FakeUpstream::start_tls("graphql-transport-ws", certificates.server.clone()).await;
     let gateway = TestGateway::start(&format!(
         "[upstreams.up]\nurl = \"https://127.0.0.1:{}/graphql\"\ntls_ca_file = {:?}\n\
+         protocol = \"graphql-transport-ws\"\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
         fake.addr.port(),
         ca_file.display().to_string()

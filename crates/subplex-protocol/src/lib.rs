@@ -8,6 +8,8 @@
 //! - [`transport_ws`]: `graphql-transport-ws` (the graphql-ws library).
 //! - [`legacy_ws`]: `graphql-ws` (the legacy subscriptions-transport-ws library, Hasura).
 //! - [`sse`]: GraphQL over Server-Sent Events, distinct-connections mode (graphql-sse, Yoga).
+//! - [`sse_client`]: the same protocol from the client side, toward an SSE upstream.
+//! - [`probe`]: the rules that fingerprint a WebSocket server's dialect by behaviour.
 //! - [`Event`]: the dialect-neutral result every downstream encoder frames from.
 //! - [`UpstreamFrame`]: what a gateway acting as a *client* makes of a server frame, in
 //!   either WebSocket dialect, and [`client`]: the rules such a client follows (waiting
@@ -24,7 +26,9 @@ mod error;
 mod event;
 mod graphql;
 pub mod legacy_ws;
+pub mod probe;
 pub mod sse;
+pub mod sse_client;
 mod subprotocol;
 pub mod transport_ws;
 mod upstream_frame;

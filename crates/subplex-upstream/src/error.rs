@@ -38,6 +38,19 @@ pub enum UpstreamError {
         waited_ms: u64,
         last: Box<UpstreamError>,
     },
+    /// An HTTP upstream (GraphQL over SSE) answered with a status other than 200.
+    #[error("upstream \"{upstream}\" answered HTTP {status}")]
+    HttpStatus { upstream: Arc<str>, status: u16 },
+    /// An HTTP upstream answered 200 with something that is not an event stream: it does
+    /// not serve GraphQL over SSE at this URL.
+    #[error("upstream \"{upstream}\" answered with {content_type}, not text/event-stream")]
+    NotEventStream {
+        upstream: Arc<str>,
+        content_type: String,
+    },
+    /// An event stream ended, or broke, before the operation's `complete`.
+    #[error("upstream \"{upstream}\" ended the event stream before the operation completed{}", reason_suffix(.reason))]
+    StreamCut { upstream: Arc<str>, reason: String },
     #[error("subscription cut off: the client fell more than {queued} events behind")]
     SlowConsumer { queued: usize },
     #[error("the gateway is shutting down")]
@@ -76,9 +89,15 @@ impl UpstreamError {
             UpstreamError::AckTimeout { .. } | UpstreamError::Unresponsive { .. } => {
                 "UPSTREAM_TIMEOUT"
             }
-            UpstreamError::Rejected { .. } => "UPSTREAM_REJECTED",
-            UpstreamError::Closed { .. } => "UPSTREAM_CLOSED",
-            UpstreamError::Protocol { .. } => "UPSTREAM_PROTOCOL_ERROR",
+            UpstreamError::Rejected { .. }
+            | UpstreamError::HttpStatus {
+                status: 401 | 403, ..
+            } => "UPSTREAM_REJECTED",
+            UpstreamError::HttpStatus { .. } if self.is_retryable() => "UPSTREAM_UNAVAILABLE",
+            UpstreamError::Closed { .. } | UpstreamError::StreamCut { .. } => "UPSTREAM_CLOSED",
+            UpstreamError::Protocol { .. }
+            | UpstreamError::HttpStatus { .. }
+            | UpstreamError::NotEventStream { .. } => "UPSTREAM_PROTOCOL_ERROR",
             UpstreamError::GaveUp { last, .. } => last.code(),
             UpstreamError::SlowConsumer { .. } => "SLOW_CONSUMER",
             UpstreamError::ShuttingDown => "SHUTTING_DOWN",
@@ -90,7 +109,8 @@ impl UpstreamError {
     /// invisible to clients until `give_up_after_ms`; the others reach clients at once.
     ///
     /// Retryable: refused, reset, timeouts (connect, ack, keep-alive), closes
-    /// 1001/1006/1011/1012/1013, HTTP 5xx and 429. Permanent: closes 4400/4401/4403 and
+    /// 1001/1006/1011/1012/1013, HTTP 5xx, 408 and 429, an event stream cut short.
+    /// Permanent: closes 4400/4401/4403 and
     /// other deliberate closes, legacy `connection_error`, HTTP 4xx, TLS failures, protocol
     /// violations, and any reason naming an expired or invalid token.
     pub fn is_retryable(&self) -> bool {
@@ -98,17 +118,27 @@ impl UpstreamError {
             UpstreamError::Connect { cause, reason, .. } => {
                 let by_cause = match cause {
                     ConnectCause::Network | ConnectCause::Timeout => true,
-                    ConnectCause::HttpStatus(status) => *status >= 500 || *status == 429,
+                    ConnectCause::HttpStatus(status) => {
+                        subplex_protocol::sse_client::classify_response(*status, None)
+                            == subplex_protocol::sse_client::ResponseVerdict::Retryable
+                    }
                     ConnectCause::Tls | ConnectCause::Invalid => false,
                 };
                 by_cause && !names_credential_problem(reason)
             }
-            UpstreamError::AckTimeout { .. } | UpstreamError::Unresponsive { .. } => true,
+            UpstreamError::AckTimeout { .. }
+            | UpstreamError::Unresponsive { .. }
+            | UpstreamError::StreamCut { .. } => true,
+            UpstreamError::HttpStatus { status, .. } => {
+                subplex_protocol::sse_client::classify_response(*status, None)
+                    == subplex_protocol::sse_client::ResponseVerdict::Retryable
+            }
             UpstreamError::Closed { code, reason, .. } => {
                 close_meaning(*code, reason) == CloseMeaning::Transient
             }
             UpstreamError::Rejected { .. }
             | UpstreamError::Protocol { .. }
+            | UpstreamError::NotEventStream { .. }
             | UpstreamError::GaveUp { .. }
             | UpstreamError::SlowConsumer { .. }
             | UpstreamError::ShuttingDown => false,

@@ -6,22 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use http::HeaderValue;
 use subplex_protocol::client::{ClientFailure, ClientStep, UpstreamRules};
 use subplex_protocol::{GraphqlRequest, Subprotocol};
-use tokio::net::TcpStream;
 use tokio::time::{self, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::connection::Dial;
 use crate::error::ConnectCause;
+use crate::ws_dial::{self, DialError, DialRequest, Socket};
 use crate::{UpstreamError, UpstreamSettings};
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// One established (acknowledged) upstream WebSocket.
 pub(crate) struct WsLink {
@@ -41,57 +36,30 @@ impl WsLink {
         dial: &Dial,
     ) -> Result<WsLink, UpstreamError> {
         let upstream = settings.name.clone();
-        let connect_error = |reason: String, cause: ConnectCause| UpstreamError::Connect {
+        // Dialled by hand (ws_dial.rs), not by tungstenite: a server that selects no
+        // subprotocol, or another one, still gets the chance to speak the configured
+        // dialect; the handshake below is the proof, the selection only a hint.
+        let dialed = ws_dial::dial(DialRequest {
+            url: &settings.ws_url,
+            offered: &[protocol],
+            headers: &dial.headers,
+            tls: settings.tls.as_ref(),
+            max_message_bytes: settings.max_message_bytes,
+            timeout: settings.connect_timeout,
+        })
+        .await
+        .map_err(|err| UpstreamError::Connect {
             upstream: upstream.clone(),
-            reason,
-            cause,
-        };
-        let mut request = settings
-            .ws_url
-            .as_str()
-            .into_client_request()
-            .map_err(|err| connect_error(err.to_string(), ConnectCause::Invalid))?;
-        let headers = request.headers_mut();
-        for (name, value) in &dial.headers {
-            headers.append(name, value.clone());
-        }
-        headers.insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(protocol.wire_name()),
-        );
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(settings.max_message_bytes))
-            .max_frame_size(Some(settings.max_message_bytes));
-
-        if settings.ws_url.scheme() == "wss" && settings.tls.is_none() {
-            return Err(connect_error(
-                "wss:// needs a TLS configuration".into(),
-                ConnectCause::Invalid,
-            ));
-        }
-        let connector = settings
-            .tls
-            .clone()
-            .map(tokio_tungstenite::Connector::Rustls);
-        let connect = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(config),
-            true,
-            connector,
-        );
-        let (socket, _response) = match time::timeout(settings.connect_timeout, connect).await {
-            Err(_) => {
-                return Err(connect_error(
-                    format!(
-                        "no WebSocket handshake within {} ms",
-                        settings.connect_timeout.as_millis()
-                    ),
-                    ConnectCause::Timeout,
-                ))
-            }
-            Ok(Err(err)) => return Err(connect_error(describe(&err), connect_cause(&err))),
-            Ok(Ok(connected)) => connected,
-        };
+            reason: err.to_string(),
+            cause: match err {
+                DialError::Connect(_) => ConnectCause::Network,
+                DialError::TimedOut(_) => ConnectCause::Timeout,
+                DialError::Tls(_) => ConnectCause::Tls,
+                DialError::Refused { status } => ConnectCause::HttpStatus(status),
+                DialError::Invalid(_) => ConnectCause::Invalid,
+            },
+        })?;
+        let socket = dialed.socket;
         let mut link = WsLink {
             socket,
             rules: UpstreamRules::new(),
@@ -273,22 +241,5 @@ fn describe(err: &tungstenite::Error) -> String {
         tungstenite::Error::Tls(tls) => tls.to_string(),
         tungstenite::Error::Capacity(err) => err.to_string(),
         other => other.to_string(),
-    }
-}
-
-/// Whether a failed dial may succeed later (see [`UpstreamError::is_retryable`]).
-fn connect_cause(err: &tungstenite::Error) -> ConnectCause {
-    match err {
-        tungstenite::Error::Http(response) => ConnectCause::HttpStatus(response.status().as_u16()),
-        tungstenite::Error::Tls(_) => ConnectCause::Tls,
-        tungstenite::Error::Io(io)
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
-        {
-            ConnectCause::Tls
-        }
-        tungstenite::Error::Url(_) => ConnectCause::Invalid,
-        _ => ConnectCause::Network,
     }
 }

@@ -40,4 +40,33 @@ pub enum Command {
         #[arg(long)]
         upstream_only: bool,
     },
+    /// Find out which protocol a GraphQL server speaks, and show the evidence.
+    Probe(ProbeArgs),
+}
+
+/// `subplex probe`.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    /// The GraphQL endpoint: http(s):// (the ws(s):// URL is derived from it) or ws(s)://
+    /// (the http(s):// URL for the SSE step is derived from it).
+    pub url: String,
+    /// A header to send with every probe request, as 'name: value'. Repeatable. Values
+    /// are never printed.
+    #[arg(long = "header", short = 'H', value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// The connection_init payload, a JSON object (default {}). Never printed.
+    #[arg(long, value_name = "JSON")]
+    pub init_payload: Option<String>,
+    /// The WebSocket URL, when it is not the derived one.
+    #[arg(long, value_name = "URL")]
+    pub ws_url: Option<String>,
+    /// Method of the GraphQL over SSE step: POST or GET.
+    #[arg(long, default_value = "POST", value_name = "METHOD")]
+    pub sse_method: String,
+    /// Bound of each step (connect, acknowledgement, response), in milliseconds.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+    /// PEM file of extra CA certificates to trust for https/wss, besides Mozilla's roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 mod downstream;
+pub mod probe_command;
 mod routes;
 mod server;
 pub mod telemetry;

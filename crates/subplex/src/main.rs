@@ -8,10 +8,11 @@ use clap::Parser;
 use subplex::cli::{Cli, Command};
 use subplex::config::{Config, ConfigError, RawRoute};
 use subplex::demo::DemoUpstream;
+use subplex::probe_command::{self, ProbeCommandError};
 use subplex::{telemetry, Gateway};
 use tokio_util::sync::CancellationToken;
 
-/// EX_USAGE from sysexits.h: the configuration is wrong.
+/// EX_USAGE from sysexits.h: the configuration (or a command's arguments) is wrong.
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -30,6 +31,17 @@ fn main() -> ExitCode {
             if let Some(config_error) = err.downcast_ref::<ConfigError>() {
                 eprintln!("subplex: {config_error}");
                 return ExitCode::from(EXIT_CONFIG);
+            }
+            match err.downcast_ref::<ProbeCommandError>() {
+                Some(ProbeCommandError::Usage(reason)) => {
+                    eprintln!("subplex probe: {reason}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                Some(ProbeCommandError::NothingWorks(report)) => {
+                    eprintln!("{report}");
+                    return ExitCode::FAILURE;
+                }
+                None => {}
             }
             eprintln!("subplex: {err:#}");
             ExitCode::FAILURE
@@ -58,6 +70,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             upstream_listen,
             upstream_only,
         } => demo(listen, upstream_listen, upstream_only).await,
+        Command::Probe(args) => {
+            println!("{}", probe_command::run(&args).await?);
+            Ok(())
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use subplex_protocol::RawJson;
 use subplex_upstream::http::{HttpClient, HttpSettings};
-use subplex_upstream::{ConnectParams, Pool, SecurityContext};
+use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,7 +27,7 @@ pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub config: UpstreamConfig,
-    pub pool: Pool,
+    pub pool: ProbingPool,
     pub http: HttpClient,
 }
 
@@ -100,7 +100,7 @@ impl GatewayState {
             .map_err(std::io::Error::other)?;
             upstreams.push(Arc::new(Upstream {
                 config: upstream.clone(),
-                pool: Pool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
+                pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
                 http,
             }));
         }

@@ -3,7 +3,7 @@
 //!
 //! Every key is documented here; `docs/configuration.md` mirrors these comments.
 
-mod tls;
+pub(crate) mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -96,9 +96,14 @@ pub struct RawUpstream {
     pub url: String,
     /// WebSocket URL. Default: `url` with http→ws, https→wss.
     pub ws_url: Option<String>,
-    /// `graphql-transport-ws` or `graphql-ws` (legacy). Default `graphql-transport-ws`.
+    /// `auto` (probe the upstream before its first connection), `graphql-transport-ws`,
+    /// `graphql-ws` (legacy) or `sse` (refused until SSE upstreams are built). Default `auto`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
+    /// HTTP method of GraphQL over SSE requests to this upstream (the probe's SSE step):
+    /// `POST` or `GET`. Default `POST`.
+    #[serde(default = "default_sse_method")]
+    pub sse_method: String,
     /// Request header names whose values are hashed into the security context. Default `["authorization"]`.
     #[serde(default = "default_auth_headers")]
     pub security_context: Vec<String>,
@@ -169,7 +174,10 @@ fn default_request_timeout_ms() -> u64 {
 }
 
 fn default_protocol() -> String {
-    "graphql-transport-ws".into()
+    "auto".into()
+}
+fn default_sse_method() -> String {
+    "POST".into()
 }
 fn default_auth_headers() -> Vec<String> {
     vec!["authorization".into()]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use subplex_protocol::Subprotocol;
-use subplex_upstream::{ReconnectSettings, UpstreamSettings};
+use subplex_upstream::{ReconnectSettings, SseMethod, UpstreamProtocol, UpstreamSettings};
 
 use super::{
     Config, CorsConfig, RawConfig, RawCors, RawUpstream, RouteConfig, ServerConfig, UpstreamConfig,
@@ -296,23 +296,36 @@ fn validate_upstream(
         }
         (None, None) => None,
     };
-    let protocol = match raw.protocol.as_str() {
-        "auto" => {
+    let protocol = match UpstreamProtocol::from_config_name(&raw.protocol) {
+        Some(UpstreamProtocol::Sse) => {
             problems.add(
                 key("protocol"),
-                "\"auto\" (probing) is not available yet; set \"graphql-transport-ws\" or \"graphql-ws\"",
+                "\"sse\" is not available yet: subplex can probe an SSE upstream (subplex probe) but cannot carry subscriptions to one; use the upstream's WebSocket endpoint with \"auto\", \"graphql-transport-ws\" or \"graphql-ws\"",
             );
             None
         }
-        other => Subprotocol::from_wire_name(other).or_else(|| {
+        Some(protocol) => Some(protocol),
+        None => {
             problems.add(
                 key("protocol"),
                 format!(
-                    "\"{other}\" is not a protocol; use \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server) or \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura)"
+                    "\"{}\" is not a protocol; use \"auto\" (probe the upstream), \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server) or \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura)",
+                    raw.protocol
                 ),
             );
             None
-        }),
+        }
+    };
+    let sse_method = match raw.sse_method.to_ascii_uppercase().as_str() {
+        "POST" => Some(SseMethod::Post),
+        "GET" => Some(SseMethod::Get),
+        _ => {
+            problems.add(
+                key("sse_method"),
+                format!("\"{}\" is not \"POST\" or \"GET\"", raw.sse_method),
+            );
+            None
+        }
     };
 
     let header_list = |field: &str, names: &[String], problems: &mut Problems, forwarded: bool| {
@@ -392,7 +405,17 @@ fn validate_upstream(
         return None;
     }
     let tls = tls?;
-    let mut settings = UpstreamSettings::new(name, ws_url?, protocol?);
+    let protocol = protocol?;
+    // For "auto" the dialect is a placeholder until the probe replaces it (ProbingPool).
+    let dialect = match protocol {
+        UpstreamProtocol::GraphqlWs => Subprotocol::GraphqlWs,
+        _ => Subprotocol::GraphqlTransportWs,
+    };
+    let http_url = http_url?;
+    let mut settings = UpstreamSettings::new(name, ws_url?, dialect);
+    settings.configured_protocol = protocol;
+    settings.http_url = http_url.clone();
+    settings.sse_method = sse_method?;
     settings.tls = Some(tls.websocket);
     settings.idle_timeout = idle_timeout;
     settings.connect_timeout = connect_timeout;
@@ -404,7 +427,7 @@ fn validate_upstream(
     settings.reconnect = reconnect;
     Some(UpstreamConfig {
         settings,
-        http_url: http_url?,
+        http_url,
         keyed_headers,
         forward_headers,
         request_timeout,
@@ -495,10 +518,41 @@ mod tests {
     }
 
     #[test]
-    fn no_routes_and_auto_protocol_are_explained() {
-        let err = problems("[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"auto\"\n");
+    fn no_routes_and_sse_protocol_are_explained() {
+        let err = problems(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"sse\"\nsse_method = \"PUT\"\n",
+        );
         assert!(err.contains("routes: no routes"), "{err}");
-        assert!(err.contains("upstreams.a.protocol: \"auto\""), "{err}");
+        assert!(
+            err.contains("upstreams.a.protocol: \"sse\" is not available yet"),
+            "{err}"
+        );
+        assert!(
+            err.contains("upstreams.a.sse_method: \"PUT\" is not \"POST\" or \"GET\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn protocol_defaults_to_auto_and_sse_method_to_post() {
+        let text = GOOD.replace("protocol = \"graphql-ws\"\n", "");
+        let config = Config::parse(&text, "gateway.toml").unwrap();
+        let settings = &config.upstreams[0].settings;
+        assert_eq!(
+            settings.configured_protocol,
+            subplex_upstream::UpstreamProtocol::Auto
+        );
+        assert_eq!(settings.sse_method, subplex_upstream::SseMethod::Post);
+        assert_eq!(settings.http_url.as_str(), "http://127.0.0.1:4001/graphql");
+        let text = GOOD.replace(
+            "protocol = \"graphql-ws\"",
+            "protocol = \"auto\"\nsse_method = \"get\"",
+        );
+        let config = Config::parse(&text, "gateway.toml").unwrap();
+        assert_eq!(
+            config.upstreams[0].settings.sse_method,
+            subplex_upstream::SseMethod::Get
+        );
     }
 
     #[test]
