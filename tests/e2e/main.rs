@@ -4,6 +4,7 @@
 mod legacy_ws;
 mod matrix;
 mod multiplexing;
+mod probe;
 mod sse;
 mod transport_ws;
 mod upstream_failure;

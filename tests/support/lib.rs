@@ -140,6 +140,14 @@ pub enum Upstream {
     Legacy,
     /// The same, sending `ka` before `connection_ack` as Hasura does.
     LegacyKaBeforeAck,
+    /// graphql-yoga alone: GraphQL over SSE and plain HTTP, no WebSocket server.
+    YogaSseOnly,
+    /// graphql-sse's own server handler: GraphQL over SSE only.
+    GraphqlSse,
+    /// Yoga + graphql-ws selecting no subprotocol, speaking graphql-transport-ws.
+    LiarSelectsNone,
+    /// Yoga + graphql-ws selecting `graphql-ws` when offered, speaking graphql-transport-ws.
+    LiarSelectsGraphqlWs,
 }
 
 impl Upstream {
@@ -153,8 +161,12 @@ impl Upstream {
     /// The gateway's `protocol` value for this server.
     pub fn protocol(self) -> &'static str {
         match self {
-            Upstream::Yoga | Upstream::Apollo => "graphql-transport-ws",
+            Upstream::Yoga
+            | Upstream::Apollo
+            | Upstream::LiarSelectsNone
+            | Upstream::LiarSelectsGraphqlWs => "graphql-transport-ws",
             Upstream::Legacy | Upstream::LegacyKaBeforeAck => "graphql-ws",
+            Upstream::YogaSseOnly | Upstream::GraphqlSse => "sse",
         }
     }
 
@@ -164,6 +176,10 @@ impl Upstream {
             Upstream::Apollo => ("apollo.mjs", &[]),
             Upstream::Legacy => ("legacy.mjs", &[]),
             Upstream::LegacyKaBeforeAck => ("legacy.mjs", &["--ka-before-ack"]),
+            Upstream::YogaSseOnly => ("yoga.mjs", &["--sse-only"]),
+            Upstream::GraphqlSse => ("graphql-sse.mjs", &[]),
+            Upstream::LiarSelectsNone => ("yoga.mjs", &["--select", "none"]),
+            Upstream::LiarSelectsGraphqlWs => ("yoga.mjs", &["--select", "graphql-ws"]),
         }
     }
 }

@@ -229,6 +229,16 @@ impl fmt::Display for ProbeReport {
     }
 }
 
+/// The steps on one line (`1. …; 2. …`), for a log field.
+pub fn evidence_line(evidence: &[Evidence]) -> String {
+    evidence
+        .iter()
+        .enumerate()
+        .map(|(i, step)| format!("{}. {step}", i + 1))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn write_evidence(f: &mut fmt::Formatter<'_>, evidence: &[Evidence]) -> fmt::Result {
     for (i, step) in evidence.iter().enumerate() {
         write!(f, "\n  {}. {step}", i + 1)?;

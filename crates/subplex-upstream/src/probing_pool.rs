@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::probe::{probe, DetectedProtocol};
+use crate::probe::{evidence_line, probe, DetectedProtocol};
 use crate::{ConnectParams, Pool, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
 /// What the configured or probed protocol allows.
@@ -86,10 +86,10 @@ impl ProbingPool {
         let report = probe(&self.settings, &params.headers, &params.init_payload)
             .await
             .map_err(|error| {
-                warn!(upstream = %name, reason = %error, evidence = %error.detailed(), "protocol probe failed; the next subscription probes again");
+                warn!(upstream = %name, reason = %error, evidence = %evidence_line(&error.evidence), "protocol probe failed; the next subscription probes again");
                 error.to_upstream_error(name)
             })?;
-        info!(upstream = %name, protocol = %report.protocol, evidence = %report, "upstream protocol found by probing");
+        info!(upstream = %name, protocol = %report.protocol, evidence = %evidence_line(&report.evidence), "upstream protocol found by probing");
         Ok(match report.protocol {
             DetectedProtocol::WebSocket(dialect) => {
                 let mut settings = self.settings.clone();

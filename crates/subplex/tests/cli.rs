@@ -110,6 +110,30 @@ fn check_accepts_the_example_config() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 upstreams, 1 routes)"));
 }
 
+/// The address in the first stdout line of `child`, right after `marker`, and the rest of
+/// its stdout, which must stay open: the child dies writing to a closed pipe.
+async fn banner_address(
+    child: &mut tokio::process::Child,
+    marker: &str,
+) -> (
+    String,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(TIMEOUT, stdout.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = banner
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
+        .to_owned();
+    (addr, stdout)
+}
+
 /// The demo serves ticks over WebSocket, and with debug logging on, neither the
 /// Authorization header nor the init payload's secret reaches the logs.
 #[tokio::test]
@@ -128,19 +152,8 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner = tokio::time::timeout(TIMEOUT, stdout.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
     // "subplex demo: gateway on http://ADDR/graphql, ..."
-    let addr = banner
-        .split("gateway on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("unexpected banner: {banner}"))
-        .to_owned();
+    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
 
     let mut request = format!("ws://{addr}/graphql")
         .into_client_request()
@@ -220,4 +233,112 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
             "{secret} leaked into the logs:\n{logs}"
         );
     }
+}
+
+/// `subplex probe` against the demo upstream: the protocol, the steps, the config value,
+/// exit 0; the header value and the init payload appear nowhere, even at debug level.
+#[tokio::test]
+async fn probe_names_the_protocol_and_its_evidence() {
+    let mut upstream = Command::new(BIN)
+        .args([
+            "demo",
+            "--upstream-only",
+            "--upstream-listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // "subplex demo upstream (graphql-transport-ws) on ws://ADDR/graphql"
+    let (addr, _stdout) = banner_address(&mut upstream, "on ws://").await;
+
+    let output = tokio::time::timeout(
+        TIMEOUT,
+        Command::new(BIN)
+            .args([
+                "probe",
+                &format!("http://{addr}/graphql"),
+                "--header",
+                "Authorization: Bearer header-secret-1234",
+                "--init-payload",
+                r#"{"token":"payload-secret-5678"}"#,
+            ])
+            .env("SUBPLEX_LOG", "debug")
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!(
+            "http://{addr}/graphql speaks graphql-transport-ws: WebSocket, graphql-transport-ws (the graphql-ws library)\n\
+             \n\
+             How this was decided:\n  \
+             1. WebSocket upgrade offering graphql-transport-ws, graphql-ws: accepted, server selected \"graphql-transport-ws\"\n  \
+             2. graphql-transport-ws handshake: sent connection_init, and ping after the ack; received connection_ack, pong: confirmed graphql-transport-ws\n\
+             \n\
+             In gateway.toml: protocol = \"graphql-transport-ws\" (or \"auto\", the default, to probe at first use)\n\
+             Sent: headers authorization (values not shown); the given init payload (not shown).\n"
+        )
+    );
+    for secret in ["header-secret-1234", "payload-secret-5678"] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{stdout}\n{stderr}"
+        );
+    }
+}
+
+/// Nothing listening: exit 1 with the reason and the steps tried. Bad arguments: exit 64,
+/// naming the argument but not its value.
+#[tokio::test]
+async fn probe_explains_failures_and_bad_arguments() {
+    // Bind and drop: a port on which nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = std::process::Command::new(BIN)
+        .args(["probe", &format!("http://127.0.0.1:{port}/graphql")])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "http://127.0.0.1:{port}/graphql: no protocol found: the upstream is unreachable: Connection refused"
+        )),
+        "{stderr}"
+    );
+    for step in [
+        "What was tried:\n  1. WebSocket upgrade offering graphql-transport-ws, graphql-ws: failed: Connection refused",
+        "  2. no WebSocket dialect was confirmed: trying GraphQL over SSE\n",
+        "  3. GraphQL over SSE: POST { __typename } with Accept: text/event-stream: failed: Connection refused",
+        "Is the server running, and is the URL right?",
+    ] {
+        assert!(stderr.contains(step), "missing {step:?} in:\n{stderr}");
+    }
+
+    let output = std::process::Command::new(BIN)
+        .args([
+            "probe",
+            "http://127.0.0.1:1/graphql",
+            "--header",
+            "Bearer hunter2",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr,
+        "subplex probe: --header number 1 is not 'name: value'\n"
+    );
 }

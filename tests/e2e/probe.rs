@@ -1,0 +1,436 @@
+//! Probing an upstream's protocol by behaviour (`protocol = "auto"`, `subplex probe`), and
+//! the GraphQL over SSE upstream client, against real servers: Yoga, Apollo Server,
+//! subscriptions-transport-ws (with and without `ka` before the ack), Yoga without a
+//! WebSocket server, graphql-sse's own handler, and two servers that lie in subprotocol
+//! negotiation.
+
+use futures_util::future::join_all;
+use http::{HeaderName, HeaderValue};
+use serde_json::{json, Value};
+use subplex_protocol::probe::Verdict;
+use subplex_protocol::{Event, GraphqlRequest, RawJson, Subprotocol};
+use subplex_tests::*;
+use subplex_upstream::probe::{probe, DetectedProtocol, Evidence, SseOutcome};
+use subplex_upstream::sse::{SseClient, SseOperation};
+use subplex_upstream::{SseMethod, UpstreamError, UpstreamSettings};
+
+const TRANSPORT_WS: Subprotocol = Subprotocol::GraphqlTransportWs;
+const LEGACY: Subprotocol = Subprotocol::GraphqlWs;
+
+fn settings(port: u16, path: &str) -> UpstreamSettings {
+    let ws_url = url::Url::parse(&format!("ws://127.0.0.1:{port}{path}")).unwrap();
+    UpstreamSettings::new("up", ws_url, TRANSPORT_WS)
+}
+
+fn authorization(user: &str) -> Vec<(HeaderName, HeaderValue)> {
+    vec![(
+        HeaderName::from_static("authorization"),
+        HeaderValue::from_str(&format!("Bearer {user}")).unwrap(),
+    )]
+}
+
+fn upgrade(offered: &[Subprotocol], selected: Option<&str>) -> Evidence {
+    Evidence::Upgrade {
+        offered: offered.to_vec(),
+        selected: selected.map(str::to_owned),
+    }
+}
+
+fn handshake(dialect: Subprotocol, received: &[&str], verdict: Verdict) -> Evidence {
+    Evidence::Handshake {
+        dialect,
+        received: received.iter().map(|r| r.to_string()).collect(),
+        verdict,
+    }
+}
+
+fn retry_with(dialect: Subprotocol) -> Evidence {
+    Evidence::Fallback {
+        next: format!("{dialect} on a new connection, offering only {dialect}"),
+        because: "the first handshake was not confirmed".into(),
+    }
+}
+
+fn sse_fallback() -> Evidence {
+    Evidence::Fallback {
+        next: "GraphQL over SSE".into(),
+        because: "no WebSocket dialect was confirmed".into(),
+    }
+}
+
+/// A subscriptions-transport-ws server: ws 7 echoes the first offer, the server closes
+/// 1002 for it, and the legacy handshake on a second connection receives `received`.
+fn legacy_evidence(received: &[&str]) -> Vec<Evidence> {
+    vec![
+        upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-transport-ws")),
+        handshake(
+            TRANSPORT_WS,
+            &["close 1002"],
+            Verdict::WrongDialect {
+                code: 1002,
+                reason: String::new(),
+            },
+        ),
+        retry_with(LEGACY),
+        upgrade(&[LEGACY], Some("graphql-ws")),
+        handshake(LEGACY, received, Verdict::Speaks(LEGACY)),
+    ]
+}
+
+/// What each server is found to speak, and the steps that show it. Every probe connection
+/// is closed afterwards: the server's count of WebSocket connections equals the upgrades.
+#[tokio::test]
+async fn probe_finds_each_server_protocol_by_behaviour() {
+    let both = [TRANSPORT_WS, LEGACY];
+    let confirmed_transport_ws = handshake(
+        TRANSPORT_WS,
+        &["connection_ack", "pong"],
+        Verdict::Speaks(TRANSPORT_WS),
+    );
+    let cases: Vec<(Upstream, DetectedProtocol, Vec<Evidence>)> = vec![
+        (
+            Upstream::Yoga,
+            DetectedProtocol::WebSocket(TRANSPORT_WS),
+            vec![
+                upgrade(&both, Some("graphql-transport-ws")),
+                confirmed_transport_ws.clone(),
+            ],
+        ),
+        (
+            Upstream::Apollo,
+            DetectedProtocol::WebSocket(TRANSPORT_WS),
+            vec![
+                upgrade(&both, Some("graphql-transport-ws")),
+                confirmed_transport_ws.clone(),
+            ],
+        ),
+        (
+            // ws 7 echoes the first offer; subscriptions-transport-ws then closes 1002.
+            Upstream::Legacy,
+            DetectedProtocol::WebSocket(LEGACY),
+            legacy_evidence(&["connection_ack", "ka"]),
+        ),
+        (
+            Upstream::LegacyKaBeforeAck,
+            DetectedProtocol::WebSocket(LEGACY),
+            legacy_evidence(&["ka", "connection_ack", "ka"]),
+        ),
+        (
+            Upstream::LiarSelectsNone,
+            DetectedProtocol::WebSocket(TRANSPORT_WS),
+            vec![upgrade(&both, None), confirmed_transport_ws.clone()],
+        ),
+        (
+            // It selects graphql-ws, answers the ping with pong: the other dialect, so the
+            // probe confirms graphql-transport-ws on a second connection.
+            Upstream::LiarSelectsGraphqlWs,
+            DetectedProtocol::WebSocket(TRANSPORT_WS),
+            vec![
+                upgrade(&both, Some("graphql-ws")),
+                handshake(
+                    LEGACY,
+                    &["connection_ack", "pong"],
+                    Verdict::Speaks(TRANSPORT_WS),
+                ),
+                retry_with(TRANSPORT_WS),
+                upgrade(&[TRANSPORT_WS], Some("graphql-transport-ws")),
+                confirmed_transport_ws.clone(),
+            ],
+        ),
+        (
+            // Yoga answers the upgrade request as a plain GET.
+            Upstream::YogaSseOnly,
+            DetectedProtocol::Sse,
+            vec![
+                Evidence::UpgradeFailed {
+                    offered: both.to_vec(),
+                    status: Some(200),
+                    reason: "HTTP 200 during the WebSocket upgrade".into(),
+                },
+                sse_fallback(),
+                Evidence::Sse {
+                    method: SseMethod::Post,
+                    outcome: SseOutcome::EventStream {
+                        events: vec!["next".into(), "complete".into()],
+                    },
+                },
+            ],
+        ),
+        (
+            Upstream::GraphqlSse,
+            DetectedProtocol::Sse,
+            vec![
+                Evidence::UpgradeFailed {
+                    offered: both.to_vec(),
+                    status: Some(404),
+                    reason: "HTTP 404 during the WebSocket upgrade".into(),
+                },
+                sse_fallback(),
+                Evidence::Sse {
+                    method: SseMethod::Post,
+                    outcome: SseOutcome::EventStream {
+                        events: vec!["next".into(), "complete".into()],
+                    },
+                },
+            ],
+        ),
+    ];
+
+    let servers = join_all(cases.iter().map(|(kind, ..)| NodeServer::start(*kind))).await;
+    let init_payload = RawJson::parse(r#"{"authorization":"Bearer prober"}"#).unwrap();
+    let headers = authorization("prober");
+    let reports = join_all(servers.iter().map(|server| {
+        let settings = settings(server.port, "/graphql");
+        let (headers, init_payload) = (&headers, &init_payload);
+        async move { probe(&settings, headers, init_payload).await }
+    }))
+    .await;
+
+    for ((kind, protocol, evidence), (report, server)) in
+        cases.iter().zip(reports.into_iter().zip(&servers))
+    {
+        let report = report.unwrap_or_else(|err| panic!("{kind:?}: {}", err.detailed()));
+        assert_eq!(&report.protocol, protocol, "{kind:?}: {report}");
+        assert_eq!(&report.evidence, evidence, "{kind:?}: {report}");
+        let upgrades = evidence
+            .iter()
+            .filter(|e| matches!(e, Evidence::Upgrade { .. }))
+            .count() as u64;
+        server
+            .wait_for("every probe connection closed", |c| {
+                c.connections_open == 0 && c.connections_total == upgrades
+            })
+            .await;
+    }
+}
+
+/// With `protocol = "auto"` (the default) the gateway probes each upstream at the first
+/// subscription and then serves it in the dialect found, liars included. The server's
+/// connection count is the probe's connections plus the one shared upstream connection.
+/// An SSE-only upstream is reported to the client as not usable yet.
+#[tokio::test]
+async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
+    // (server, WebSocket connections the probe makes)
+    let cases = [
+        (Upstream::Yoga, 1),
+        (Upstream::LegacyKaBeforeAck, 2),
+        (Upstream::LiarSelectsNone, 1),
+        (Upstream::LiarSelectsGraphqlWs, 2),
+    ];
+    let servers = join_all(cases.iter().map(|(kind, _)| NodeServer::start(*kind))).await;
+    let sse_only = NodeServer::start(Upstream::GraphqlSse).await;
+    let mut config = String::new();
+    for (i, server) in servers.iter().chain([&sse_only]).enumerate() {
+        config.push_str(&format!(
+            "[upstreams.u{i}]\nurl = \"http://127.0.0.1:{}/graphql\"\n[[routes]]\npath = \"/u{i}\"\nupstream = \"u{i}\"\n",
+            server.port
+        ));
+    }
+    let gateway = TestGateway::start(&config).await;
+    let url = |i: usize| format!("http://{}/u{i}", gateway.addr);
+
+    let query = "subscription { ticks(count: 2) { n user } }";
+    let mut clients = Vec::new();
+    for i in 0..cases.len() {
+        // Two clients per upstream, each library once: both share the probed connection.
+        clients.push(client("graphql-ws", &url(i), query, "ann"));
+        clients.push(client("graphql-sse", &url(i), query, "ann"));
+    }
+    let results = run_clients(clients).await;
+    for (i, (kind, _)) in cases.iter().enumerate() {
+        for lines in &results[2 * i..2 * i + 2] {
+            assert_eq!(lines, &expected_tick_lines("ann", 2), "{kind:?}");
+        }
+    }
+    // The graphql-ws and graphql-sse clients of an upstream differ in init payload (the
+    // SSE one is {}), so each has its own upstream connection.
+    for ((kind, probe_connections), server) in cases.iter().zip(&servers) {
+        let counters = server
+            .wait_for("the upstream connections", |c| {
+                c.connections_total == probe_connections + 2
+            })
+            .await;
+        assert_eq!(
+            counters.connections_total,
+            probe_connections + 2,
+            "{kind:?}"
+        );
+    }
+
+    let results = run_clients(vec![client("graphql-ws", &url(cases.len()), query, "ann")]).await;
+    let lines = &results[0];
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let error = &lines[0]["payload"]["errors"][0];
+    assert_eq!(error["extensions"]["code"], "UPSTREAM_PROTOCOL_ERROR");
+    assert_eq!(
+        error["message"],
+        format!(
+            "upstream \"u{}\" broke the protocol: it serves GraphQL over SSE only, and subplex cannot carry subscriptions to an SSE upstream yet",
+            cases.len()
+        )
+    );
+    assert_eq!(lines[1], json!({ "type": "complete" }));
+}
+
+/// Reads an operation to its end: the events as JSON (`next` payloads as they came), and
+/// the error that ended it, if any.
+async fn drain(mut operation: SseOperation) -> (Vec<Value>, Option<UpstreamError>) {
+    let mut events = Vec::new();
+    let read = tokio::time::timeout(EVENT_TIMEOUT, async {
+        while let Some(item) = operation.recv().await {
+            match item {
+                Ok(Event::Next(result)) => events.push(
+                    json!({ "next": serde_json::from_str::<Value>(result.as_str()).unwrap() }),
+                ),
+                Ok(Event::Error(errors)) => events.push(json!({ "error": errors.as_str() })),
+                Ok(Event::Complete) => events.push(json!("complete")),
+                Err(error) => return Some(error),
+            }
+        }
+        None
+    })
+    .await;
+    (events, read.expect("the operation ends within the timeout"))
+}
+
+/// `next` results exactly as the server sent them (an `errors` result included), then
+/// `complete`, over POST and GET, from Yoga and from graphql-sse's own handler.
+#[tokio::test]
+async fn sse_client_yields_the_operation_events_exactly() {
+    for kind in [Upstream::YogaSseOnly, Upstream::GraphqlSse] {
+        let server = NodeServer::start(kind).await;
+        for method in [SseMethod::Post, SseMethod::Get] {
+            let mut settings = settings(server.port, "/graphql");
+            settings.sse_method = method;
+            let client = SseClient::new(settings.into()).unwrap();
+            let mut request =
+                GraphqlRequest::new("subscription Ticks($c: Int!) { ticks(count: $c) { n user } }");
+            request.variables = Some(RawJson::parse(r#"{"c":3}"#).unwrap());
+            request.operation_name = Some("Ticks".into());
+            let operation = client
+                .subscribe(&authorization("sue"), &request)
+                .await
+                .unwrap();
+            let (events, error) = drain(operation).await;
+            assert!(error.is_none(), "{kind:?} {method:?}: {error:?}");
+            let mut expected: Vec<Value> = expected_ticks("sue", 3)
+                .into_iter()
+                .map(|result| json!({ "next": result }))
+                .collect();
+            expected.push(json!("complete"));
+            assert_eq!(events, expected, "{kind:?} {method:?}");
+
+            let failing = GraphqlRequest::new("subscription { failing { n } }");
+            let operation = client.subscribe(&[], &failing).await.unwrap();
+            let (events, error) = drain(operation).await;
+            assert!(error.is_none(), "{kind:?} {method:?}: {error:?}");
+            assert_eq!(
+                events,
+                [
+                    json!({ "next": { "errors": [{
+                        "message": "failing on purpose",
+                        "locations": [{ "line": 1, "column": 16 }],
+                        "path": ["failing"],
+                    }] } }),
+                    json!("complete"),
+                ],
+                "{kind:?} {method:?}"
+            );
+        }
+        server
+            .wait_for("no live subscription", |c| c.subscriptions_active == 0)
+            .await;
+    }
+}
+
+/// Dropping an operation ends its HTTP request, and the server ends the subscription.
+#[tokio::test]
+async fn dropping_an_sse_operation_ends_the_upstream_subscription() {
+    for kind in [Upstream::YogaSseOnly, Upstream::GraphqlSse] {
+        let server = NodeServer::start(kind).await;
+        let client = SseClient::new(settings(server.port, "/graphql").into()).unwrap();
+        let request = GraphqlRequest::new("subscription { forever(intervalMs: 20) { n user } }");
+        let mut operation = client
+            .subscribe(&authorization("tom"), &request)
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(EVENT_TIMEOUT, operation.recv())
+            .await
+            .unwrap();
+        assert!(
+            matches!(first, Some(Ok(Event::Next(_)))),
+            "{kind:?}: {first:?}"
+        );
+        server
+            .wait_for("one live subscription", |c| c.subscriptions_active == 1)
+            .await;
+        drop(operation);
+        server
+            .wait_for("the subscription ended", |c| c.subscriptions_active == 0)
+            .await;
+    }
+}
+
+/// A 4xx is permanent, a stream cut before `complete` and a refused connection are
+/// retryable, an event over `max_message_bytes` is a protocol error.
+#[tokio::test]
+async fn sse_client_classifies_failures() {
+    let mut server = NodeServer::start(Upstream::GraphqlSse).await;
+    let request = GraphqlRequest::new("subscription { forever(intervalMs: 20) { n user } }");
+
+    let client = SseClient::new(settings(server.port, "/nope").into()).unwrap();
+    let error = client.subscribe(&[], &request).await.unwrap_err();
+    assert_eq!(
+        error,
+        UpstreamError::HttpStatus {
+            upstream: "up".into(),
+            status: 404
+        }
+    );
+    assert!(!error.is_retryable());
+    assert_eq!(error.code(), "UPSTREAM_PROTOCOL_ERROR");
+
+    let mut small = settings(server.port, "/graphql");
+    small.max_message_bytes = 16;
+    let client = SseClient::new(small.into()).unwrap();
+    let (events, error) = drain(client.subscribe(&[], &request).await.unwrap()).await;
+    assert!(events.is_empty(), "{events:?}");
+    let error = error.unwrap();
+    assert_eq!(
+        error,
+        UpstreamError::Protocol {
+            upstream: "up".into(),
+            reason: "an event is over the 16 byte limit".into()
+        }
+    );
+    assert!(!error.is_retryable());
+    server
+        .wait_for("the refused stream ended upstream", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
+
+    let port = server.port;
+    let client = SseClient::new(settings(port, "/graphql").into()).unwrap();
+    let mut operation = client.subscribe(&[], &request).await.unwrap();
+    let first = tokio::time::timeout(EVENT_TIMEOUT, operation.recv())
+        .await
+        .unwrap();
+    assert!(matches!(first, Some(Ok(Event::Next(_)))), "{first:?}");
+    server.kill().await;
+    let (_, error) = drain(operation).await;
+    let error = error.expect("a cut stream is an error");
+    assert!(
+        matches!(error, UpstreamError::StreamCut { .. }),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+    assert_eq!(error.code(), "UPSTREAM_CLOSED");
+
+    let error = client.subscribe(&[], &request).await.unwrap_err();
+    assert!(
+        matches!(&error, UpstreamError::Connect { reason, .. } if reason.contains("Connection refused")),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+}
