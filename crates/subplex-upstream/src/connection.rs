@@ -141,6 +141,11 @@ impl UpstreamConnection {
                 match retry {
                     Retry::GiveUp { waited } => break Some(waited),
                     Retry::At(when) => {
+                        self.take_pending();
+                        if self.operations.is_empty() {
+                            // Nobody is waiting for the upstream to come back.
+                            break 'serving Ending::Idle;
+                        }
                         warn!(
                             error = %failure,
                             operations = self.operations.len(),
@@ -198,6 +203,9 @@ impl UpstreamConnection {
             }
             Ending::Shutdown => Some(UpstreamError::ShuttingDown),
             Ending::Failed(error) => {
+                if error.is_protocol_mismatch() {
+                    self.registration.report_protocol_mismatch();
+                }
                 warn!(error = %error, subscribers = self.operations.len(), "upstream connection failed");
                 Some(error)
             }
@@ -222,10 +230,7 @@ impl UpstreamConnection {
     /// nobody is waiting for the upstream to come back.
     async fn wait_until(&mut self, when: Instant) -> Result<(), Ending> {
         loop {
-            self.apply_unsubscribes();
-            while let Ok(Command::Subscribe { request, reply }) = self.commands.try_recv() {
-                self.add_operation(request, reply);
-            }
+            self.take_pending();
             if self.operations.is_empty() {
                 return Err(Ending::Idle);
             }
@@ -243,6 +248,14 @@ impl UpstreamConnection {
                     None => return Err(Ending::Shutdown),
                 },
             }
+        }
+    }
+
+    /// Takes the subscribes queued while no socket was up, and applies the stops.
+    fn take_pending(&mut self) {
+        self.apply_unsubscribes();
+        while let Ok(Command::Subscribe { request, reply }) = self.commands.try_recv() {
+            self.add_operation(request, reply);
         }
     }
 

@@ -146,11 +146,11 @@ impl UpstreamError {
     }
 
     /// Whether the failure says the upstream does not speak the protocol it was addressed
-    /// in (an undecodable frame, or a 4400/4406/1002 close): a probed protocol should be
-    /// probed again.
+    /// in (an undecodable frame, a 4400/4406/1002 close, an SSE request answered with
+    /// something else than an event stream): a probed protocol should be probed again.
     pub fn is_protocol_mismatch(&self) -> bool {
         match self {
-            UpstreamError::Protocol { .. } => true,
+            UpstreamError::Protocol { .. } | UpstreamError::NotEventStream { .. } => true,
             UpstreamError::Closed { code, reason, .. } => {
                 close_meaning(*code, reason) == CloseMeaning::ProtocolMismatch
             }

@@ -25,6 +25,7 @@ mod registry;
 mod security_context;
 mod settings;
 pub mod sse;
+mod sse_operation;
 mod subscription;
 mod ws;
 mod ws_dial;

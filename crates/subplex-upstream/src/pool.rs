@@ -1,4 +1,9 @@
-//! The pool: one upstream connection per security context.
+//! The pool: one upstream connection per security context, whatever the transport.
+//!
+//! Over WebSocket the pool keeps one [`UpstreamConnection`] task per security context,
+//! multiplexing its operations. Over GraphQL over SSE every operation is its own HTTP
+//! request, so each gets its own task ([`SseOperationTask`]); the key still decides the
+//! headers it is sent with. Callers see [`Pool::subscribe`] and [`Subscription`] only.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::connection::{Dial, UpstreamConnection};
 use crate::handle::{SubscribeRefused, UpstreamHandle};
 use crate::registry::Registry;
-use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
+use crate::sse::SseClient;
+use crate::sse_operation::SseOperationTask;
+use crate::{SecurityContext, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
 /// How often a subscribe may meet a connection that is closing (idle) before giving up.
 /// Each retry opens a fresh connection, so more than a couple means something is wrong.
@@ -40,20 +47,38 @@ impl std::fmt::Debug for ConnectParams {
     }
 }
 
+/// How a pool reaches its upstream.
+#[derive(Debug)]
+enum Transport {
+    /// One multiplexed WebSocket per security context, in `settings.protocol`.
+    WebSocket,
+    /// One HTTP request per operation; the client could not be built if `Err`.
+    Sse(Result<SseClient, UpstreamError>),
+}
+
 /// The upstream connections of one upstream, keyed by security context.
 #[derive(Debug)]
 pub struct Pool {
     settings: Arc<UpstreamSettings>,
+    transport: Transport,
     registry: Arc<Registry>,
     next_connection_id: AtomicU64,
     shutdown: CancellationToken,
 }
 
 impl Pool {
-    /// A pool for one upstream. Cancelling `shutdown` closes every connection.
+    /// A pool for one upstream: GraphQL over SSE when `configured_protocol` is `Sse`,
+    /// otherwise WebSocket in `settings.protocol`. Cancelling `shutdown` closes every
+    /// connection.
     pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
+        let settings = Arc::new(settings);
+        let transport = match settings.configured_protocol {
+            UpstreamProtocol::Sse => Transport::Sse(SseClient::new(settings.clone())),
+            _ => Transport::WebSocket,
+        };
         Pool {
-            settings: Arc::new(settings),
+            transport,
+            settings,
             registry: Arc::new(Registry::default()),
             next_connection_id: AtomicU64::new(1),
             shutdown,
@@ -72,6 +97,19 @@ impl Pool {
         params: &ConnectParams,
         request: GraphqlRequest,
     ) -> Result<Subscription, UpstreamError> {
+        if let Transport::Sse(client) = &self.transport {
+            let client = client.clone()?;
+            let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            return Ok(SseOperationTask::spawn(
+                client,
+                params.key,
+                id,
+                params.headers.clone(),
+                request,
+                self.registry.register(params.key, id),
+                self.shutdown.child_token(),
+            ));
+        }
         for _ in 0..MAX_CLOSING_RETRIES {
             let handle = self.handle_for(params);
             match handle.subscribe(request.clone()).await {
@@ -109,6 +147,12 @@ impl Pool {
                 handle
             }
         }
+    }
+
+    /// Whether a connection of this pool failed in a way that says the upstream does not
+    /// speak the pool's protocol (see [`UpstreamError::is_protocol_mismatch`]).
+    pub fn protocol_mismatch_seen(&self) -> bool {
+        self.registry.protocol_mismatch_seen()
     }
 
     /// Upstream connection tasks currently running (connecting, serving, reconnecting or

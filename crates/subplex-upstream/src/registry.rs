@@ -3,7 +3,7 @@
 //! down) and never sees the pool itself, so the dependency runs one way:
 //! `pool` → `connection` → `registry` ← `pool`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -16,6 +16,8 @@ use crate::SecurityContext;
 pub(crate) struct Registry {
     pub connections: DashMap<SecurityContext, UpstreamHandle>,
     open_connections: AtomicUsize,
+    /// Set when a connection failed in a protocol way: a probed protocol is stale.
+    protocol_mismatch: AtomicBool,
 }
 
 impl Registry {
@@ -40,6 +42,10 @@ impl Registry {
     pub fn open_connections(&self) -> usize {
         self.open_connections.load(Ordering::Relaxed)
     }
+
+    pub fn protocol_mismatch_seen(&self) -> bool {
+        self.protocol_mismatch.load(Ordering::Relaxed)
+    }
 }
 
 /// A connection task's place in the registry.
@@ -55,6 +61,14 @@ impl Registration {
     /// the task stops taking subscriptions, so none queues on a closing connection.
     pub fn leave(&self) {
         self.registry.remove(&self.key, self.id);
+    }
+
+    /// Records that this connection failed in a protocol way, for the pool's owner to
+    /// probe again (`protocol = "auto"`).
+    pub fn report_protocol_mismatch(&self) {
+        self.registry
+            .protocol_mismatch
+            .store(true, Ordering::Relaxed);
     }
 
     /// Connection tasks of this upstream currently running, for logs.

@@ -297,13 +297,6 @@ fn validate_upstream(
         (None, None) => None,
     };
     let protocol = match UpstreamProtocol::from_config_name(&raw.protocol) {
-        Some(UpstreamProtocol::Sse) => {
-            problems.add(
-                key("protocol"),
-                "\"sse\" is not available yet: subplex can probe an SSE upstream (subplex probe) but cannot carry subscriptions to one; use the upstream's WebSocket endpoint with \"auto\", \"graphql-transport-ws\" or \"graphql-ws\"",
-            );
-            None
-        }
         Some(protocol) => Some(protocol),
         None => {
             problems.add(
@@ -518,15 +511,12 @@ mod tests {
     }
 
     #[test]
-    fn no_routes_and_sse_protocol_are_explained() {
+    fn no_routes_and_a_bad_sse_method_are_explained() {
         let err = problems(
             "[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"sse\"\nsse_method = \"PUT\"\n",
         );
         assert!(err.contains("routes: no routes"), "{err}");
-        assert!(
-            err.contains("upstreams.a.protocol: \"sse\" is not available yet"),
-            "{err}"
-        );
+        assert!(!err.contains("upstreams.a.protocol"), "{err}");
         assert!(
             err.contains("upstreams.a.sse_method: \"PUT\" is not \"POST\" or \"GET\""),
             "{err}"
