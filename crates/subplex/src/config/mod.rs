@@ -97,10 +97,10 @@ pub struct RawUpstream {
     /// WebSocket URL. Default: `url` with http→ws, https→wss.
     pub ws_url: Option<String>,
     /// `auto` (probe the upstream before its first connection), `graphql-transport-ws`,
-    /// `graphql-ws` (legacy) or `sse` (refused until SSE upstreams are built). Default `auto`.
+    /// `graphql-ws` (legacy) or `sse` (GraphQL over SSE, one request per operation). Default `auto`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
-    /// HTTP method of GraphQL over SSE requests to this upstream (the probe's SSE step):
+    /// HTTP method of GraphQL over SSE requests to this upstream (its operations, and the probe's SSE step):
     /// `POST` or `GET`. Default `POST`.
     #[serde(default = "default_sse_method")]
     pub sse_method: String,

@@ -302,7 +302,7 @@ fn validate_upstream(
             problems.add(
                 key("protocol"),
                 format!(
-                    "\"{}\" is not a protocol; use \"auto\" (probe the upstream), \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server) or \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura)",
+                    "\"{}\" is not a protocol; use \"auto\" (probe the upstream), \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server), \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura) or \"sse\" (GraphQL over SSE)",
                     raw.protocol
                 ),
             );
