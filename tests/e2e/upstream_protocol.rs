@@ -283,6 +283,28 @@ async fn an_outage_past_the_give_up_window_errors_then_completes() {
 }
 
 #[tokio::test]
+async fn shutdown_during_an_outage_is_prompt() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let (gateway, mut client, upstream) = one_live_operation(&mut fake, "").await;
+    // Retryable, and every redial is accepted but never acknowledged: the connection
+    // task is reconnecting, with the default 30 s give-up window ahead of it.
+    upstream.close(1012, "restarting").await;
+    fake.accept().await;
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(gateway.shutdown());
+    match client.recv().await {
+        subplex_tests::ws::Received::Close { code, .. } => assert_eq!(code, 1001),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    shutdown.await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_auth_close_is_not_retried() {
     let mut fake = FakeUpstream::start("graphql-transport-ws").await;
     let (_gateway, mut client, upstream) =
@@ -339,11 +361,14 @@ async fn refused_init_and_garbage_end_operations_with_their_codes() {
     // A refusal is permanent: no redial carried operation 1 anywhere.
     assert!(!fake.has_pending_connection());
 
-    // A new operation opens a new connection; this one answers with garbage.
-    client.send(subscribe("2", "subscription { a }")).await;
+    // A new operation opens a new connection; this one answers with garbage. It carries
+    // operation 2 only: operation 1 was not retried after the refusal.
+    client.send(subscribe("2", "subscription { b }")).await;
     let mut upstream = fake.accept().await;
     upstream.handshake().await;
-    assert_eq!(upstream.recv_json().await["type"], "start");
+    let start = upstream.recv_json().await;
+    assert_eq!(start["type"], "start");
+    assert_eq!(start["payload"]["query"], "subscription { b }");
     upstream.send_text("{\"type\":\"surprise\"}").await;
     let failure = client.recv_json().await;
     assert_eq!(
