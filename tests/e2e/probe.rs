@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use subplex_protocol::probe::Verdict;
 use subplex_protocol::{Event, GraphqlRequest, RawJson, Subprotocol};
 use subplex_tests::*;
-use subplex_upstream::probe::{probe, DetectedProtocol, Evidence, SseOutcome};
+use subplex_upstream::probe::{probe, DetectedProtocol, Evidence, ProbeFailure, SseOutcome};
 use subplex_upstream::sse::{SseClient, SseOperation};
 use subplex_upstream::{SseMethod, UpstreamError, UpstreamSettings};
 
@@ -281,6 +281,133 @@ async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
         .await;
 }
 
+/// An upstream that refuses anonymous callers: the probe reports the refusal at once (no
+/// other dialect, no SSE), succeeds with the credentials, and with `auto` a refused first
+/// probe is not cached: the next client, with credentials, probes again and is served.
+#[tokio::test]
+async fn probe_uses_the_callers_credentials_and_reports_a_refusal() {
+    let server = NodeServer::start(Upstream::YogaRequiringAuth).await;
+    let settings = settings(server.port, "/graphql");
+    let error = probe(&settings, &[], &RawJson::empty_object())
+        .await
+        .unwrap_err();
+    let refusal = "closed with 4403 Forbidden".to_owned();
+    assert_eq!(error.failure, ProbeFailure::Rejected(refusal.clone()));
+    assert_eq!(
+        error.evidence,
+        [
+            upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-transport-ws")),
+            handshake(
+                TRANSPORT_WS,
+                &["close 4403"],
+                Verdict::Rejected { reason: refusal }
+            ),
+        ]
+    );
+    assert_eq!(
+        error.to_upstream_error(&"up".into()).code(),
+        "UPSTREAM_REJECTED"
+    );
+
+    let init_payload = RawJson::parse(r#"{"authorization":"Bearer bo"}"#).unwrap();
+    let report = probe(&settings, &[], &init_payload).await.unwrap();
+    assert_eq!(report.protocol, DetectedProtocol::WebSocket(TRANSPORT_WS));
+    server
+        .wait_for("both probe connections closed", |c| {
+            c.connections_open == 0 && c.connections_total == 2
+        })
+        .await;
+
+    let gateway = TestGateway::for_upstream(server.port, "auto", "").await;
+    let query = "subscription { ticks(count: 2) { n user } }";
+    let anonymous = json!({ "client": "graphql-ws", "url": gateway.url(), "query": query });
+    let results = run_clients(vec![anonymous]).await;
+    let lines = &results[0];
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(
+        lines[0]["payload"]["errors"][0]["message"],
+        "upstream \"up\" refused the connection: closed with 4403 Forbidden"
+    );
+    assert_eq!(
+        lines[0]["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_REJECTED"
+    );
+    assert_eq!(lines[1], json!({ "type": "complete" }));
+    let results = run_clients(vec![client("graphql-ws", &gateway.url(), query, "bo")]).await;
+    assert_eq!(results[0], expected_tick_lines("bo", 2));
+    // Two probes before, then the refused probe, the second probe and the connection.
+    server
+        .wait_for("the gateway's connections", |c| c.connections_total == 5)
+        .await;
+}
+
+/// The timeout branches, with a scripted server: a legacy server that acknowledges and then
+/// says nothing (no `ka`, no answer to the ping) is legacy once `ack_timeout_ms` passes; a
+/// server that never acknowledges in either dialect, and is no SSE server either, is
+/// reported as speaking nothing, with every step.
+#[tokio::test]
+async fn probe_timeouts_decide_silent_servers() {
+    use subplex_tests::fake_upstream::FakeUpstream;
+    let short = |port| {
+        let mut settings = settings(port, "/graphql");
+        settings.ack_timeout = std::time::Duration::from_millis(300);
+        settings
+    };
+
+    let mut silent_legacy = FakeUpstream::start("graphql-ws").await;
+    let settings = short(silent_legacy.addr.port());
+    let probing =
+        tokio::spawn(async move { probe(&settings, &[], &RawJson::empty_object()).await });
+    let mut connection = silent_legacy.accept().await;
+    connection.handshake().await;
+    assert_eq!(connection.recv_json().await, json!({ "type": "ping" }));
+    let report = probing.await.unwrap().unwrap();
+    assert_eq!(report.protocol, DetectedProtocol::WebSocket(LEGACY));
+    assert_eq!(
+        report.evidence,
+        [
+            upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-ws")),
+            handshake(LEGACY, &["connection_ack"], Verdict::Speaks(LEGACY)),
+        ]
+    );
+
+    // It selects graphql-transport-ws whatever is offered, and never answers.
+    let mut mute = FakeUpstream::start("graphql-transport-ws").await;
+    let settings = short(mute.addr.port());
+    let probing =
+        tokio::spawn(async move { probe(&settings, &[], &RawJson::empty_object()).await });
+    let mut first = mute.accept().await;
+    assert_eq!(first.recv_json().await["type"], "connection_init");
+    let mut second = mute.accept().await;
+    assert_eq!(second.recv_json().await["type"], "connection_init");
+    let error = probing.await.unwrap().unwrap_err();
+    assert_eq!(error.failure, ProbeFailure::NoProtocol);
+    assert_eq!(error.evidence.len(), 7, "{}", error.detailed());
+    assert_eq!(
+        error.evidence[..6],
+        [
+            upgrade(&[TRANSPORT_WS, LEGACY], Some("graphql-transport-ws")),
+            handshake(TRANSPORT_WS, &[], Verdict::NoAck),
+            retry_with(LEGACY),
+            upgrade(&[LEGACY], Some("graphql-transport-ws")),
+            handshake(LEGACY, &[], Verdict::NoAck),
+            sse_fallback(),
+        ]
+    );
+    // The fake takes the SSE request for a broken WebSocket upgrade and hangs up.
+    assert!(
+        matches!(
+            &error.evidence[6],
+            Evidence::Sse {
+                method: SseMethod::Post,
+                outcome: SseOutcome::Failed(_)
+            }
+        ),
+        "{}",
+        error.detailed()
+    );
+}
+
 /// Reads an operation to its end: the events as JSON (`next` payloads as they came), and
 /// the error that ended it, if any.
 async fn drain(mut operation: SseOperation) -> (Vec<Value>, Option<UpstreamError>) {
@@ -380,8 +507,9 @@ async fn dropping_an_sse_operation_ends_the_upstream_subscription() {
     }
 }
 
-/// A 4xx is permanent, a stream cut before `complete` and a refused connection are
-/// retryable, an event over `max_message_bytes` is a protocol error.
+/// A 4xx and a 200 that is not an event stream are permanent, a stream cut before
+/// `complete` and a refused connection are retryable, an event over `max_message_bytes`
+/// is a protocol error.
 #[tokio::test]
 async fn sse_client_classifies_failures() {
     let mut server = NodeServer::start(Upstream::GraphqlSse).await;
@@ -398,6 +526,18 @@ async fn sse_client_classifies_failures() {
     );
     assert!(!error.is_retryable());
     assert_eq!(error.code(), "UPSTREAM_PROTOCOL_ERROR");
+
+    // The fixture's counters: a 200 that is not an event stream.
+    let client = SseClient::new(settings(server.port, "/stats").into()).unwrap();
+    let error = client.subscribe(&[], &request).await.unwrap_err();
+    assert_eq!(
+        error,
+        UpstreamError::NotEventStream {
+            upstream: "up".into(),
+            content_type: "application/json".into()
+        }
+    );
+    assert!(!error.is_retryable());
 
     let mut small = settings(server.port, "/graphql");
     small.max_message_bytes = 16;

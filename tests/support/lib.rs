@@ -148,6 +148,8 @@ pub enum Upstream {
     LiarSelectsNone,
     /// Yoga + graphql-ws selecting `graphql-ws` when offered, speaking graphql-transport-ws.
     LiarSelectsGraphqlWs,
+    /// Yoga + graphql-ws refusing anonymous callers: 4403 over WebSocket, 401 over HTTP.
+    YogaRequiringAuth,
 }
 
 impl Upstream {
@@ -163,6 +165,7 @@ impl Upstream {
         match self {
             Upstream::Yoga
             | Upstream::Apollo
+            | Upstream::YogaRequiringAuth
             | Upstream::LiarSelectsNone
             | Upstream::LiarSelectsGraphqlWs => "graphql-transport-ws",
             Upstream::Legacy | Upstream::LegacyKaBeforeAck => "graphql-ws",
@@ -180,6 +183,7 @@ impl Upstream {
             Upstream::GraphqlSse => ("graphql-sse.mjs", &[]),
             Upstream::LiarSelectsNone => ("yoga.mjs", &["--select", "none"]),
             Upstream::LiarSelectsGraphqlWs => ("yoga.mjs", &["--select", "graphql-ws"]),
+            Upstream::YogaRequiringAuth => ("yoga.mjs", &["--require-auth"]),
         }
     }
 }

@@ -54,7 +54,7 @@ impl ProbeFrame {
             Some("pong") => ProbeFrame::Pong,
             Some("connection_error") => ProbeFrame::ConnectionError,
             Some("error") => ProbeFrame::Error,
-            Some(other) => ProbeFrame::Other(other.to_owned()),
+            Some(other) => ProbeFrame::Other(printable_type(other)),
             None => ProbeFrame::Other("(no type)".into()),
         }
     }
@@ -71,6 +71,23 @@ impl ProbeFrame {
             ProbeFrame::Other(kind) => kind,
         }
     }
+}
+
+/// A `type` as evidence shows it: a plain token as is; anything else (empty, spaces,
+/// newlines, control characters) quoted and escaped, so one frame is one readable word on
+/// one log line; at most 40 characters of it.
+fn printable_type(kind: &str) -> String {
+    const MAX: usize = 40;
+    let shown: String = kind.chars().take(MAX).collect();
+    let plain = !shown.is_empty()
+        && shown
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let mut out = if plain { shown } else { format!("{shown:?}") };
+    if kind.chars().count() > MAX {
+        out.push('…');
+    }
+    out
 }
 
 /// What the I/O side does next.
@@ -328,6 +345,19 @@ mod tests {
             Step::Done(Verdict::Unexpected {
                 frame: "(not JSON)".into()
             })
+        );
+        assert_eq!(
+            ProbeFrame::classify(r#"{"type":""}"#),
+            ProbeFrame::Other("\"\"".into())
+        );
+        assert_eq!(
+            ProbeFrame::classify(r#"{"type":"a\nb"}"#),
+            ProbeFrame::Other("\"a\\nb\"".into())
+        );
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(100));
+        assert_eq!(
+            ProbeFrame::classify(&long),
+            ProbeFrame::Other(format!("{}…", "x".repeat(40)))
         );
         let (_, steps) = run(&[r#"{"type":"next","id":"1","payload":{}}"#]);
         assert_eq!(

@@ -408,6 +408,9 @@ fn run(text: &str, limit: usize, accepted: &mut Accepted) {
     let ul = check_upstream(Subprotocol::GraphqlWs, text, limit).is_some();
     check_sse_body(text.as_bytes());
     check_sse_query(text);
+    check_sse_upstream_event(text, limit);
+    check_probe_frame(text);
+    check_event_size_guard(text.as_bytes(), limit.min(text.len() / 2));
     accepted.transport_client += usize::from(tc);
     accepted.transport_server += usize::from(ts);
     accepted.legacy_client += usize::from(lc);

@@ -338,41 +338,33 @@ pub async fn probe(
     let mut reachable = false;
     let both = [Subprotocol::GraphqlTransportWs, Subprotocol::GraphqlWs];
 
-    let mut next_offer: Option<Subprotocol> = None;
-    match attempt(settings, headers, init_payload, &both, None, &mut evidence).await {
-        Attempt::Confirmed(dialect) => {
-            return Ok(report(DetectedProtocol::WebSocket(dialect), evidence))
-        }
-        Attempt::Rejected(reason) => return Err(rejected(reason, evidence)),
-        Attempt::TryDialect(dialect) => {
-            reachable = true;
-            next_offer = Some(dialect);
-        }
-        Attempt::Answered => reachable = true,
-        Attempt::Unreachable => {}
-    }
-    if let Some(dialect) = next_offer {
+    let mut outcome = attempt(settings, headers, init_payload, &both, None, &mut evidence).await;
+    if let Attempt::TryDialect(dialect) = outcome {
+        reachable = true;
         evidence.push(Evidence::Fallback {
             next: format!("{dialect} on a new connection, offering only {dialect}"),
             because: "the first handshake was not confirmed".into(),
         });
-        match attempt(
+        let only = [dialect];
+        outcome = attempt(
             settings,
             headers,
             init_payload,
-            &[dialect],
+            &only,
             Some(dialect),
             &mut evidence,
         )
-        .await
-        {
-            Attempt::Confirmed(dialect) => {
-                return Ok(report(DetectedProtocol::WebSocket(dialect), evidence))
-            }
-            Attempt::Rejected(reason) => return Err(rejected(reason, evidence)),
-            Attempt::TryDialect(_) | Attempt::Answered => reachable = true,
-            Attempt::Unreachable => {}
+        .await;
+    }
+    match outcome {
+        Attempt::Confirmed(dialect) => {
+            return Ok(report(DetectedProtocol::WebSocket(dialect), evidence))
         }
+        Attempt::Rejected(reason) => return Err(rejected(reason, evidence)),
+        // A second attempt that points back at the first dialect contradicts it: neither
+        // is confirmed.
+        Attempt::TryDialect(_) | Attempt::Answered => reachable = true,
+        Attempt::Unreachable => {}
     }
 
     evidence.push(Evidence::Fallback {

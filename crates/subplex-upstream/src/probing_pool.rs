@@ -107,8 +107,13 @@ impl ProbingPool {
 
     async fn resolve(&self, params: &ConnectParams) -> Result<Pool, UpstreamError> {
         let name = &self.settings.name;
-        let report = probe(&self.settings, &params.headers, &params.init_payload)
-            .await
+        let probing = probe(&self.settings, &params.headers, &params.init_payload);
+        let report = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
+            report = probing => report,
+        };
+        let report = report
             .map_err(|error| {
                 warn!(upstream = %name, reason = %error, evidence = %evidence_line(&error.evidence), "protocol probe failed; the next subscription probes again");
                 error.to_upstream_error(name)

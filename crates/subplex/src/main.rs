@@ -1,6 +1,7 @@
 //! The `subplex` binary: parses the command line, starts logging, loads the config and
 //! runs the gateway library until SIGINT/SIGTERM.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -71,7 +72,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             upstream_only,
         } => demo(listen, upstream_listen, upstream_only).await,
         Command::Probe(args) => {
-            println!("{}", probe_command::run(&args).await?);
+            let report = probe_command::run(&args).await?;
+            // Not println!: piped into `head`, a closed stdout is not a reason to panic.
+            let _ = writeln!(std::io::stdout(), "{report}");
             Ok(())
         }
     }

@@ -11,9 +11,10 @@
 #![allow(dead_code)]
 
 use serde::de::IgnoredAny;
+use subplex_protocol::probe::{HandshakeJudge, ProbeFrame, Step};
 use subplex_protocol::{
-    legacy_ws, sse, transport_ws, DecodeError, Event, GraphqlRequest, RawJson, Subprotocol,
-    UpstreamFrame,
+    legacy_ws, sse, sse_client, transport_ws, DecodeError, Event, GraphqlRequest, RawJson,
+    Subprotocol, UpstreamFrame,
 };
 
 /// Re-decoding an encoded frame uses no limit: re-encoding may legitimately grow a frame
@@ -253,20 +254,59 @@ pub fn check_request_round_trip(request: &GraphqlRequest) {
     assert_eq!(&again, request, "GET round trip changed {query:?}");
 }
 
-/// A request as `application/x-www-form-urlencoded` GET parameters.
+/// A request as `application/x-www-form-urlencoded` GET parameters, as the SSE upstream
+/// client sends them.
 pub fn query_string(request: &GraphqlRequest) -> String {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    out.append_pair("query", &request.query);
-    if let Some(name) = &request.operation_name {
-        out.append_pair("operationName", name);
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(sse_client::query_parameters(request))
+        .finish()
+}
+
+/// An SSE upstream's `next` data: over the limit it is `TooLarge`; a result that decodes
+/// is passed on byte for byte, but for the JSON whitespace around it. `complete` always decodes, other event types never do.
+pub fn check_sse_upstream_event(data: &str, limit: usize) -> Option<Event> {
+    let result = sse_client::decode_event("next", data, limit);
+    check_limit(data, limit, &result);
+    check_error_text(&result);
+    if let Ok(decoded) = &result {
+        match decoded {
+            Some(Event::Next(payload)) => {
+                assert_eq!(payload.as_str(), data.trim_matches([' ', '\t', '\n', '\r']))
+            }
+            other => panic!("a next event decoded to {other:?}"),
+        }
     }
-    if let Some(variables) = &request.variables {
-        out.append_pair("variables", variables.as_str());
+    assert_eq!(
+        sse_client::decode_event("complete", data, limit),
+        Ok(Some(Event::Complete))
+    );
+    assert_eq!(sse_client::decode_event("message", data, limit), Ok(None));
+    result.ok().flatten()
+}
+
+/// Any frame, fed to a fresh judge and to an acknowledged one, gives a step without
+/// panicking; what the judge asks to send is always valid JSON.
+pub fn check_probe_frame(text: &str) {
+    let frame = ProbeFrame::classify(text);
+    assert!(!frame.name().is_empty());
+    let mut judge = HandshakeJudge::new();
+    for step in [
+        judge.on_frame(&ProbeFrame::ConnectionAck),
+        judge.on_frame(&frame),
+    ] {
+        if let Step::Send(reply) = step {
+            assert_json(&reply, "probe reply");
+        }
     }
-    if let Some(extensions) = &request.extensions {
-        out.append_pair("extensions", extensions.as_str());
-    }
-    out.finish()
+}
+
+/// The size guard counts the same whatever the chunking: fed whole or byte by byte, it
+/// refuses the input at the same point or not at all.
+pub fn check_event_size_guard(bytes: &[u8], limit: usize) {
+    let whole = sse_client::EventSizeGuard::new(limit).feed(bytes).is_ok();
+    let mut guard = sse_client::EventSizeGuard::new(limit);
+    let split = bytes.iter().all(|byte| guard.feed(&[*byte]).is_ok());
+    assert_eq!(whole, split, "chunking changed the verdict for {bytes:?}");
 }
 
 pub fn check_sse_body(body: &[u8]) -> Option<GraphqlRequest> {
@@ -300,5 +340,8 @@ pub fn check_all(text: &str, limit: usize) -> usize {
     accepted += usize::from(check_upstream(Subprotocol::GraphqlWs, text, limit).is_some());
     accepted += usize::from(check_sse_body(text.as_bytes()).is_some());
     accepted += usize::from(check_sse_query(text).is_some());
+    accepted += usize::from(check_sse_upstream_event(text, limit).is_some());
+    check_probe_frame(text);
+    check_event_size_guard(text.as_bytes(), limit.min(text.len()));
     accepted
 }
