@@ -586,30 +586,46 @@ async fn sse_client_classifies_failures() {
 
 /// The probed protocol is cached, and probed again when the server behind the URL stops
 /// speaking it: Yoga (graphql-transport-ws) is replaced on the same port by a legacy
-/// `graphql-ws` server, and the next subscription is served in the new dialect without
-/// an error.
+/// `graphql-ws` server, and that by graphql-sse's SSE-only handler. Each time the next
+/// subscriptions are served in the new protocol without an error.
 #[tokio::test]
 async fn a_probe_is_redone_when_the_server_behind_the_url_changes_protocol() {
     let mut yoga = NodeServer::start(Upstream::Yoga).await;
     let port = yoga.port;
     let gateway = TestGateway::for_upstream(port, "auto", "").await;
     let query = "subscription { ticks(count: 2) { n user } }";
-    let results = run_clients(vec![client("graphql-ws", &gateway.url(), query, "ann")]).await;
+    // Header credentials: they reach every protocol, SSE included.
+    let client = |kind: &str| {
+        json!({ "client": kind, "url": gateway.url(), "query": query,
+                "headers": { "authorization": "Bearer ann" } })
+    };
+    let results = run_clients(vec![client("graphql-ws")]).await;
     assert_eq!(results[0], expected_tick_lines("ann", 2));
     // The probe's connection and the serving one.
     assert_eq!(yoga.counters().connections_total, 2);
 
     yoga.kill().await;
-    let legacy = NodeServer::start_on(Upstream::Legacy, port).await;
+    let mut legacy = NodeServer::start_on(Upstream::Legacy, port).await;
     let results = run_clients(vec![
-        client("graphql-ws", &gateway.url(), query, "ann"),
-        client("subscriptions-transport-ws", &gateway.url(), query, "ann"),
+        client("graphql-ws"),
+        client("subscriptions-transport-ws"),
     ])
     .await;
     // Only a graphql-ws speaker gets ticks from subscriptions-transport-ws's server.
     assert_eq!(results[0], expected_tick_lines("ann", 2));
     assert_eq!(results[1], expected_tick_lines("ann", 2));
     legacy
+        .wait_for("the operations to end upstream", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
+
+    legacy.kill().await;
+    let sse_only = NodeServer::start_on(Upstream::GraphqlSse, port).await;
+    let results = run_clients(vec![client("graphql-ws"), client("graphql-sse")]).await;
+    assert_eq!(results[0], expected_tick_lines("ann", 2));
+    assert_eq!(results[1], expected_tick_lines("ann", 2));
+    sse_only
         .wait_for("the operations to end upstream", |c| {
             c.subscriptions_active == 0
         })

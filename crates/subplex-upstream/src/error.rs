@@ -147,10 +147,20 @@ impl UpstreamError {
 
     /// Whether the failure says the upstream does not speak the protocol it was addressed
     /// in (an undecodable frame, a 4400/4406/1002 close, an SSE request answered with
-    /// something else than an event stream): a probed protocol should be probed again.
+    /// something else than an event stream, or with 404/405/406/415, a WebSocket upgrade
+    /// answered 2xx/400/404/405/426): a probed protocol should be probed again.
     pub fn is_protocol_mismatch(&self) -> bool {
         match self {
             UpstreamError::Protocol { .. } | UpstreamError::NotEventStream { .. } => true,
+            // What a server answers a GraphQL-over-SSE request when it serves something
+            // else at the URL now.
+            UpstreamError::HttpStatus { status, .. } => matches!(status, 404 | 405 | 406 | 415),
+            // A WebSocket upgrade answered without switching protocols: no WebSocket
+            // endpoint (any more) at the URL.
+            UpstreamError::Connect {
+                cause: ConnectCause::HttpStatus(status),
+                ..
+            } => matches!(status, 200..=299 | 400 | 404 | 405 | 426),
             UpstreamError::Closed { code, reason, .. } => {
                 close_meaning(*code, reason) == CloseMeaning::ProtocolMismatch
             }
@@ -243,6 +253,18 @@ mod tests {
         assert!(closed(1002, "").is_protocol_mismatch());
         assert!(closed(4400, "").is_protocol_mismatch());
         assert!(!closed(1006, "").is_protocol_mismatch());
+        assert!(connect(ConnectCause::HttpStatus(404)).is_protocol_mismatch());
+        assert!(connect(ConnectCause::HttpStatus(200)).is_protocol_mismatch());
+        assert!(!connect(ConnectCause::HttpStatus(503)).is_protocol_mismatch());
+        assert!(!connect(ConnectCause::HttpStatus(401)).is_protocol_mismatch());
+        assert!(!connect(ConnectCause::Network).is_protocol_mismatch());
+        let http = |status| UpstreamError::HttpStatus {
+            upstream: "up".into(),
+            status,
+        };
+        assert!(http(404).is_protocol_mismatch());
+        assert!(!http(500).is_protocol_mismatch());
+        assert!(!http(403).is_protocol_mismatch());
         assert!(UpstreamError::Protocol {
             upstream: "up".into(),
             reason: "x".into()

@@ -100,7 +100,7 @@ impl Pool {
         if let Transport::Sse(client) = &self.transport {
             let client = client.clone()?;
             let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
-            return Ok(SseOperationTask::spawn(
+            return SseOperationTask::start(
                 client,
                 params.key,
                 id,
@@ -108,7 +108,8 @@ impl Pool {
                 request,
                 self.registry.register(params.key, id),
                 self.shutdown.child_token(),
-            ));
+            )
+            .await;
         }
         for _ in 0..MAX_CLOSING_RETRIES {
             let handle = self.handle_for(params);

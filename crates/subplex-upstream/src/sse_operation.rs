@@ -10,7 +10,7 @@
 
 use http::{HeaderName, HeaderValue};
 use subplex_protocol::GraphqlRequest;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
@@ -28,7 +28,10 @@ pub(crate) struct SseOperationTask {
     request: GraphqlRequest,
     subscriber: Subscriber,
     /// Counts this operation as an open upstream connection while it runs.
-    _registration: Registration,
+    registration: Registration,
+    /// Told how the first request went: the stream opened (or is being retried), or a
+    /// permanent failure the caller returns itself, as a refused WebSocket subscribe is.
+    first_outcome: Option<oneshot::Sender<Result<(), UpstreamError>>>,
     shutdown: CancellationToken,
 }
 
@@ -40,8 +43,11 @@ enum Attempt {
 }
 
 impl SseOperationTask {
-    /// Spawns the task; its first request is sent at once.
-    pub fn spawn(
+    /// Spawns the task; its first request is sent at once. Returns once that request was
+    /// answered with an event stream or failed in a retryable way (the operation then
+    /// waits for the upstream); a permanent failure of the first request is returned
+    /// instead, so the caller can react (probe again) before the client sees it.
+    pub async fn start(
         client: SseClient,
         key: SecurityContext,
         id: u64,
@@ -49,26 +55,33 @@ impl SseOperationTask {
         request: GraphqlRequest,
         registration: Registration,
         shutdown: CancellationToken,
-    ) -> Subscription {
+    ) -> Result<Subscription, UpstreamError> {
         // Stops are seen as the subscriber's queue closing; the unsubscribe queue of a
         // WebSocket connection has no use here, so its receiving end is dropped.
         let (unsubscribe, _) = mpsc::unbounded_channel();
         let (subscriber, subscription) =
             subscription::channel(client.settings().subscriber_queue, unsubscribe, id);
         let span = tracing::info_span!(parent: None, "upstream", name = %client.settings().name, ctx = %key, sse_op = id);
+        let (first_outcome, first) = oneshot::channel();
         let task = SseOperationTask {
             client,
             headers,
             request,
             subscriber,
-            _registration: registration,
+            registration,
+            first_outcome: Some(first_outcome),
             shutdown,
         };
         tokio::spawn(task.run().instrument(span));
-        subscription
+        match first.await {
+            Ok(Ok(())) => Ok(subscription),
+            Ok(Err(error)) => Err(error),
+            // The task ended before an answer: only shutdown does that.
+            Err(_) => Err(UpstreamError::ShuttingDown),
+        }
     }
 
-    async fn run(self) {
+    async fn run(mut self) {
         let mut backoff = Backoff::new(self.client.settings().reconnect);
         let mut reopened = false;
         loop {
@@ -77,8 +90,16 @@ impl SseOperationTask {
                 Attempt::Failed(error) => error,
             };
             if !failure.is_retryable() {
+                if let Some(first_outcome) = self.first_outcome.take() {
+                    if failure.is_protocol_mismatch() {
+                        self.registration.report_protocol_mismatch();
+                    }
+                    let _ = first_outcome.send(Err(failure));
+                    return;
+                }
                 return self.fail(failure);
             }
+            self.settled();
             reopened = true;
             let mut retry = backoff.after_failure(Instant::now());
             loop {
@@ -110,7 +131,14 @@ impl SseOperationTask {
     }
 
     /// Sends the request and forwards its events until the stream ends.
-    async fn attempt(&self, backoff: &mut Backoff, reopened: bool) -> Attempt {
+    /// The caller of [`start`](Self::start) may return: the operation is under way.
+    fn settled(&mut self) {
+        if let Some(first_outcome) = self.first_outcome.take() {
+            let _ = first_outcome.send(Ok(()));
+        }
+    }
+
+    async fn attempt(&mut self, backoff: &mut Backoff, reopened: bool) -> Attempt {
         let give_up_at = backoff.give_up_at();
         let opened = tokio::select! {
             biased;
@@ -130,6 +158,7 @@ impl SseOperationTask {
             Err(error) => return Attempt::Failed(error),
         };
         backoff.reset();
+        self.settled();
         if reopened {
             info!("upstream event stream reopened");
         } else {
@@ -170,6 +199,11 @@ impl SseOperationTask {
     }
 
     fn fail(self, error: UpstreamError) {
+        if error.is_protocol_mismatch() {
+            // The upstream no longer answers with an event stream: a probed protocol is
+            // stale, and the next subscriber probes again.
+            self.registration.report_protocol_mismatch();
+        }
         warn!(error = %error, "upstream operation failed");
         self.subscriber.fail(error);
     }
