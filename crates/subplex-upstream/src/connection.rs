@@ -134,6 +134,8 @@ impl UpstreamConnection {
                 break Ending::Failed(failure);
             }
             reconnecting = true;
+            // One warning per outage; each further attempt is a debug line.
+            let outage_begins = backoff.give_up_at().is_none();
             let mut retry = backoff.after_failure(Instant::now());
             // After a wait that reached the give-up instant, give up with the failure that
             // caused the wait rather than dial once more for nothing.
@@ -146,12 +148,13 @@ impl UpstreamConnection {
                             // Nobody is waiting for the upstream to come back.
                             break 'serving Ending::Idle;
                         }
-                        warn!(
-                            error = %failure,
-                            operations = self.operations.len(),
-                            retry_in_ms = (when - Instant::now()).as_millis() as u64,
-                            "upstream connection failed; reconnecting"
-                        );
+                        let retry_in_ms = (when - Instant::now()).as_millis() as u64;
+                        let operations = self.operations.len();
+                        if outage_begins {
+                            warn!(error = %failure, operations, retry_in_ms, "upstream connection failed; reconnecting");
+                        } else {
+                            debug!(error = %failure, operations, retry_in_ms, "reconnect attempt failed");
+                        }
                         if let Err(ending) = self.wait_until(when).await {
                             break 'serving ending;
                         }

@@ -13,7 +13,7 @@ use subplex_protocol::GraphqlRequest;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, warn, Instrument};
 
 use crate::reconnect::{Backoff, Retry};
 use crate::registry::Registration;
@@ -113,7 +113,9 @@ impl SseOperationTask {
                         });
                     }
                     Retry::At(when) => {
-                        warn!(error = %failure, retry_in_ms = (when - Instant::now()).as_millis() as u64, "upstream event stream failed; reopening");
+                        // Debug, not warn: one line per operation would flood the log
+                        // when an upstream with many operations restarts.
+                        debug!(error = %failure, retry_in_ms = (when - Instant::now()).as_millis() as u64, "upstream event stream failed; reopening");
                         tokio::select! {
                             biased;
                             _ = self.shutdown.cancelled() => return self.fail(UpstreamError::ShuttingDown),
@@ -160,7 +162,7 @@ impl SseOperationTask {
         backoff.reset();
         self.settled();
         if reopened {
-            info!("upstream event stream reopened");
+            debug!("upstream event stream reopened");
         } else {
             debug!("operation started");
         }
