@@ -204,29 +204,56 @@ async fn unreachable_upstream_fails_the_operation_and_the_gateway_keeps_serving(
     assert_eq!(results[2], expected_tick_lines("frank", 2));
 }
 
-#[tokio::test]
-async fn a_burst_of_subscribes_to_a_dead_upstream_dials_one_at_a_time_with_backoff() {
-    // Accepts TCP connections, counts them and drops each at once: every WebSocket
-    // handshake fails like a crashing server's, which is retryable.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let dials = Arc::new(AtomicUsize::new(0));
-    let counted = dials.clone();
-    let acceptor = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            drop(socket);
+/// A listener that accepts TCP connections, counts them and drops each at once, as a
+/// crashing server would: every WebSocket handshake or HTTP request to it fails in a
+/// retryable way.
+struct DroppingListener {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DroppingListener {
+    async fn start() -> DroppingListener {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(socket);
+            }
+        });
+        DroppingListener {
+            port,
+            accepted,
+            task,
         }
-    });
+    }
+}
+
+impl Drop for DroppingListener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// 200 subscribes (one client, one security context) to an upstream that drops every
+/// connection, with a 1 s give-up window: every one gets `UPSTREAM_UNAVAILABLE` then
+/// `complete`, after a handful of dials made one at a time (backoff bounds 100, 200,
+/// 400, … ms, each delay at least half its bound), not one dial per subscriber.
+async fn burst_to_a_dead_upstream(protocol: &str) {
+    const BURST: usize = 200;
+    let dead = DroppingListener::start().await;
     let gateway = TestGateway::for_upstream(
-        port,
-        "graphql-transport-ws",
+        dead.port,
+        protocol,
         "[upstreams.up.reconnect]\ninitial_ms = 100\nmax_ms = 5000\ngive_up_after_ms = 1000",
     )
     .await;
     let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
     client.init(json!({})).await;
-    const BURST: usize = 200;
     for id in 0..BURST {
         client
             .send(json!({ "type": "subscribe", "id": id.to_string(), "payload": { "query": "subscription { a }" } }))
@@ -239,23 +266,31 @@ async fn a_burst_of_subscribes_to_a_dead_upstream_dials_one_at_a_time_with_backo
         match message["type"].as_str() {
             Some("next") => {
                 assert_eq!(
-                    message["payload"]["errors"][0]["extensions"]["code"],
-                    "UPSTREAM_UNAVAILABLE"
+                    message["payload"]["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE",
+                    "{protocol}: {message}"
                 );
                 failed += 1;
             }
             Some("complete") => completed += 1,
-            _ => panic!("unexpected {message}"),
+            _ => panic!("{protocol}: unexpected {message}"),
         }
     }
-    assert_eq!(failed, BURST);
-    // One connection task for the security context dials, backs off (100, 200, 400, …
-    // ms bounds, at least half of each) and gives up after 1 s: a handful of dials at
-    // most, not one per subscriber.
-    let dialled = dials.load(Ordering::SeqCst);
+    assert_eq!(failed, BURST, "{protocol}");
+    let dialled = dead.accepted.load(Ordering::SeqCst);
     assert!(
         (2..=6).contains(&dialled),
-        "{dialled} dials for {BURST} subscribes"
+        "{protocol}: {dialled} dials for {BURST} subscribes"
     );
-    acceptor.abort();
+}
+
+#[tokio::test]
+async fn a_burst_of_subscribes_to_a_dead_upstream_dials_one_at_a_time_with_backoff() {
+    burst_to_a_dead_upstream("graphql-transport-ws").await;
+}
+
+/// The same over GraphQL over SSE, where each operation is its own request: the
+/// operations of the upstream take turns while it is not known to answer.
+#[tokio::test]
+async fn a_burst_of_sse_operations_to_a_dead_upstream_is_one_request_at_a_time() {
+    burst_to_a_dead_upstream("sse").await;
 }

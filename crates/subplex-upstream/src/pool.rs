@@ -17,7 +17,7 @@ use crate::connection::{Dial, UpstreamConnection};
 use crate::handle::{SubscribeRefused, UpstreamHandle};
 use crate::registry::Registry;
 use crate::sse::SseClient;
-use crate::sse_operation::SseOperationTask;
+use crate::sse_operation::{SseGate, SseOperationTask};
 use crate::{SecurityContext, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
 /// How often a subscribe may meet a connection that is closing (idle) before giving up.
@@ -52,8 +52,9 @@ impl std::fmt::Debug for ConnectParams {
 enum Transport {
     /// One multiplexed WebSocket per security context, in `settings.protocol`.
     WebSocket,
-    /// One HTTP request per operation; the client could not be built if `Err`.
-    Sse(Result<SseClient, UpstreamError>),
+    /// One HTTP request per operation; the client could not be built if `Err`. The gate
+    /// makes the operations wait out an outage together.
+    Sse(Result<SseClient, UpstreamError>, Arc<SseGate>),
 }
 
 /// The upstream connections of one upstream, keyed by security context.
@@ -73,7 +74,10 @@ impl Pool {
     pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
         let settings = Arc::new(settings);
         let transport = match settings.configured_protocol {
-            UpstreamProtocol::Sse => Transport::Sse(SseClient::new(settings.clone())),
+            UpstreamProtocol::Sse => Transport::Sse(
+                SseClient::new(settings.clone()),
+                Arc::new(SseGate::new(settings.reconnect)),
+            ),
             _ => Transport::WebSocket,
         };
         Pool {
@@ -97,11 +101,12 @@ impl Pool {
         params: &ConnectParams,
         request: GraphqlRequest,
     ) -> Result<Subscription, UpstreamError> {
-        if let Transport::Sse(client) = &self.transport {
+        if let Transport::Sse(client, gate) = &self.transport {
             let client = client.clone()?;
             let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
             return SseOperationTask::start(
                 client,
+                gate.clone(),
                 params.key,
                 id,
                 params.headers.clone(),
