@@ -93,7 +93,14 @@ async fn heartbeats_fill_idle_time() {
 
 #[tokio::test]
 async fn an_upstream_failure_is_a_transport_error_then_the_end() {
-    let (mut server, gateway) = yoga_behind_gateway().await;
+    let mut server = NodeServer::start(Upstream::Yoga).await;
+    // A short give-up window: within it the gateway would reconnect, unseen by the client.
+    let gateway = TestGateway::for_upstream(
+        server.port,
+        "graphql-transport-ws",
+        "[upstreams.up.reconnect]\ngive_up_after_ms = 300",
+    )
+    .await;
     let http = Client::new();
     let response = post(
         &http,
@@ -118,7 +125,14 @@ async fn an_upstream_failure_is_a_transport_error_then_the_end() {
     let last: Value = serde_json::from_str(last).unwrap();
     assert_eq!(last["payload"], Value::Null, "{last}");
     assert_eq!(
-        last["errors"][0]["extensions"]["code"], "UPSTREAM_CLOSED",
+        last["errors"][0]["extensions"]["code"], "UPSTREAM_UNAVAILABLE",
+        "{last}"
+    );
+    assert!(
+        last["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up reconnecting to upstream \"up\""),
         "{last}"
     );
     assert!(

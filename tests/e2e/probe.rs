@@ -207,7 +207,7 @@ async fn probe_finds_each_server_protocol_by_behaviour() {
 /// With `protocol = "auto"` (the default) the gateway probes each upstream at the first
 /// subscription and then serves it in the dialect found, liars included. The server's
 /// connection count is the probe's connections plus the one shared upstream connection.
-/// An SSE-only upstream is reported to the client as not usable yet.
+/// An SSE-only upstream is served over GraphQL over SSE.
 #[tokio::test]
 async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
     // (server, WebSocket connections the probe makes)
@@ -257,19 +257,28 @@ async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
         );
     }
 
-    let results = run_clients(vec![client("graphql-ws", &url(cases.len()), query, "ann")]).await;
-    let lines = &results[0];
-    assert_eq!(lines.len(), 2, "{lines:#?}");
-    let error = &lines[0]["payload"]["errors"][0];
-    assert_eq!(error["extensions"]["code"], "UPSTREAM_PROTOCOL_ERROR");
-    assert_eq!(
-        error["message"],
-        format!(
-            "upstream \"u{}\" broke the protocol: it serves GraphQL over SSE only, and subplex cannot carry subscriptions to an SSE upstream yet",
-            cases.len()
-        )
-    );
-    assert_eq!(lines[1], json!({ "type": "complete" }));
+    // The SSE-only upstream is probed as such and serves every client kind, one HTTP
+    // request per operation. Only forwarded headers reach an SSE upstream (it has no
+    // connection_init), so the WebSocket clients authenticate with a header here.
+    let with_header = |kind: &str| {
+        json!({ "client": kind, "url": url(cases.len()), "query": query,
+                "headers": { "authorization": "Bearer ann" } })
+    };
+    let results = run_clients(vec![
+        with_header("graphql-ws"),
+        with_header("subscriptions-transport-ws"),
+        with_header("graphql-sse"),
+        with_header("eventsource"),
+    ])
+    .await;
+    for lines in &results {
+        assert_eq!(lines, &expected_tick_lines("ann", 2));
+    }
+    sse_only
+        .wait_for("the SSE operations to end upstream", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
 }
 
 /// An upstream that refuses anonymous callers: the probe reports the refusal at once (no
@@ -573,4 +582,52 @@ async fn sse_client_classifies_failures() {
         "{error:?}"
     );
     assert!(error.is_retryable());
+}
+
+/// The probed protocol is cached, and probed again when the server behind the URL stops
+/// speaking it: Yoga (graphql-transport-ws) is replaced on the same port by a legacy
+/// `graphql-ws` server, and that by graphql-sse's SSE-only handler. Each time the next
+/// subscriptions are served in the new protocol without an error.
+#[tokio::test]
+async fn a_probe_is_redone_when_the_server_behind_the_url_changes_protocol() {
+    let mut yoga = NodeServer::start(Upstream::Yoga).await;
+    let port = yoga.port;
+    let gateway = TestGateway::for_upstream(port, "auto", "").await;
+    let query = "subscription { ticks(count: 2) { n user } }";
+    // Header credentials: they reach every protocol, SSE included.
+    let client = |kind: &str| {
+        json!({ "client": kind, "url": gateway.url(), "query": query,
+                "headers": { "authorization": "Bearer ann" } })
+    };
+    let results = run_clients(vec![client("graphql-ws")]).await;
+    assert_eq!(results[0], expected_tick_lines("ann", 2));
+    // The probe's connection and the serving one.
+    assert_eq!(yoga.counters().connections_total, 2);
+
+    yoga.kill().await;
+    let mut legacy = NodeServer::start_on(Upstream::Legacy, port).await;
+    let results = run_clients(vec![
+        client("graphql-ws"),
+        client("subscriptions-transport-ws"),
+    ])
+    .await;
+    // Only a graphql-ws speaker gets ticks from subscriptions-transport-ws's server.
+    assert_eq!(results[0], expected_tick_lines("ann", 2));
+    assert_eq!(results[1], expected_tick_lines("ann", 2));
+    legacy
+        .wait_for("the operations to end upstream", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
+
+    legacy.kill().await;
+    let sse_only = NodeServer::start_on(Upstream::GraphqlSse, port).await;
+    let results = run_clients(vec![client("graphql-ws"), client("graphql-sse")]).await;
+    assert_eq!(results[0], expected_tick_lines("ann", 2));
+    assert_eq!(results[1], expected_tick_lines("ann", 2));
+    sse_only
+        .wait_for("the operations to end upstream", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
 }

@@ -2,12 +2,29 @@
 //! Hasura's habits, dead peers, refusals, garbage and the slow-consumer policy.
 
 use serde_json::json;
-use subplex_tests::fake_upstream::FakeUpstream;
+use subplex_tests::fake_upstream::{FakeConnection, FakeUpstream};
 use subplex_tests::ws::RawClient;
 use subplex_tests::*;
 
 async fn gateway_for(fake: &FakeUpstream, protocol: &str, extra: &str) -> TestGateway {
     TestGateway::for_upstream(fake.addr.port(), protocol, extra).await
+}
+
+/// A gateway in front of `fake` (extra `[upstreams.up]` keys in `extra`) and a
+/// graphql-transport-ws client whose operation "1", `subscription { a }`, runs on an
+/// acknowledged upstream connection.
+async fn one_live_operation(
+    fake: &mut FakeUpstream,
+    extra: &str,
+) -> (TestGateway, RawClient, FakeConnection) {
+    let gateway = gateway_for(fake, "graphql-transport-ws", extra).await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    client.send(subscribe("1", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    (gateway, client, upstream)
 }
 
 fn subscribe(id: &str, query: &str) -> serde_json::Value {
@@ -193,33 +210,129 @@ async fn legacy_upstream_ka_before_ack_error_shapes_and_stop() {
 }
 
 #[tokio::test]
-async fn unresponsive_upstream_is_detected_and_clients_are_told() {
+async fn unresponsive_upstream_is_replaced_and_the_operation_resubscribed_unnoticed() {
     let mut fake = FakeUpstream::start("graphql-transport-ws").await;
     let gateway = gateway_for(
         &fake,
         "graphql-transport-ws",
-        "keepalive_interval_ms = 100\nkeepalive_timeout_ms = 200",
+        "keepalive_interval_ms = 100\nkeepalive_timeout_ms = 200\n[upstreams.up.reconnect]\ninitial_ms = 20",
     )
     .await;
     let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
-    client.init(json!({})).await;
-    client.send(subscribe("s", "subscription { a }")).await;
+    client.init(json!({ "token": "t" })).await;
+    client
+        .send(json!({ "type": "subscribe", "id": "s", "payload": { "query": "subscription { a }", "variables": { "v": 1 } } }))
+        .await;
     let mut upstream = fake.accept().await;
-    upstream.handshake().await;
-    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    assert_eq!(upstream.handshake().await, json!({ "token": "t" }));
+    let first = upstream.recv_json().await;
+    assert_eq!(first["type"], "subscribe");
     let _hung = upstream.hang();
 
-    let failure = client.recv_json().await;
-    assert_eq!(failure["type"], "next");
-    assert_eq!(failure["id"], "s");
+    // The keep-alive check gives up on the hung socket; the gateway dials again with the
+    // same connection_init and the same request, and the client is none the wiser.
+    let mut upstream = fake.accept().await;
+    assert_eq!(upstream.handshake().await, json!({ "token": "t" }));
+    let again = upstream.recv_json().await;
+    assert_eq!(again["type"], "subscribe");
+    assert_eq!(again["payload"], first["payload"]);
+    upstream
+        .send(json!({ "type": "next", "id": again["id"], "payload": { "data": { "a": 2 } } }))
+        .await;
     assert_eq!(
-        failure["payload"]["errors"][0]["extensions"]["code"],
-        "UPSTREAM_TIMEOUT"
+        client.recv_json().await,
+        json!({ "type": "next", "id": "s", "payload": { "data": { "a": 2 } } })
+    );
+    assert!(!fake.has_pending_connection());
+}
+
+#[tokio::test]
+async fn an_outage_past_the_give_up_window_errors_then_completes() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let (_gateway, mut client, upstream) = one_live_operation(
+        &mut fake,
+        "[upstreams.up.reconnect]\ninitial_ms = 20\nmax_ms = 50\ngive_up_after_ms = 400",
+    )
+    .await;
+    // "Service restart": retryable. Every later dial is accepted but never acknowledged.
+    upstream.close(1012, "restarting").await;
+    let started = std::time::Instant::now();
+    let failure = client.recv_json().await;
+    let waited = started.elapsed();
+    assert_eq!(failure["type"], "next");
+    assert_eq!(failure["id"], "1");
+    let error = &failure["payload"]["errors"][0];
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("gave up reconnecting to upstream \"up\" after 4"),
+        "{message}"
+    );
+    assert_eq!(
+        error["extensions"]["code"], "UPSTREAM_UNAVAILABLE",
+        "{message}"
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(350)
+            && waited < std::time::Duration::from_secs(3),
+        "gave up after {waited:?}"
     );
     assert_eq!(
         client.recv_json().await,
-        json!({ "type": "complete", "id": "s" })
+        json!({ "type": "complete", "id": "1" })
     );
+}
+
+#[tokio::test]
+async fn shutdown_during_an_outage_is_prompt() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let (gateway, mut client, upstream) = one_live_operation(&mut fake, "").await;
+    // Retryable, and every redial is accepted but never acknowledged: the connection
+    // task is reconnecting, with the default 30 s give-up window ahead of it.
+    upstream.close(1012, "restarting").await;
+    fake.accept().await;
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(gateway.shutdown());
+    match client.recv().await {
+        subplex_tests::ws::Received::Close { code, .. } => assert_eq!(code, 1001),
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    // Reading on sends the client's answering Close, as every client library does; the
+    // gateway waits for it (bounded) before it drops the connection.
+    assert_eq!(client.recv().await, subplex_tests::ws::Received::Dropped);
+    shutdown.await.unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_auth_close_is_not_retried() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let (_gateway, mut client, upstream) =
+        one_live_operation(&mut fake, "[upstreams.up.reconnect]\ninitial_ms = 1").await;
+    upstream.close(4403, "Forbidden").await;
+    let failure = client.recv_json().await;
+    assert_eq!(
+        failure["payload"]["errors"][0]["extensions"]["code"],
+        "UPSTREAM_REJECTED"
+    );
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+
+    // Had operation 1 been retried (1 ms backoff), its dial would be the next connection
+    // and would carry `a`; the next connection is operation 2's, carrying only `b`.
+    client.send(subscribe("2", "subscription { b }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    assert_eq!(
+        upstream.recv_json().await["payload"]["query"],
+        "subscription { b }"
+    );
+    assert!(!fake.has_pending_connection());
 }
 
 #[tokio::test]
@@ -248,12 +361,17 @@ async fn refused_init_and_garbage_end_operations_with_their_codes() {
         client.recv_json().await,
         json!({ "type": "complete", "id": "1" })
     );
+    // A refusal is permanent: no redial carried operation 1 anywhere.
+    assert!(!fake.has_pending_connection());
 
-    // A new operation opens a new connection; this one answers with garbage.
-    client.send(subscribe("2", "subscription { a }")).await;
+    // A new operation opens a new connection; this one answers with garbage. It carries
+    // operation 2 only: operation 1 was not retried after the refusal.
+    client.send(subscribe("2", "subscription { b }")).await;
     let mut upstream = fake.accept().await;
     upstream.handshake().await;
-    assert_eq!(upstream.recv_json().await["type"], "start");
+    let start = upstream.recv_json().await;
+    assert_eq!(start["type"], "start");
+    assert_eq!(start["payload"]["query"], "subscription { b }");
     upstream.send_text("{\"type\":\"surprise\"}").await;
     let failure = client.recv_json().await;
     assert_eq!(
@@ -270,13 +388,7 @@ async fn refused_init_and_garbage_end_operations_with_their_codes() {
 #[tokio::test]
 async fn upstream_close_code_is_reported() {
     let mut fake = FakeUpstream::start("graphql-transport-ws").await;
-    let gateway = gateway_for(&fake, "graphql-transport-ws", "").await;
-    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
-    client.init(json!({})).await;
-    client.send(subscribe("1", "subscription { a }")).await;
-    let mut upstream = fake.accept().await;
-    upstream.handshake().await;
-    upstream.recv_json().await;
+    let (_gateway, mut client, upstream) = one_live_operation(&mut fake, "").await;
     upstream.close(4500, "boom").await;
     let failure = client.recv_json().await;
     assert_eq!(

@@ -441,6 +441,8 @@ pub struct HeldClients {
     stdin: Option<ChildStdin>,
     lines: mpsc::UnboundedReceiver<String>,
     seen: Vec<String>,
+    /// `seen`, parsed once per line and split by client.
+    per_client: Vec<Vec<Value>>,
 }
 
 impl HeldClients {
@@ -457,6 +459,7 @@ impl HeldClients {
             stdin,
             lines,
             seen: Vec::new(),
+            per_client: vec![Vec::new(); count],
         };
         held.wait_line(|l| l.contains("\"all_subscribed\"")).await;
         held
@@ -467,6 +470,10 @@ impl HeldClients {
             while let Some(line) = self.lines.recv().await {
                 let found = matches(&line);
                 assert!(!line.contains("\"fatal\""), "client.mjs failed: {line}");
+                let parsed = split_by_client(std::iter::once(line.as_str()), self.count);
+                for (mine, new) in self.per_client.iter_mut().zip(parsed) {
+                    mine.extend(new);
+                }
                 self.seen.push(line);
                 if found {
                     return true;
@@ -492,7 +499,7 @@ impl HeldClients {
 
     /// Each client's lines so far.
     pub fn lines(&self) -> Vec<Vec<Value>> {
-        split_by_client(self.seen.iter().map(String::as_str), self.count)
+        self.per_client.clone()
     }
 
     /// Waits until client `index` has received `n` events in total.
@@ -502,6 +509,15 @@ impl HeldClients {
         while seen < n {
             self.wait_line(|l| l.starts_with(&tag)).await;
             seen += 1;
+        }
+    }
+
+    /// Waits until client `index`'s lines satisfy `condition` (checked again after each of
+    /// its lines); fails the test after [`EVENT_TIMEOUT`] like every wait on a client.
+    pub async fn wait_until(&mut self, index: usize, condition: impl Fn(&[Value]) -> bool) {
+        let tag = format!("{{\"client\":{index},");
+        while !condition(&self.per_client[index]) {
+            self.wait_line(|l| l.starts_with(&tag)).await;
         }
     }
 

@@ -14,11 +14,13 @@
 //! - [`probe`]: the rules that fingerprint a WebSocket server's dialect by behaviour.
 //! - [`Event`]: the dialect-neutral result every downstream encoder frames from.
 //! - [`UpstreamFrame`]: what a gateway acting as a *client* makes of a server frame, in
-//!   either WebSocket dialect.
+//!   either WebSocket dialect, and [`client`]: the rules such a client follows (waiting
+//!   for the ack, keep-alives before it, what an upstream close code means).
 //!
 //! Payloads stay raw JSON text ([`RawJson`]): only envelopes are parsed, so fanning one
 //! upstream event out to many clients re-frames it without re-serialising the payload.
 
+pub mod client;
 pub mod close;
 mod document;
 mod envelope;

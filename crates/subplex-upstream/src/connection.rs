@@ -1,59 +1,70 @@
-//! The task that owns one upstream WebSocket connection.
+//! The task that serves every operation of one security context on one upstream.
 //!
-//! It connects, sends `connection_init`, waits for the ack (tolerating Hasura's `ka` and
-//! `ping` before it), then serves subscriptions: each gets an upstream id unique on this
-//! connection, and upstream events are routed to the subscriber by that id. The reader
-//! never waits for a client: events are handed over with `try_send`, and a subscriber whose
-//! queue is full is cut off (slow-consumer policy).
+//! It owns the operations, not just a socket: each [`Operation`] keeps its request, and
+//! the task keeps the [`Dial`] parameters, so an operation outlives any one WebSocket.
+//! When the socket fails in a retryable way (see [`UpstreamError::is_retryable`]) the task
+//! dials again with backoff, sends the same `connection_init` and resubscribes every live
+//! operation; subscribers notice nothing. Only when the outage outlasts
+//! `give_up_after_ms`, or the failure is permanent, do they get the error.
+//!
+//! The reader never waits for a client: events are handed over with `try_send`, and a
+//! subscriber whose queue is full is cut off (slow-consumer policy).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use http::{HeaderName, HeaderValue};
-use subplex_protocol::{Event, GraphqlRequest, RawJson, UpstreamFrame};
-use tokio::sync::mpsc;
+use subplex_protocol::client::ClientStep;
+use subplex_protocol::{Event, GraphqlRequest, RawJson};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
+use crate::error::ConnectCause;
 use crate::handle::{Command, SubscribeRefused, UpstreamHandle};
-use crate::pool::PoolShared;
+use crate::reconnect::{Backoff, Retry};
+use crate::registry::Registration;
 use crate::subscription::{self, Subscriber};
-use crate::ws_dial::{self, DialRequest, Socket};
-use crate::{SecurityContext, UpstreamError, UpstreamSettings};
+use crate::ws::WsLink;
+use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
 
 /// Subscribe requests queued per connection. Callers wait (backpressure) beyond this;
 /// a burst of clients arriving while the connection is being established fits in it.
 const COMMAND_QUEUE: usize = 256;
 
-/// What a new connection is opened with. Deliberately not `Debug`: it holds credentials.
+/// What every connection of one security context is opened with. Deliberately not
+/// `Debug`: it holds credentials.
 #[derive(Clone)]
 pub(crate) struct Dial {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub init_payload: RawJson,
 }
 
+/// One live operation: enough to start it again on a new socket.
+struct Operation {
+    request: GraphqlRequest,
+    subscriber: Subscriber,
+}
+
 pub(crate) struct UpstreamConnection {
-    id: u64,
-    key: SecurityContext,
     settings: Arc<UpstreamSettings>,
-    pool: Arc<PoolShared>,
+    registration: Registration,
+    dial: Dial,
     commands: mpsc::Receiver<Command>,
     unsubscribe_tx: mpsc::UnboundedSender<u64>,
     unsubscribes: mpsc::UnboundedReceiver<u64>,
-    subscribers: HashMap<u64, Subscriber>,
+    /// Ordered so a resubscribe replays operations in the order clients started them.
+    /// Ids are this task's, stable across reconnects (each socket is a new id space).
+    operations: BTreeMap<u64, Operation>,
     next_operation: u64,
     shutdown: CancellationToken,
 }
 
-/// How the serving loop ended.
+/// How serving one socket, or waiting between sockets, ended.
 enum Ending {
-    /// No subscriptions for `idle_timeout`: closed by us.
+    /// No operations for `idle_timeout` (or none left to reconnect for): closed by us.
     Idle,
     Shutdown,
     Failed(UpstreamError),
@@ -67,7 +78,7 @@ impl UpstreamConnection {
         key: SecurityContext,
         dial: Dial,
         settings: Arc<UpstreamSettings>,
-        pool: Arc<PoolShared>,
+        registration: Registration,
         shutdown: CancellationToken,
     ) -> UpstreamHandle {
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE);
@@ -75,39 +86,118 @@ impl UpstreamConnection {
         // A root span: the connection outlives the client whose request happened to open it.
         let span = tracing::info_span!(parent: None, "upstream", name = %settings.name, ctx = %key, conn = id);
         let connection = UpstreamConnection {
-            id,
-            key,
             settings,
-            pool,
+            registration,
+            dial,
             commands,
             unsubscribe_tx,
             unsubscribes,
-            subscribers: HashMap::new(),
+            operations: BTreeMap::new(),
             next_operation: 1,
             shutdown,
         };
-        tokio::spawn(connection.run(dial).instrument(span));
+        tokio::spawn(connection.run().instrument(span));
         UpstreamHandle {
             id,
             commands: commands_tx,
         }
     }
 
-    async fn run(mut self, dial: Dial) {
-        self.pool.connection_opened();
-        let ending = match self.establish(dial).await {
-            Ok(mut socket) => {
-                info!(
-                    open = self.pool.open_connections(),
-                    "upstream connection established"
-                );
-                let ending = self.serve(&mut socket).await;
-                self.close_socket(&mut socket, &ending).await;
-                ending
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.settings.reconnect);
+        let mut reconnecting = false;
+        let ending = 'serving: loop {
+            let failure = match self.connect(backoff.give_up_at()).await {
+                Ok(mut link) => {
+                    backoff.reset();
+                    info!(
+                        open = self.registration.open_connections(),
+                        resubscribed = self.operations.len(),
+                        "upstream connection {}",
+                        if reconnecting {
+                            "re-established"
+                        } else {
+                            "established"
+                        }
+                    );
+                    let ending = self.serve(&mut link).await;
+                    self.close_link(&mut link, &ending).await;
+                    match ending {
+                        Ending::Failed(error) => error,
+                        other => break other,
+                    }
+                }
+                Err(Ending::Failed(error)) => error,
+                Err(other) => break other,
+            };
+            if !failure.is_retryable() {
+                break Ending::Failed(failure);
             }
-            Err(error) => Ending::Failed(error),
+            reconnecting = true;
+            // One warning per outage; each further attempt is a debug line.
+            let outage_begins = backoff.give_up_at().is_none();
+            let mut retry = backoff.after_failure(Instant::now());
+            // After a wait that reached the give-up instant, give up with the failure that
+            // caused the wait rather than dial once more for nothing.
+            let gave_up = loop {
+                match retry {
+                    Retry::GiveUp { waited } => break Some(waited),
+                    Retry::At(when) => {
+                        self.take_pending();
+                        if self.operations.is_empty() {
+                            // Nobody is waiting for the upstream to come back.
+                            break 'serving Ending::Idle;
+                        }
+                        let retry_in_ms = (when - Instant::now()).as_millis() as u64;
+                        let operations = self.operations.len();
+                        if outage_begins {
+                            warn!(error = %failure, operations, retry_in_ms, "upstream connection failed; reconnecting");
+                        } else {
+                            debug!(error = %failure, operations, retry_in_ms, "reconnect attempt failed");
+                        }
+                        if let Err(ending) = self.wait_until(when).await {
+                            break 'serving ending;
+                        }
+                        if backoff.give_up_at().is_some_and(|at| Instant::now() < at) {
+                            break None;
+                        }
+                        retry = backoff.after_failure(Instant::now());
+                    }
+                }
+            };
+            if let Some(waited) = gave_up {
+                break Ending::Failed(UpstreamError::GaveUp {
+                    upstream: self.settings.name.clone(),
+                    waited_ms: waited.as_millis() as u64,
+                    last: Box::new(failure),
+                });
+            }
         };
-        self.pool.remove(&self.key, self.id);
+        self.finish(ending);
+    }
+
+    /// Dials and completes the handshake, racing shutdown and, during an outage, the
+    /// give-up instant: a slow dial must not delay the verdict past `give_up_after_ms`.
+    async fn connect(&mut self, give_up_at: Option<Instant>) -> Result<WsLink, Ending> {
+        let protocol = self.settings.protocol;
+        let connect = WsLink::connect(&self.settings, protocol, &self.dial);
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Err(Ending::Shutdown),
+            _ = time::sleep_until(give_up_at.unwrap_or_else(Instant::now)), if give_up_at.is_some() => {
+                Err(Ending::Failed(UpstreamError::Connect {
+                    upstream: self.settings.name.clone(),
+                    reason: "still connecting when give_up_after_ms ran out".into(),
+                    cause: ConnectCause::Timeout,
+                }))
+            }
+            result = connect => result.map_err(Ending::Failed),
+        }
+    }
+
+    /// Ends the task: leave the pool, then settle everyone still waiting.
+    fn finish(mut self, ending: Ending) {
+        self.registration.leave();
         self.commands.close();
         let error = match ending {
             Ending::Idle => {
@@ -116,7 +206,10 @@ impl UpstreamConnection {
             }
             Ending::Shutdown => Some(UpstreamError::ShuttingDown),
             Ending::Failed(error) => {
-                warn!(error = %error, subscribers = self.subscribers.len(), "upstream connection failed");
+                if error.is_protocol_mismatch() {
+                    self.registration.report_protocol_mismatch();
+                }
+                warn!(error = %error, subscribers = self.operations.len(), "upstream connection failed");
                 Some(error)
             }
         };
@@ -130,143 +223,102 @@ impl UpstreamConnection {
             let _ = reply.send(Err(refusal));
         }
         let error = error.unwrap_or(UpstreamError::ShuttingDown);
-        for (_, subscriber) in self.subscribers.drain() {
-            subscriber.fail(error.clone());
+        for (_, operation) in std::mem::take(&mut self.operations) {
+            operation.subscriber.fail(error.clone());
         }
-        self.pool.connection_closed();
     }
 
-    async fn establish(&mut self, dial: Dial) -> Result<Socket, UpstreamError> {
-        let settings = self.settings.clone();
-        let upstream = settings.name.clone();
-        let connect_error = |reason: String| UpstreamError::Connect {
-            upstream: upstream.clone(),
-            reason,
-        };
-        // Dialled by hand, not by tungstenite: a server that selects no subprotocol, or
-        // another one, is still given the chance to speak the configured dialect (the
-        // subprotocol is a hint; see ws_dial.rs).
-        let offered = [settings.protocol];
-        let dialing = ws_dial::dial(DialRequest {
-            url: &settings.ws_url,
-            offered: &offered,
-            headers: &dial.headers,
-            tls: settings.tls.as_ref(),
-            max_message_bytes: settings.max_message_bytes,
-            timeout: settings.connect_timeout,
-        });
-        let mut socket = tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
-            result = dialing => result.map_err(|err| connect_error(err.to_string()))?.socket,
-        };
-
-        send_text(
-            &mut socket,
-            settings.protocol.encode_init(&dial.init_payload),
-            &upstream,
-        )
-        .await?;
-        let deadline = Instant::now() + settings.ack_timeout;
+    /// Sleeps until `when` while the upstream is down. New subscribes are taken (they start
+    /// with the next socket) and stops are applied. Ends the task if every operation left:
+    /// nobody is waiting for the upstream to come back.
+    async fn wait_until(&mut self, when: Instant) -> Result<(), Ending> {
         loop {
-            let message = tokio::select! {
+            self.take_pending();
+            if self.operations.is_empty() {
+                return Err(Ending::Idle);
+            }
+            tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
-                _ = time::sleep_until(deadline) => return Err(UpstreamError::AckTimeout {
-                    upstream: upstream.clone(),
-                    timeout_ms: settings.ack_timeout.as_millis() as u64,
-                }),
-                message = socket.next() => message,
-            };
-            match self.read_frame(message)? {
-                Some(UpstreamFrame::Ack) => return Ok(socket),
-                // Hasura sends `ka` (and `ping` in transport-ws mode) before the ack.
-                Some(UpstreamFrame::KeepAlive) | None => {}
-                Some(UpstreamFrame::Ping) => {
-                    send_text(&mut socket, settings.protocol.encode_pong(), &upstream).await?
+                _ = self.shutdown.cancelled() => return Err(Ending::Shutdown),
+                _ = time::sleep_until(when) => return Ok(()),
+                Some(id) = self.unsubscribes.recv() => {
+                    self.operations.remove(&id);
                 }
-                Some(UpstreamFrame::ConnectionError { payload }) => {
-                    return Err(UpstreamError::Rejected {
-                        upstream: upstream.clone(),
-                        reason: payload
-                            .map(|p| error_message(&p))
-                            .unwrap_or_else(|| "connection_error".into()),
-                    })
-                }
-                Some(other) => {
-                    return Err(UpstreamError::Protocol {
-                        upstream: upstream.clone(),
-                        reason: format!("expected connection_ack, got {}", frame_name(&other)),
-                    })
-                }
+                command = self.commands.recv() => match command {
+                    Some(Command::Subscribe { request, reply }) => {
+                        self.add_operation(request, reply);
+                    }
+                    None => return Err(Ending::Shutdown),
+                },
             }
         }
     }
 
-    /// Turns a socket read into a protocol frame; `None` for frames with no GraphQL meaning
-    /// (WebSocket pings and pongs, which tungstenite answers itself).
-    fn read_frame(
-        &self,
-        message: Option<Result<Message, tungstenite::Error>>,
-    ) -> Result<Option<UpstreamFrame>, UpstreamError> {
-        let upstream = &self.settings.name;
-        match message {
-            None => Err(UpstreamError::Closed {
-                upstream: upstream.clone(),
-                code: 1006,
-                reason: "connection dropped without a close frame".into(),
-            }),
-            Some(Err(err)) => Err(UpstreamError::Closed {
-                upstream: upstream.clone(),
-                code: 1006,
-                reason: describe_ws_error(&err),
-            }),
-            Some(Ok(Message::Text(text))) => self
-                .settings
-                .protocol
-                .decode_server_frame(text.as_str(), self.settings.max_message_bytes)
-                .map(Some)
-                .map_err(|err| UpstreamError::Protocol {
-                    upstream: upstream.clone(),
-                    reason: err.to_string(),
-                }),
-            Some(Ok(Message::Close(frame))) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                Err(match code {
-                    4401 | 4403 => UpstreamError::Rejected {
-                        upstream: upstream.clone(),
-                        reason: format!("closed with {code} {reason}").trim_end().to_owned(),
-                    },
-                    _ => UpstreamError::Closed {
-                        upstream: upstream.clone(),
-                        code,
-                        reason,
-                    },
-                })
-            }
-            Some(Ok(Message::Binary(_))) => Err(UpstreamError::Protocol {
-                upstream: upstream.clone(),
-                reason: "binary frames are not part of the protocol".into(),
-            }),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(None),
+    /// Takes the subscribes queued while no socket was up, and applies the stops.
+    fn take_pending(&mut self) {
+        self.apply_unsubscribes();
+        while let Ok(Command::Subscribe { request, reply }) = self.commands.try_recv() {
+            self.add_operation(request, reply);
         }
     }
 
-    async fn serve(&mut self, socket: &mut Socket) -> Ending {
+    /// Removes operations whose subscribers left while no socket could be told.
+    fn apply_unsubscribes(&mut self) {
+        while let Ok(id) = self.unsubscribes.try_recv() {
+            self.operations.remove(&id);
+        }
+    }
+
+    /// Registers a new operation and hands its subscription to the caller; `None` if the
+    /// caller already gave up (client left).
+    fn add_operation(
+        &mut self,
+        request: GraphqlRequest,
+        reply: oneshot::Sender<Result<Subscription, SubscribeRefused>>,
+    ) -> Option<u64> {
+        let id = self.next_operation;
+        self.next_operation += 1;
+        let (subscriber, subscription) = subscription::channel(
+            self.settings.subscriber_queue,
+            self.unsubscribe_tx.clone(),
+            id,
+        );
+        if reply.send(Ok(subscription)).is_err() {
+            return None;
+        }
+        debug!(op = id, "operation started");
+        self.operations.insert(
+            id,
+            Operation {
+                request,
+                subscriber,
+            },
+        );
+        Some(id)
+    }
+
+    async fn serve(&mut self, link: &mut WsLink) -> Ending {
         let settings = self.settings.clone();
-        let upstream = settings.name.clone();
+        // Operations that lived through an outage start again, with their original
+        // requests; stops that arrived meanwhile are applied first so none is replayed.
+        self.apply_unsubscribes();
+        let mut resubscribe: Vec<u64> = self.operations.keys().copied().collect();
+        for id in resubscribe.drain(..) {
+            if let Err(error) = link.subscribe(id, &self.operations[&id].request).await {
+                return Ending::Failed(error);
+            }
+        }
+
         let mut last_heard = Instant::now();
         let mut keepalive = time::interval_at(
             Instant::now() + settings.keepalive_interval,
             settings.keepalive_interval,
         );
         keepalive.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
-        // Armed while there are no subscribers.
+        // Armed while there are no operations.
         let idle = time::sleep(settings.idle_timeout);
         tokio::pin!(idle);
-        let mut idle_armed = true;
+        let mut idle_armed = self.operations.is_empty();
 
         // Built once: a fresh `cancelled()` per iteration would re-register with the token
         // on every frame.
@@ -279,31 +331,31 @@ impl UpstreamConnection {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => return Ending::Shutdown,
-                message = socket.next() => {
+                step = link.next_step() => {
                     last_heard = Instant::now();
-                    match self.read_frame(message) {
-                        Err(error) => return Ending::Failed(error),
-                        Ok(None) => {}
-                        Ok(Some(frame)) => {
-                            if let Err(error) = self.on_frame(socket, frame).await {
-                                return Ending::Failed(error);
-                            }
-                        }
+                    let result = match step {
+                        Err(error) => Err(error),
+                        Ok(None) => Ok(()),
+                        Ok(Some(step)) => self.on_step(link, step).await,
+                    };
+                    if let Err(error) = result {
+                        return Ending::Failed(error);
                     }
                 }
-                Some(upstream_id) = self.unsubscribes.recv() => {
-                    if self.subscribers.remove(&upstream_id).is_some() {
-                        debug!(op = upstream_id, "operation stopped by its subscriber");
-                        let frame = settings.protocol.encode_unsubscribe(&upstream_id.to_string());
-                        if let Err(error) = send_text(socket, frame, &upstream).await {
+                Some(id) = self.unsubscribes.recv() => {
+                    if self.operations.remove(&id).is_some() {
+                        debug!(op = id, "operation stopped by its subscriber");
+                        if let Err(error) = link.unsubscribe(id).await {
                             return Ending::Failed(error);
                         }
                     }
                 }
                 command = self.commands.recv() => match command {
                     Some(Command::Subscribe { request, reply }) => {
-                        if let Err(error) = self.subscribe(socket, request, reply).await {
-                            return Ending::Failed(error);
+                        if let Some(id) = self.add_operation(request, reply) {
+                            if let Err(error) = link.subscribe(id, &self.operations[&id].request).await {
+                                return Ending::Failed(error);
+                            }
                         }
                     }
                     // Every handle is gone: the pool itself was dropped.
@@ -313,27 +365,23 @@ impl UpstreamConnection {
                     let silent = last_heard.elapsed();
                     if silent > settings.keepalive_interval + settings.keepalive_timeout {
                         return Ending::Failed(UpstreamError::Unresponsive {
-                            upstream: upstream.clone(),
+                            upstream: settings.name.clone(),
                             silent_ms: silent.as_millis() as u64,
                         });
                     }
-                    if let Err(err) = socket.send(Message::Ping(Default::default())).await {
-                        return Ending::Failed(UpstreamError::Closed {
-                            upstream: upstream.clone(),
-                            code: 1006,
-                            reason: describe_ws_error(&err),
-                        });
+                    if let Err(error) = link.ping().await {
+                        return Ending::Failed(error);
                     }
                 }
                 _ = &mut idle, if idle_armed => {
                     // Leave the pool first: a subscriber that finds no entry opens a new
                     // connection instead of queueing on this closing one.
-                    self.pool.remove(&self.key, self.id);
+                    self.registration.leave();
                     return Ending::Idle;
                 }
             }
 
-            let now_idle = self.subscribers.is_empty();
+            let now_idle = self.operations.is_empty();
             if now_idle && !idle_armed {
                 idle.as_mut().reset(Instant::now() + settings.idle_timeout);
             }
@@ -341,178 +389,65 @@ impl UpstreamConnection {
         }
     }
 
-    async fn subscribe(
-        &mut self,
-        socket: &mut Socket,
-        request: GraphqlRequest,
-        reply: tokio::sync::oneshot::Sender<Result<crate::Subscription, SubscribeRefused>>,
-    ) -> Result<(), UpstreamError> {
-        let upstream_id = self.next_operation;
-        self.next_operation += 1;
-        let (subscriber, subscription) = subscription::channel(
-            self.settings.subscriber_queue,
-            self.unsubscribe_tx.clone(),
-            upstream_id,
-        );
-        if reply.send(Ok(subscription)).is_err() {
-            // The caller gave up (client left) before the operation started upstream.
-            return Ok(());
-        }
-        debug!(op = upstream_id, "operation started");
-        self.subscribers.insert(upstream_id, subscriber);
-        let frame = self
-            .settings
-            .protocol
-            .encode_subscribe(&upstream_id.to_string(), &request);
-        send_text(socket, frame, &self.settings.name).await
-    }
-
-    async fn on_frame(
-        &mut self,
-        socket: &mut Socket,
-        frame: UpstreamFrame,
-    ) -> Result<(), UpstreamError> {
-        let upstream = &self.settings.name;
-        match frame {
-            UpstreamFrame::Operation { id, event } => {
-                let Some(upstream_id) = id.parse::<u64>().ok() else {
+    async fn on_step(&mut self, link: &mut WsLink, step: ClientStep) -> Result<(), UpstreamError> {
+        match step {
+            ClientStep::Deliver { id, event } => {
+                let Some(id) = id.parse::<u64>().ok() else {
                     return Ok(()); // Not an id we issued: ignore, as the spec says.
                 };
-                self.deliver(socket, upstream_id, event).await
+                self.deliver(link, id, event).await
             }
-            UpstreamFrame::Ping => {
-                send_text(socket, self.settings.protocol.encode_pong(), upstream).await
-            }
-            UpstreamFrame::KeepAlive | UpstreamFrame::Ack => Ok(()),
-            UpstreamFrame::ConnectionError { payload } => Err(UpstreamError::Rejected {
-                upstream: upstream.clone(),
-                reason: payload
-                    .map(|p| error_message(&p))
-                    .unwrap_or_else(|| "connection_error".into()),
-            }),
-            UpstreamFrame::ServerError { payload } => {
-                warn!(reason = %error_message(&payload), "upstream reported an error for no operation");
+            ClientStep::Pong => link.send_pong().await,
+            ClientStep::ServerError { message } => {
+                warn!(reason = %message, "upstream reported an error for no operation");
                 Ok(())
             }
+            // The link turns failures into errors; nothing else needs an answer.
+            ClientStep::Ready | ClientStep::Nothing | ClientStep::Fail(_) => Ok(()),
         }
     }
 
     async fn deliver(
         &mut self,
-        socket: &mut Socket,
-        upstream_id: u64,
+        link: &mut WsLink,
+        id: u64,
         event: Event,
     ) -> Result<(), UpstreamError> {
         let terminal = event.is_terminal();
-        let Some(subscriber) = self.subscribers.get(&upstream_id) else {
+        let Some(operation) = self.operations.get(&id) else {
             return Ok(()); // Already stopped on our side; the upstream's late events race it.
         };
-        match subscriber.events.try_send(event) {
+        match operation.subscriber.events.try_send(event) {
             Ok(()) => {
                 if terminal {
-                    self.subscribers.remove(&upstream_id);
+                    self.operations.remove(&id);
                 }
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(()), // Its stop is queued.
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let queued = self.settings.subscriber_queue;
-                warn!(
-                    op = upstream_id,
-                    queued, "subscriber too slow; cutting it off"
-                );
-                if let Some(subscriber) = self.subscribers.remove(&upstream_id) {
-                    subscriber.fail(UpstreamError::SlowConsumer { queued });
+                warn!(op = id, queued, "subscriber too slow; cutting it off");
+                if let Some(operation) = self.operations.remove(&id) {
+                    operation
+                        .subscriber
+                        .fail(UpstreamError::SlowConsumer { queued });
                 }
                 if terminal {
                     return Ok(());
                 }
-                let frame = self
-                    .settings
-                    .protocol
-                    .encode_unsubscribe(&upstream_id.to_string());
-                send_text(socket, frame, &self.settings.name).await
+                link.unsubscribe(id).await
             }
         }
     }
 
-    async fn close_socket(&mut self, socket: &mut Socket, ending: &Ending) {
-        let protocol = self.settings.protocol;
+    async fn close_link(&mut self, link: &mut WsLink, ending: &Ending) {
         let (code, reason) = match ending {
             Ending::Failed(_) => return,
             Ending::Idle => (CloseCode::Normal, "idle"),
             Ending::Shutdown => (CloseCode::Away, "gateway shutting down"),
         };
-        // Best effort, bounded: tell the upstream to stop each operation, then say goodbye.
-        let goodbye = async {
-            for upstream_id in self.subscribers.keys() {
-                let _ = socket
-                    .send(Message::text(
-                        protocol.encode_unsubscribe(&upstream_id.to_string()),
-                    ))
-                    .await;
-            }
-            if let Some(frame) = protocol.encode_terminate() {
-                let _ = socket.send(Message::text(frame)).await;
-            }
-            let _ = socket
-                .close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))
-                .await;
-        };
-        let _ = time::timeout(Duration::from_secs(1), goodbye).await;
-    }
-}
-
-async fn send_text(
-    socket: &mut Socket,
-    frame: String,
-    upstream: &Arc<str>,
-) -> Result<(), UpstreamError> {
-    socket
-        .send(Message::text(frame))
-        .await
-        .map_err(|err| UpstreamError::Closed {
-            upstream: upstream.clone(),
-            code: 1006,
-            reason: describe_ws_error(&err),
-        })
-}
-
-/// A short description of a WebSocket error that names no header values or payloads.
-fn describe_ws_error(err: &tungstenite::Error) -> String {
-    match err {
-        tungstenite::Error::Http(response) => {
-            format!("HTTP {} during the WebSocket upgrade", response.status())
-        }
-        // rustls errors (an untrusted certificate, a name mismatch) arrive wrapped in io.
-        tungstenite::Error::Io(io) => io.to_string(),
-        tungstenite::Error::Tls(tls) => tls.to_string(),
-        tungstenite::Error::Capacity(err) => err.to_string(),
-        other => other.to_string(),
-    }
-}
-
-/// The `message` of an error payload, for logs and error texts.
-fn error_message(payload: &RawJson) -> String {
-    #[derive(serde::Deserialize)]
-    struct WithMessage {
-        message: String,
-    }
-    serde_json::from_str::<WithMessage>(payload.as_str())
-        .map(|m| m.message)
-        .unwrap_or_else(|_| "no message given".into())
-}
-
-fn frame_name(frame: &UpstreamFrame) -> &'static str {
-    match frame {
-        UpstreamFrame::Ack => "connection_ack",
-        UpstreamFrame::KeepAlive => "a keep-alive",
-        UpstreamFrame::Ping => "ping",
-        UpstreamFrame::Operation { .. } => "an operation message",
-        UpstreamFrame::ConnectionError { .. } => "connection_error",
-        UpstreamFrame::ServerError { .. } => "error",
+        link.close(self.operations.keys().copied(), code, reason)
+            .await;
     }
 }

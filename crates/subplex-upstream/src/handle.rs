@@ -32,7 +32,9 @@ pub(crate) struct UpstreamHandle {
 }
 
 impl UpstreamHandle {
-    /// Asks the connection to start `request`. Waits until the connection is established.
+    /// Asks the connection to start `request`. Waits while the connection's first dial is
+    /// under way; during a later outage the operation is taken at once and starts with
+    /// the next socket.
     pub async fn subscribe(
         &self,
         request: GraphqlRequest,

@@ -1,17 +1,24 @@
-//! The pool: one upstream connection per security context.
+//! The pool: one upstream connection per security context, whatever the transport.
+//!
+//! Over WebSocket the pool keeps one [`UpstreamConnection`] task per security context,
+//! multiplexing its operations. Over GraphQL over SSE every operation is its own HTTP
+//! request, so each gets its own task ([`SseOperationTask`]); the key still decides the
+//! headers it is sent with. Callers see [`Pool::subscribe`] and [`Subscription`] only.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use http::{HeaderName, HeaderValue};
 use subplex_protocol::{GraphqlRequest, RawJson};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Dial, UpstreamConnection};
 use crate::handle::{SubscribeRefused, UpstreamHandle};
-use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
+use crate::registry::Registry;
+use crate::sse::SseClient;
+use crate::sse_operation::{SseGate, SseOperationTask};
+use crate::{SecurityContext, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
 /// How often a subscribe may meet a connection that is closing (idle) before giving up.
 /// Each retry opens a fresh connection, so more than a couple means something is wrong.
@@ -34,66 +41,49 @@ impl std::fmt::Debug for ConnectParams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectParams")
             .field("key", &self.key)
-            .field(
-                "headers",
-                &self
-                    .headers
-                    .iter()
-                    .map(|(name, _)| name.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .field("headers", &crate::HeaderNames(&self.headers))
             .field("init_payload", &self.init_payload)
             .finish()
     }
 }
 
-/// State shared between the pool and its connection tasks.
+/// How a pool reaches its upstream.
 #[derive(Debug)]
-pub(crate) struct PoolShared {
-    /// Handles only: every connection's state lives in its task.
-    connections: DashMap<SecurityContext, UpstreamHandle>,
-    open_connections: AtomicUsize,
-}
-
-impl PoolShared {
-    /// Removes the entry for `key` if it is still connection `id` (a newer connection for the
-    /// same key may have replaced it).
-    pub fn remove(&self, key: &SecurityContext, id: u64) {
-        self.connections.remove_if(key, |_, handle| handle.id == id);
-    }
-
-    pub fn connection_opened(&self) {
-        self.open_connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn connection_closed(&self) {
-        self.open_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Connections of this upstream currently open, for logs.
-    pub fn open_connections(&self) -> usize {
-        self.open_connections.load(Ordering::Relaxed)
-    }
+enum Transport {
+    /// One multiplexed WebSocket per security context, in `settings.protocol`.
+    WebSocket,
+    /// One HTTP request per operation; the client could not be built if `Err`. The gate
+    /// makes the operations wait out an outage together.
+    Sse(Result<SseClient, UpstreamError>, Arc<SseGate>),
 }
 
 /// The upstream connections of one upstream, keyed by security context.
 #[derive(Debug)]
 pub struct Pool {
     settings: Arc<UpstreamSettings>,
-    shared: Arc<PoolShared>,
+    transport: Transport,
+    registry: Arc<Registry>,
     next_connection_id: AtomicU64,
     shutdown: CancellationToken,
 }
 
 impl Pool {
-    /// A pool for one upstream. Cancelling `shutdown` closes every connection.
+    /// A pool for one upstream: GraphQL over SSE when `configured_protocol` is `Sse`,
+    /// otherwise WebSocket in `settings.protocol`. Cancelling `shutdown` closes every
+    /// connection.
     pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
+        let settings = Arc::new(settings);
+        let transport = match settings.configured_protocol {
+            UpstreamProtocol::Sse => Transport::Sse(
+                SseClient::new(settings.clone()),
+                Arc::new(SseGate::new(settings.reconnect)),
+            ),
+            _ => Transport::WebSocket,
+        };
         Pool {
-            settings: Arc::new(settings),
-            shared: Arc::new(PoolShared {
-                connections: DashMap::new(),
-                open_connections: AtomicUsize::new(0),
-            }),
+            transport,
+            settings,
+            registry: Arc::new(Registry::default()),
             next_connection_id: AtomicU64::new(1),
             shutdown,
         }
@@ -111,24 +101,40 @@ impl Pool {
         params: &ConnectParams,
         request: GraphqlRequest,
     ) -> Result<Subscription, UpstreamError> {
+        if let Transport::Sse(client, gate) = &self.transport {
+            let client = client.clone()?;
+            let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
+            return SseOperationTask::start(
+                client,
+                gate.clone(),
+                params.key,
+                id,
+                params.headers.clone(),
+                request,
+                self.registry.register(params.key, id),
+                self.shutdown.child_token(),
+            )
+            .await;
+        }
         for _ in 0..MAX_CLOSING_RETRIES {
             let handle = self.handle_for(params);
             match handle.subscribe(request.clone()).await {
                 Ok(subscription) => return Ok(subscription),
                 Err(SubscribeRefused::Failed(error)) => return Err(error),
-                Err(SubscribeRefused::Closing) => self.shared.remove(&params.key, handle.id),
+                Err(SubscribeRefused::Closing) => self.registry.remove(&params.key, handle.id),
             }
         }
         Err(UpstreamError::Connect {
             upstream: self.settings.name.clone(),
             reason: "every connection attempt was closing; try again".into(),
+            cause: crate::error::ConnectCause::Network,
         })
     }
 
     fn handle_for(&self, params: &ConnectParams) -> UpstreamHandle {
         // The entry guard is a shard lock: it is released before any await, and the
         // connection is established inside the spawned task, not here.
-        match self.shared.connections.entry(params.key) {
+        match self.registry.connections.entry(params.key) {
             Entry::Occupied(entry) => entry.get().clone(),
             Entry::Vacant(entry) => {
                 let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +146,7 @@ impl Pool {
                         init_payload: params.init_payload.clone(),
                     },
                     self.settings.clone(),
-                    self.shared.clone(),
+                    self.registry.register(params.key, id),
                     self.shutdown.child_token(),
                 );
                 entry.insert(handle.clone());
@@ -149,9 +155,16 @@ impl Pool {
         }
     }
 
-    /// Upstream connections currently open (connecting, serving or closing).
+    /// Whether a connection of this pool failed in a way that says the upstream does not
+    /// speak the pool's protocol (see [`UpstreamError::is_protocol_mismatch`]).
+    pub fn protocol_mismatch_seen(&self) -> bool {
+        self.registry.protocol_mismatch_seen()
+    }
+
+    /// Upstream connection tasks currently running (connecting, serving, reconnecting or
+    /// closing).
     pub fn open_connections(&self) -> usize {
-        self.shared.open_connections()
+        self.registry.open_connections()
     }
 }
 

@@ -301,6 +301,7 @@ impl ProbeError {
                         _ => None,
                     })
                     .unwrap_or_else(|| "no answer".into()),
+                cause: crate::ConnectCause::Network,
             },
             ProbeFailure::Rejected(reason) => UpstreamError::Rejected {
                 upstream,
@@ -449,7 +450,10 @@ async fn attempt(
                 DialError::Refused { status } => Some(status),
                 _ => None,
             };
-            let answered = !matches!(err, DialError::Connect(_));
+            let answered = !matches!(
+                err,
+                DialError::Connect(_) | DialError::TimedOut(_) | DialError::Tls(_)
+            );
             evidence.push(Evidence::UpgradeFailed {
                 offered: offered.to_vec(),
                 status,

@@ -1,61 +1,55 @@
-//! A [`Pool`] whose WebSocket dialect is configured, or found by [`probe`] on first use.
+//! A [`Pool`] whose protocol is configured, or found by [`probe`] (`protocol = "auto"`).
 //!
-//! This is the bridge that makes `protocol = "auto"` work before the transport-neutral
-//! pool exists: the first subscribe probes the upstream with that caller's headers and
+//! With `auto`, the first subscribe probes the upstream with that caller's headers and
 //! init payload (an auth-protected upstream refuses a probe without them), and the pool
-//! is then built for the dialect found. Concurrent first subscribers wait on that one
-//! probe. A probe that fails (unreachable, credentials refused) is not cached: the next
-//! subscriber probes again. A result subplex cannot use yet (an SSE-only upstream) is
-//! cached and reported to every subscriber.
+//! is built for the protocol found: either WebSocket dialect, or GraphQL over SSE.
+//! Concurrent first subscribers wait on that one probe. A probe that fails (unreachable,
+//! credentials refused) is not cached: the next subscriber probes again.
 //!
-//! Not done here (the pool integration's job): probing again when a connection made with
-//! the found dialect fails in a protocol way, and serving an SSE upstream.
+//! The result is cached until a connection made with it fails in a protocol way (an
+//! undecodable frame, a 4400/4406/1002 close, an SSE answer that is not an event stream;
+//! see [`UpstreamError::is_protocol_mismatch`]): the server behind the URL changed, so
+//! the next subscriber probes again. A subscribe refused that way is retried once on the
+//! freshly probed pool, so the subscriber that found out does not see the error.
+//! Connections of the stale pool run on until they end by themselves.
+
+use std::sync::Arc;
 
 use subplex_protocol::GraphqlRequest;
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::probe::{evidence_line, probe, DetectedProtocol};
 use crate::{ConnectParams, Pool, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
-/// What the configured or probed protocol allows.
-#[derive(Debug)]
-enum Resolved {
-    Pool(Pool),
-    /// The upstream speaks only something subplex cannot carry subscriptions over yet.
-    Unusable(UpstreamError),
-}
-
 /// The upstream connections of one upstream, once its protocol is known.
 #[derive(Debug)]
 pub struct ProbingPool {
     settings: UpstreamSettings,
     shutdown: CancellationToken,
-    resolved: OnceCell<Resolved>,
+    /// The pool for the configured or probed protocol; `None` until the first probe, or
+    /// after a protocol failure made the probed one stale. Locked across a probe, so
+    /// concurrent subscribers wait on one probe (single flight).
+    current: Mutex<Option<Arc<Pool>>>,
 }
 
 impl ProbingPool {
-    /// A pool for one upstream. With an explicit WebSocket protocol it is the plain
-    /// [`Pool`]; with `Auto` the pool is built after the first probe. Cancelling
-    /// `shutdown` closes every connection.
+    /// A pool for one upstream. With an explicit protocol it is the plain [`Pool`]; with
+    /// `Auto` the pool is built after the first probe. Cancelling `shutdown` closes every
+    /// connection.
     pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
-        let resolved = match settings.configured_protocol {
-            UpstreamProtocol::GraphqlTransportWs | UpstreamProtocol::GraphqlWs => {
-                OnceCell::new_with(Some(Resolved::Pool(Pool::new(
-                    settings.clone(),
-                    shutdown.child_token(),
-                ))))
-            }
-            UpstreamProtocol::Sse => {
-                OnceCell::new_with(Some(Resolved::Unusable(sse_not_yet(&settings))))
-            }
-            UpstreamProtocol::Auto => OnceCell::new(),
+        let current = match settings.configured_protocol {
+            UpstreamProtocol::Auto => None,
+            _ => Some(Arc::new(Pool::new(
+                settings.clone(),
+                shutdown.child_token(),
+            ))),
         };
         ProbingPool {
             settings,
             shutdown,
-            resolved,
+            current: Mutex::new(current),
         }
     }
 
@@ -65,23 +59,53 @@ impl ProbingPool {
     }
 
     /// Starts `request` as [`Pool::subscribe`] does, probing the upstream first if its
-    /// protocol is not known yet.
+    /// protocol is not known (yet, or any more).
     pub async fn subscribe(
         &self,
         params: &ConnectParams,
         request: GraphqlRequest,
     ) -> Result<Subscription, UpstreamError> {
-        let resolved = self
-            .resolved
-            .get_or_try_init(|| self.resolve(params))
-            .await?;
-        match resolved {
-            Resolved::Pool(pool) => pool.subscribe(params, request).await,
-            Resolved::Unusable(error) => Err(error.clone()),
+        let pool = self.pool(params).await?;
+        match pool.subscribe(params, request.clone()).await {
+            Err(error) if self.is_auto() && error.is_protocol_mismatch() => {
+                info!(upstream = %self.settings.name, reason = %error, "upstream no longer speaks the probed protocol; probing again");
+                self.forget(&pool).await;
+                self.pool(params).await?.subscribe(params, request).await
+            }
+            other => other,
         }
     }
 
-    async fn resolve(&self, params: &ConnectParams) -> Result<Resolved, UpstreamError> {
+    fn is_auto(&self) -> bool {
+        self.settings.configured_protocol == UpstreamProtocol::Auto
+    }
+
+    /// The pool to use: the cached one, unless it is stale; otherwise probe.
+    async fn pool(&self, params: &ConnectParams) -> Result<Arc<Pool>, UpstreamError> {
+        let mut current = self.current.lock().await;
+        if let Some(pool) = current.as_ref() {
+            if !(self.is_auto() && pool.protocol_mismatch_seen()) {
+                return Ok(pool.clone());
+            }
+            info!(upstream = %self.settings.name, "a connection failed in a protocol way; probing again");
+        }
+        let pool = Arc::new(self.resolve(params).await?);
+        *current = Some(pool.clone());
+        Ok(pool)
+    }
+
+    /// Drops `stale` from the cache, unless another subscriber already replaced it.
+    async fn forget(&self, stale: &Arc<Pool>) {
+        let mut current = self.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|pool| Arc::ptr_eq(pool, stale))
+        {
+            *current = None;
+        }
+    }
+
+    async fn resolve(&self, params: &ConnectParams) -> Result<Pool, UpstreamError> {
         let name = &self.settings.name;
         let probing = probe(&self.settings, &params.headers, &params.init_payload);
         let report = tokio::select! {
@@ -89,55 +113,26 @@ impl ProbingPool {
             _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
             report = probing => report,
         };
-        let report = match report {
-            Ok(report) => report,
-            Err(error) => {
-                warn!(
-                    upstream = %name,
-                    reason = %error,
-                    evidence = %evidence_line(&error.evidence),
-                    "protocol probe failed; the next subscription probes again"
-                );
-                return Err(error.to_upstream_error(name));
-            }
-        };
-        info!(
-            upstream = %name,
-            protocol = %report.protocol,
-            evidence = %evidence_line(&report.evidence),
-            "upstream protocol found by probing"
-        );
-        Ok(match report.protocol {
-            DetectedProtocol::WebSocket(dialect) => {
-                let mut settings = self.settings.clone();
-                settings.protocol = dialect;
-                Resolved::Pool(Pool::new(settings, self.shutdown.child_token()))
-            }
-            DetectedProtocol::Sse => Resolved::Unusable(sse_not_yet(&self.settings)),
-        })
-    }
-
-    /// The WebSocket dialect in use: configured, or found by a probe; `None` before the
-    /// probe or when no WebSocket dialect is usable.
-    pub fn websocket_dialect(&self) -> Option<subplex_protocol::Subprotocol> {
-        match self.resolved.get()? {
-            Resolved::Pool(pool) => Some(pool.settings().protocol),
-            Resolved::Unusable(_) => None,
+        let report = report
+            .map_err(|error| {
+                warn!(upstream = %name, reason = %error, evidence = %evidence_line(&error.evidence), "protocol probe failed; the next subscription probes again");
+                error.to_upstream_error(name)
+            })?;
+        info!(upstream = %name, protocol = %report.protocol, evidence = %evidence_line(&report.evidence), "upstream protocol found by probing");
+        let mut settings = self.settings.clone();
+        match report.protocol {
+            DetectedProtocol::WebSocket(dialect) => settings.protocol = dialect,
+            DetectedProtocol::Sse => settings.configured_protocol = UpstreamProtocol::Sse,
         }
+        Ok(Pool::new(settings, self.shutdown.child_token()))
     }
 
-    /// Upstream connections currently open.
+    /// Upstream connections currently open in the current pool.
     pub fn open_connections(&self) -> usize {
-        match self.resolved.get() {
-            Some(Resolved::Pool(pool)) => pool.open_connections(),
-            _ => 0,
-        }
-    }
-}
-
-fn sse_not_yet(settings: &UpstreamSettings) -> UpstreamError {
-    UpstreamError::Protocol {
-        upstream: settings.name.clone(),
-        reason: "it serves GraphQL over SSE only, and subplex cannot carry subscriptions to an SSE upstream yet".into(),
+        self.current
+            .try_lock()
+            .ok()
+            .and_then(|current| current.as_ref().map(|pool| pool.open_connections()))
+            .unwrap_or(0)
     }
 }

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use subplex_protocol::Subprotocol;
 
+use crate::ReconnectSettings;
+
 /// How subplex talks to an upstream, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
@@ -106,6 +108,8 @@ pub struct UpstreamSettings {
     pub subscriber_queue: usize,
     /// TLS for `wss://` URLs: trusted roots and protocol versions. `None` refuses `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Backoff and give-up window after a retryable failure.
+    pub reconnect: ReconnectSettings,
 }
 
 impl UpstreamSettings {
@@ -134,6 +138,7 @@ impl UpstreamSettings {
             max_message_bytes: 1024 * 1024,
             subscriber_queue: 128,
             tls: None,
+            reconnect: ReconnectSettings::default(),
         }
     }
 }

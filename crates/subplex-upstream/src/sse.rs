@@ -29,6 +29,7 @@ use http::{header, HeaderName, HeaderValue};
 use subplex_protocol::sse_client::{self, EventSizeGuard, EventTooLarge, ResponseVerdict};
 use subplex_protocol::{Event, GraphqlRequest};
 
+use crate::error::ConnectCause;
 use crate::{SseMethod, UpstreamError, UpstreamSettings};
 
 /// Sends operations to one upstream over GraphQL over SSE. Cheap to clone; connections
@@ -54,6 +55,7 @@ impl SseClient {
                 "cannot build the HTTP client: {}",
                 describe_http_error(&err)
             ),
+            cause: ConnectCause::Invalid,
         })?;
         Ok(SseClient { http, settings })
     }
@@ -96,12 +98,14 @@ impl SseClient {
                 return Err(UpstreamError::Connect {
                     upstream,
                     reason: format!("no response within {} ms", head_timeout.as_millis()),
+                    cause: ConnectCause::Timeout,
                 })
             }
             Ok(Err(err)) => {
                 return Err(UpstreamError::Connect {
                     upstream,
                     reason: describe_http_error(&err),
+                    cause: ConnectCause::Network,
                 })
             }
             Ok(Ok(response)) => response,

@@ -48,9 +48,16 @@ pub(crate) struct Dialed {
 /// Why no WebSocket was opened. Texts name no header values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DialError {
-    /// Nothing answered, or not in time, or TLS failed.
+    /// Nothing answered (refused, reset, unreachable), or the connection broke off.
     #[error("{0}")]
     Connect(String),
+    /// No upgrade response within the timeout.
+    #[error("{0}")]
+    TimedOut(String),
+    /// The TLS handshake failed (untrusted certificate, name mismatch), or `wss://` has no
+    /// TLS configuration: waiting does not fix either.
+    #[error("{0}")]
+    Tls(String),
     /// The server answered the upgrade with an HTTP status other than 101.
     #[error("HTTP {status} during the WebSocket upgrade")]
     Refused { status: u16 },
@@ -65,7 +72,7 @@ pub(crate) async fn dial(request: DialRequest<'_>) -> Result<Dialed, DialError> 
     tokio::time::timeout(timeout, dial_unbounded(request))
         .await
         .unwrap_or_else(|_| {
-            Err(DialError::Connect(format!(
+            Err(DialError::TimedOut(format!(
                 "no WebSocket handshake within {} ms",
                 timeout.as_millis()
             )))
@@ -90,17 +97,15 @@ async fn dial_unbounded(request: DialRequest<'_>) -> Result<Dialed, DialError> {
     let _ = tcp.set_nodelay(true);
     let mut stream = if secure {
         let Some(tls) = request.tls else {
-            return Err(DialError::Connect(
-                "wss:// needs a TLS configuration".into(),
-            ));
+            return Err(DialError::Tls("wss:// needs a TLS configuration".into()));
         };
         let server_name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|err| DialError::Connect(format!("invalid TLS server name: {err}")))?;
+            .map_err(|err| DialError::Tls(format!("invalid TLS server name: {err}")))?;
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
         let tls_stream = connector
             .connect(server_name, tcp)
             .await
-            .map_err(|err| DialError::Connect(err.to_string()))?;
+            .map_err(|err| DialError::Tls(err.to_string()))?;
         MaybeTlsStream::Rustls(tls_stream)
     } else {
         MaybeTlsStream::Plain(tcp)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use subplex_protocol::RawJson;
+use subplex_upstream::http::{HttpClient, HttpSettings};
 use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,7 +20,7 @@ use crate::downstream;
 pub(crate) struct Upstream {
     pub config: UpstreamConfig,
     pub pool: ProbingPool,
-    pub http: reqwest::Client,
+    pub http: HttpClient,
 }
 
 impl Upstream {
@@ -91,17 +92,14 @@ impl GatewayState {
     pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
-            let http = reqwest::Client::builder()
-                .connect_timeout(upstream.settings.connect_timeout)
-                .timeout(upstream.request_timeout)
-                .use_preconfigured_tls((*upstream.http_tls).clone())
-                .build()
-                .map_err(|err| {
-                    std::io::Error::other(format!(
-                        "upstream \"{}\": cannot build its HTTP client: {err}",
-                        upstream.settings.name
-                    ))
-                })?;
+            let http = HttpClient::new(HttpSettings {
+                name: upstream.settings.name.clone(),
+                url: upstream.http_url.clone(),
+                connect_timeout: upstream.settings.connect_timeout,
+                request_timeout: upstream.request_timeout,
+                tls: upstream.http_tls.clone(),
+            })
+            .map_err(std::io::Error::other)?;
             upstreams.push(Arc::new(Upstream {
                 config: upstream.clone(),
                 pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),

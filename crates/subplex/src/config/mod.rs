@@ -157,10 +157,10 @@ pub struct RawUpstream {
     /// WebSocket URL. Default: `url` with http→ws, https→wss.
     pub ws_url: Option<String>,
     /// `auto` (probe the upstream before its first connection), `graphql-transport-ws`,
-    /// `graphql-ws` (legacy) or `sse` (refused until SSE upstreams are built). Default `auto`.
+    /// `graphql-ws` (legacy) or `sse` (GraphQL over SSE, one request per operation). Default `auto`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
-    /// HTTP method of GraphQL over SSE requests to this upstream (the probe's SSE step):
+    /// HTTP method of GraphQL over SSE requests to this upstream (its operations, and the probe's SSE step):
     /// `POST` or `GET`. Default `POST`.
     #[serde(default = "default_sse_method")]
     pub sse_method: String,
@@ -197,6 +197,36 @@ pub struct RawUpstream {
     /// PEM file of extra CA certificates to trust for `https`/`wss` upstreams, besides
     /// Mozilla's roots; relative to the config file. Default: none.
     pub tls_ca_file: Option<String>,
+    /// `[upstreams.<name>.reconnect]`: what happens when the upstream connection fails in a
+    /// retryable way.
+    #[serde(default)]
+    pub reconnect: RawReconnect,
+}
+
+/// `[upstreams.<name>.reconnect]`: backoff and give-up window after a retryable failure
+/// (a restart, a reset, a keep-alive timeout). Operations survive the outage; clients
+/// notice nothing unless it outlasts `give_up_after_ms`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReconnect {
+    /// Delay before the first redial. Doubles per failed attempt, with jitter (each delay
+    /// is between half and all of its bound). Default 100.
+    pub initial_ms: u64,
+    /// Largest delay between redials. Default 5000.
+    pub max_ms: u64,
+    /// How long an outage may last before each affected operation gets an error and
+    /// completes; 0 fails them at the first failure. Default 30000.
+    pub give_up_after_ms: u64,
+}
+
+impl Default for RawReconnect {
+    fn default() -> Self {
+        RawReconnect {
+            initial_ms: 100,
+            max_ms: 5_000,
+            give_up_after_ms: 30_000,
+        }
+    }
 }
 
 fn default_request_timeout_ms() -> u64 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 use subplex_protocol::Subprotocol;
-use subplex_upstream::{SseMethod, UpstreamProtocol, UpstreamSettings};
+use subplex_upstream::{ReconnectSettings, SseMethod, UpstreamProtocol, UpstreamSettings};
 
 use super::{
     AllowedOrigins, Config, CorsConfig, RawConfig, RawCors, RawServer, RawUpstream, RouteConfig,
@@ -419,19 +419,12 @@ fn validate_upstream(
         (None, None) => None,
     };
     let protocol = match UpstreamProtocol::from_config_name(&raw.protocol) {
-        Some(UpstreamProtocol::Sse) => {
-            problems.add(
-                key("protocol"),
-                "\"sse\" is not available yet: subplex can probe an SSE upstream (subplex probe) but cannot carry subscriptions to one; use the upstream's WebSocket endpoint with \"auto\", \"graphql-transport-ws\" or \"graphql-ws\"",
-            );
-            None
-        }
         Some(protocol) => Some(protocol),
         None => {
             problems.add(
                 key("protocol"),
                 format!(
-                    "\"{}\" is not a protocol; use \"auto\" (probe the upstream), \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server) or \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura)",
+                    "\"{}\" is not a protocol; use \"auto\" (probe the upstream), \"graphql-transport-ws\" (graphql-ws library: Yoga, Apollo Server), \"graphql-ws\" (legacy subscriptions-transport-ws, Hasura) or \"sse\" (GraphQL over SSE)",
                     raw.protocol
                 ),
             );
@@ -499,6 +492,20 @@ fn validate_upstream(
         problems.add(key("subscriber_queue"), "must be greater than 0");
     }
     let request_timeout = problems.positive(key("request_timeout_ms"), raw.request_timeout_ms);
+    let reconnect = ReconnectSettings {
+        initial: problems.positive(key("reconnect.initial_ms"), raw.reconnect.initial_ms),
+        max: problems.positive(key("reconnect.max_ms"), raw.reconnect.max_ms),
+        give_up_after: Duration::from_millis(raw.reconnect.give_up_after_ms),
+    };
+    if raw.reconnect.max_ms < raw.reconnect.initial_ms {
+        problems.add(
+            key("reconnect.max_ms"),
+            format!(
+                "{} is below reconnect.initial_ms ({}); the largest delay cannot be smaller than the first",
+                raw.reconnect.max_ms, raw.reconnect.initial_ms
+            ),
+        );
+    }
 
     let ca_file = raw.tls_ca_file.as_ref().map(|file| base_dir.join(file));
     let tls = match super::tls::upstream_tls(ca_file.as_deref()) {
@@ -532,6 +539,7 @@ fn validate_upstream(
     settings.keepalive_timeout = keepalive_timeout;
     settings.max_message_bytes = raw.max_message_bytes;
     settings.subscriber_queue = raw.subscriber_queue;
+    settings.reconnect = reconnect;
     Some(UpstreamConfig {
         settings,
         http_url,
@@ -625,15 +633,12 @@ mod tests {
     }
 
     #[test]
-    fn no_routes_and_sse_protocol_are_explained() {
+    fn no_routes_and_a_bad_sse_method_are_explained() {
         let err = problems(
             "[upstreams.a]\nurl = \"http://127.0.0.1:1/\"\nprotocol = \"sse\"\nsse_method = \"PUT\"\n",
         );
         assert!(err.contains("routes: no routes"), "{err}");
-        assert!(
-            err.contains("upstreams.a.protocol: \"sse\" is not available yet"),
-            "{err}"
-        );
+        assert!(!err.contains("upstreams.a.protocol"), "{err}");
         assert!(
             err.contains("upstreams.a.sse_method: \"PUT\" is not \"POST\" or \"GET\""),
             "{err}"
@@ -856,6 +861,48 @@ mod tests {
         let err = problems(&GOOD.replace("idle_timeout_ms = 1500", "idle_timeout_ms = 0"));
         assert!(
             err.contains("upstreams.chat.idle_timeout_ms: must be greater than 0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reconnect_keys_have_defaults_and_are_checked() {
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        let reconnect = config.upstreams[0].settings.reconnect;
+        assert_eq!(reconnect.initial.as_millis(), 100);
+        assert_eq!(reconnect.max.as_millis(), 5000);
+        assert_eq!(reconnect.give_up_after.as_millis(), 30000);
+
+        let tuned = GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\n[upstreams.chat.reconnect]\ninitial_ms = 50\nmax_ms = 800\ngive_up_after_ms = 0",
+        );
+        let reconnect = Config::parse(&tuned, "gateway.toml").unwrap().upstreams[0]
+            .settings
+            .reconnect;
+        assert_eq!(reconnect.initial.as_millis(), 50);
+        assert_eq!(reconnect.max.as_millis(), 800);
+        assert_eq!(reconnect.give_up_after.as_millis(), 0);
+
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\n[upstreams.chat.reconnect]\ninitial_ms = 0\nmax_ms = 50\nbackoff = 2",
+        ));
+        assert!(err.contains("unknown field `backoff`"), "{err}");
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\n[upstreams.chat.reconnect]\ninitial_ms = 0\nmax_ms = 50",
+        ));
+        assert!(
+            err.contains("upstreams.chat.reconnect.initial_ms: must be greater than 0"),
+            "{err}"
+        );
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\n[upstreams.chat.reconnect]\ninitial_ms = 500\nmax_ms = 50",
+        ));
+        assert!(
+            err.contains("gateway.toml: invalid configuration:\n  upstreams.chat.reconnect.max_ms: 50 is below reconnect.initial_ms (500)"),
             "{err}"
         );
     }

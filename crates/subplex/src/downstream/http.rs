@@ -1,4 +1,5 @@
-//! Queries and mutations over plain HTTP, forwarded to the upstream's `url`.
+//! Queries and mutations over plain HTTP, forwarded to the upstream's `url` through the
+//! upstream's [`HttpClient`](subplex_upstream::http::HttpClient).
 
 use std::sync::Arc;
 
@@ -6,7 +7,7 @@ use bytes::Bytes;
 
 use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use tracing::debug;
+use subplex_upstream::http::HttpRequest;
 
 use crate::responses::{full, json_error, read_body, refuse_get_mutation, ResponseBody};
 use crate::state::{GatewayState, Upstream};
@@ -41,51 +42,36 @@ pub(crate) async fn forward_body(
     body: Bytes,
     upstream: Arc<Upstream>,
 ) -> Response<ResponseBody> {
-    let mut url = upstream.config.http_url.clone();
-    url.set_query(parts.uri.query());
-    let mut request = upstream.http.request(parts.method.clone(), url).body(body);
-    for name in PASSED_THROUGH
+    let headers = PASSED_THROUGH
         .iter()
         .chain(&upstream.config.forward_headers)
-    {
-        for value in parts.headers.get_all(name) {
-            request = request.header(name, value);
-        }
-    }
-    let response = match request.send().await {
+        .flat_map(|name| {
+            parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(move |value| (name.clone(), value.clone()))
+        })
+        .collect();
+    let request = HttpRequest {
+        method: parts.method.clone(),
+        query: parts.uri.query().map(str::to_owned),
+        headers,
+        body,
+    };
+    let response = match upstream.http.send(request).await {
         Ok(response) => response,
-        Err(err) => {
-            debug!(error = %err, "upstream HTTP request failed");
-            let message = format!(
-                "upstream \"{}\" is unavailable over HTTP: {}",
-                upstream.config.settings.name,
-                if err.is_timeout() {
-                    "timed out (request_timeout_ms)"
-                } else if err.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                }
-            );
-            return json_error(StatusCode::BAD_GATEWAY, &message, "UPSTREAM_UNAVAILABLE");
+        Err(error) => {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                &error.to_string(),
+                "UPSTREAM_UNAVAILABLE",
+            )
         }
     };
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = match response.bytes().await {
-        Ok(bytes) => bytes,
-        Err(err) => {
-            let message = if err.is_timeout() {
-                "upstream response timed out (request_timeout_ms)"
-            } else {
-                "upstream response ended early"
-            };
-            return json_error(StatusCode::BAD_GATEWAY, message, "UPSTREAM_UNAVAILABLE");
-        }
-    };
-    let mut out = Response::new(full(bytes));
-    *out.status_mut() = status;
-    for (name, value) in &headers {
+    let mut out = Response::new(full(response.body));
+    *out.status_mut() = response.status;
+    for (name, value) in &response.headers {
         if !HOP_BY_HOP.contains(name) {
             out.headers_mut().append(name, value.clone());
         }

@@ -1,0 +1,87 @@
+//! The pool's table of live connections, and the [`Registration`] each connection task
+//! holds. The task reports its end through the registration (leave the table, count
+//! down) and never sees the pool itself, so the dependency runs one way:
+//! `pool` → `connection` → `registry` ← `pool`.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::handle::UpstreamHandle;
+use crate::SecurityContext;
+
+/// Handles only: every connection's state lives in its task.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    pub connections: DashMap<SecurityContext, UpstreamHandle>,
+    open_connections: AtomicUsize,
+    /// Set when a connection failed in a protocol way: a probed protocol is stale.
+    protocol_mismatch: AtomicBool,
+}
+
+impl Registry {
+    /// Counts a new connection task for `key` with handle id `id`; the registration
+    /// counts it down when dropped.
+    pub fn register(self: &Arc<Self>, key: SecurityContext, id: u64) -> Registration {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+        Registration {
+            registry: self.clone(),
+            key,
+            id,
+        }
+    }
+
+    /// Removes the entry for `key` if it is still connection `id` (a newer connection for
+    /// the same key may have replaced it).
+    pub fn remove(&self, key: &SecurityContext, id: u64) {
+        self.connections.remove_if(key, |_, handle| handle.id == id);
+    }
+
+    /// Connection tasks currently running (connecting, serving, reconnecting or closing).
+    pub fn open_connections(&self) -> usize {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn protocol_mismatch_seen(&self) -> bool {
+        self.protocol_mismatch.load(Ordering::Relaxed)
+    }
+}
+
+/// A connection task's place in the registry.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    key: SecurityContext,
+    id: u64,
+}
+
+impl Registration {
+    /// Leaves the table: later subscribers of this key get a new connection. Called before
+    /// the task stops taking subscriptions, so none queues on a closing connection.
+    pub fn leave(&self) {
+        self.registry.remove(&self.key, self.id);
+    }
+
+    /// Records that this connection failed in a protocol way, for the pool's owner to
+    /// probe again (`protocol = "auto"`).
+    pub fn report_protocol_mismatch(&self) {
+        self.registry
+            .protocol_mismatch
+            .store(true, Ordering::Relaxed);
+    }
+
+    /// Connection tasks of this upstream currently running, for logs.
+    pub fn open_connections(&self) -> usize {
+        self.registry.open_connections()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.leave();
+        self.registry
+            .open_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
