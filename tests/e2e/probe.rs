@@ -204,12 +204,12 @@ async fn probe_finds_each_server_protocol_by_behaviour() {
     }
 }
 
-/// With `protocol = "auto"` (the default) the gateway probes each upstream at the first
-/// subscription and then serves it in the dialect found, liars included. The server's
-/// connection count is the probe's connections plus the one shared upstream connection.
+/// With `protocol = "auto"` (the default) the gateway probes each upstream at start-up,
+/// before any client, and then serves it in the dialect found, liars included. The
+/// server's connection count is the probe's connections plus the upstream connections.
 /// An SSE-only upstream is served over GraphQL over SSE.
 #[tokio::test]
-async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
+async fn auto_probes_at_start_and_serves_the_dialect_found() {
     // (server, WebSocket connections the probe makes)
     let cases = [
         (Upstream::Yoga, 1),
@@ -228,6 +228,15 @@ async fn auto_probes_at_first_use_and_serves_the_dialect_found() {
     }
     let gateway = TestGateway::start(&config).await;
     let url = |i: usize| format!("http://{}/u{i}", gateway.addr);
+    // No client yet: the start-up probe alone opens (and closes) the probe's connections.
+    for ((kind, probe_connections), server) in cases.iter().zip(&servers) {
+        let counters = server
+            .wait_for("the start-up probe", |c| {
+                c.connections_total == *probe_connections && c.connections_open == 0
+            })
+            .await;
+        assert_eq!(counters.subscriptions_active, 0, "{kind:?}");
+    }
 
     let query = "subscription { ticks(count: 2) { n user } }";
     let mut clients = Vec::new();
@@ -335,9 +344,10 @@ async fn probe_uses_the_callers_credentials_and_reports_a_refusal() {
     assert_eq!(lines[1], json!({ "type": "complete" }));
     let results = run_clients(vec![client("graphql-ws", &gateway.url(), query, "bo")]).await;
     assert_eq!(results[0], expected_tick_lines("bo", 2));
-    // Two probes before, then the refused probe, the second probe and the connection.
+    // Two probes before; then the gateway's anonymous probe at start-up (refused, not
+    // cached), the anonymous client's refused probe, bo's probe and bo's connection.
     server
-        .wait_for("the gateway's connections", |c| c.connections_total == 5)
+        .wait_for("the gateway's connections", |c| c.connections_total == 6)
         .await;
 }
 

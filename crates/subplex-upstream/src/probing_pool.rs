@@ -1,8 +1,10 @@
 //! A [`Pool`] whose protocol is configured, or found by [`probe`] (`protocol = "auto"`).
 //!
-//! With `auto`, the first subscribe probes the upstream with that caller's headers and
-//! init payload (an auth-protected upstream refuses a probe without them), and the pool
-//! is built for the protocol found: either WebSocket dialect, or GraphQL over SSE.
+//! With `auto`, the gateway probes each upstream at start-up without credentials
+//! ([`ProbingPool::probe_at_start`]), so the log says at once what each upstream speaks.
+//! If that probe fails (the upstream is not up yet, or refuses anonymous callers), the
+//! first subscribe probes with that caller's headers and init payload, and the pool is
+//! built for the protocol found: either WebSocket dialect, or GraphQL over SSE.
 //! Concurrent first subscribers wait on that one probe. A probe that fails (unreachable,
 //! credentials refused) is not cached: the next subscriber probes again.
 //!
@@ -15,12 +17,12 @@
 
 use std::sync::Arc;
 
-use subplex_protocol::GraphqlRequest;
+use subplex_protocol::{GraphqlRequest, RawJson};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::probe::{evidence_line, probe, DetectedProtocol};
+use crate::probe::{evidence_line, probe, DetectedProtocol, ProbeReport};
 use crate::{ConnectParams, Pool, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
 /// The upstream connections of one upstream, once its protocol is known.
@@ -76,6 +78,37 @@ impl ProbingPool {
         }
     }
 
+    /// With `protocol = "auto"`, probes the upstream once without credentials and caches
+    /// what it finds. A failure is logged at info and changes nothing: the first
+    /// subscriber probes again with its own credentials. Subscribers arriving meanwhile
+    /// wait on this probe (the same single flight as any probe).
+    pub async fn probe_at_start(&self) {
+        if !self.is_auto() {
+            return;
+        }
+        let mut current = self.current.lock().await;
+        if current.is_some() {
+            return;
+        }
+        let name = &self.settings.name;
+        let no_init_payload = RawJson::empty_object();
+        let probing = probe(&self.settings, &[], &no_init_payload);
+        let report = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return,
+            report = probing => report,
+        };
+        match report {
+            Ok(report) => *current = Some(Arc::new(self.pool_for(&report))),
+            Err(error) => info!(
+                upstream = %name,
+                reason = %error,
+                evidence = %evidence_line(&error.evidence),
+                "protocol probe at start-up failed; the first subscription probes with its credentials"
+            ),
+        }
+    }
+
     fn is_auto(&self) -> bool {
         self.settings.configured_protocol == UpstreamProtocol::Auto
     }
@@ -118,13 +151,18 @@ impl ProbingPool {
                 warn!(upstream = %name, reason = %error, evidence = %evidence_line(&error.evidence), "protocol probe failed; the next subscription probes again");
                 error.to_upstream_error(name)
             })?;
-        info!(upstream = %name, protocol = %report.protocol, evidence = %evidence_line(&report.evidence), "upstream protocol found by probing");
+        Ok(self.pool_for(&report))
+    }
+
+    /// Logs what a probe found, and builds the pool for it.
+    fn pool_for(&self, report: &ProbeReport) -> Pool {
+        info!(upstream = %self.settings.name, protocol = %report.protocol, evidence = %evidence_line(&report.evidence), "upstream protocol found by probing");
         let mut settings = self.settings.clone();
         match report.protocol {
             DetectedProtocol::WebSocket(dialect) => settings.protocol = dialect,
             DetectedProtocol::Sse => settings.configured_protocol = UpstreamProtocol::Sse,
         }
-        Ok(Pool::new(settings, self.shutdown.child_token()))
+        Pool::new(settings, self.shutdown.child_token())
     }
 
     /// Upstream connections currently open in the current pool.

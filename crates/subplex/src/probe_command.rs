@@ -90,7 +90,7 @@ pub async fn run(args: &ProbeArgs) -> Result<String, ProbeCommandError> {
                 out.push_str(&format!("\n  {}. {step}", i + 1));
             }
             out.push_str(&format!(
-                "\n\nIn gateway.toml: protocol = \"{}\" (or \"auto\", the default, to probe at first use)\n{sent}",
+                "\n\nIn gateway.toml: protocol = \"{}\" (or \"auto\", the default, to probe at start-up)\n{sent}",
                 report.protocol.config_name()
             ));
             Ok(out)

@@ -63,6 +63,17 @@ impl Gateway {
             upstream_shutdown,
         } = self;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        // `protocol = "auto"` upstreams are probed now, so the log tells at start what each
+        // one speaks; clients are served meanwhile (their subscribes wait on the probe).
+        let mut probed: Vec<&Arc<crate::state::Upstream>> = Vec::new();
+        for upstream in state.routes.values() {
+            if probed.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
+                continue;
+            }
+            probed.push(upstream);
+            let upstream = upstream.clone();
+            tokio::spawn(async move { upstream.pool.probe_at_start().await });
+        }
         let connections = state.connection_slots.clone();
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());

@@ -307,7 +307,7 @@ async fn probe_names_the_protocol_and_its_evidence() {
              1. WebSocket upgrade offering graphql-transport-ws, graphql-ws: accepted, server selected \"graphql-transport-ws\"\n  \
              2. graphql-transport-ws handshake: sent connection_init, and ping after the ack; received connection_ack, pong: confirmed graphql-transport-ws\n\
              \n\
-             In gateway.toml: protocol = \"graphql-transport-ws\" (or \"auto\", the default, to probe at first use)\n\
+             In gateway.toml: protocol = \"graphql-transport-ws\" (or \"auto\", the default, to probe at start-up)\n\
              Sent: headers authorization (values not shown); the given init payload (not shown).\n"
         )
     );
