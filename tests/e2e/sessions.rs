@@ -365,3 +365,98 @@ async fn http2_streams_count_against_max_connections() {
     .expect("a place is free again once the first stream ended");
     assert_eq!(reopened.version(), reqwest::Version::HTTP_2);
 }
+
+/// What a client that stops reading can hold in the gateway is bounded in bytes, not only
+/// in events: with room for a million events but 64 KiB, a stalled client's subscription
+/// of 4 KiB events is cut off by the slow-consumer policy long before the write timeout.
+#[tokio::test]
+async fn a_stalled_client_holds_at_most_subscriber_queue_bytes() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::start(&format!(
+        "[server]\nclient_write_timeout_ms = 600000\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
+         subscriber_queue = 1000000\nsubscriber_queue_bytes = 65536\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        server.port
+    ))
+    .await;
+    let mut stuck = RawClient::connect_with_small_receive_buffer(gateway.addr, TRANSPORT_WS).await;
+    stuck.init(json!({})).await;
+    stuck
+        .send(subscribe(
+            "1",
+            "subscription { forever(intervalMs: 1) { n padding(bytes: 4096) } }",
+        ))
+        .await;
+    server
+        .wait_for("the subscription", |c| c.subscriptions_active == 1)
+        .await;
+    server
+        .wait_for("the stalled client's subscription to be cut off", |c| {
+            c.subscriptions_active == 0
+        })
+        .await;
+    // The client is still connected; once it reads, it finds the cut-off's error result.
+    loop {
+        let message = stuck.recv_json().await;
+        let payload = &message["payload"];
+        if let Some(errors) = payload.get("errors") {
+            assert_eq!(
+                errors[0]["extensions"]["code"], "SLOW_CONSUMER",
+                "{message}"
+            );
+            assert!(
+                errors[0]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("65536 bytes"),
+                "{message}"
+            );
+            break;
+        }
+        assert!(payload["data"]["forever"]["n"].is_u64(), "{message}");
+    }
+    assert_eq!(
+        stuck.recv_json().await,
+        json!({ "type": "complete", "id": "1" })
+    );
+}
+
+/// A query's response over plain HTTP is read up to `max_response_bytes`, then refused.
+#[tokio::test]
+async fn an_oversized_upstream_http_response_is_refused() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::start(&format!(
+        "[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nmax_response_bytes = 1024\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        server.port
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let query = |aliases: usize| {
+        let fields: Vec<String> = (0..aliases).map(|i| format!("a{i}: hello")).collect();
+        json!({ "query": format!("{{ {} }}", fields.join(" ")) })
+    };
+    let small = http
+        .post(gateway.url())
+        .json(&query(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    let large = http
+        .post(gateway.url())
+        .json(&query(200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(large.status(), 502);
+    let body: serde_json::Value = large.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"],
+        "UPSTREAM_RESPONSE_TOO_LARGE"
+    );
+    assert_eq!(
+        body["errors"][0]["message"],
+        "upstream response is larger than the 1024 byte limit (max_response_bytes)"
+    );
+}

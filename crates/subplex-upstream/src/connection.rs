@@ -280,6 +280,7 @@ impl UpstreamConnection {
         self.next_operation += 1;
         let (subscriber, subscription) = subscription::channel(
             self.settings.subscriber_queue,
+            self.settings.subscriber_queue_bytes,
             self.unsubscribe_tx.clone(),
             id,
         );
@@ -417,7 +418,7 @@ impl UpstreamConnection {
         let Some(operation) = self.operations.get(&id) else {
             return Ok(()); // Already stopped on our side; the upstream's late events race it.
         };
-        match operation.subscriber.events.try_send(event) {
+        match operation.subscriber.try_send(event) {
             Ok(()) => {
                 if terminal {
                     self.operations.remove(&id);
@@ -426,12 +427,10 @@ impl UpstreamConnection {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(()), // Its stop is queued.
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let queued = self.settings.subscriber_queue;
-                warn!(op = id, queued, "subscriber too slow; cutting it off");
+                let error = self.settings.slow_consumer();
+                warn!(op = id, %error, "subscriber too slow; cutting it off");
                 if let Some(operation) = self.operations.remove(&id) {
-                    operation
-                        .subscriber
-                        .fail(UpstreamError::SlowConsumer { queued });
+                    operation.subscriber.fail(error);
                 }
                 if terminal {
                     return Ok(());

@@ -51,8 +51,11 @@ pub enum UpstreamError {
     /// An event stream ended, or broke, before the operation's `complete`.
     #[error("upstream \"{upstream}\" ended the event stream before the operation completed{}", reason_suffix(.reason))]
     StreamCut { upstream: Arc<str>, reason: String },
-    #[error("subscription cut off: the client fell more than {queued} events behind")]
-    SlowConsumer { queued: usize },
+    #[error("subscription cut off: the client fell behind by more than {queued_events} events or {queued_bytes} bytes")]
+    SlowConsumer {
+        queued_events: usize,
+        queued_bytes: usize,
+    },
     #[error("the gateway is shutting down")]
     ShuttingDown,
 }
@@ -239,7 +242,10 @@ mod tests {
                 upstream: "up".into(),
                 reason: "garbage".into(),
             },
-            UpstreamError::SlowConsumer { queued: 1 },
+            UpstreamError::SlowConsumer {
+                queued_events: 1,
+                queued_bytes: 1,
+            },
             UpstreamError::ShuttingDown,
         ];
         for error in &permanent {

@@ -22,6 +22,9 @@ pub struct HttpSettings {
     pub connect_timeout: Duration,
     /// Whole-request timeout, response body included.
     pub request_timeout: Duration,
+    /// Largest response body read from the upstream; a larger one is refused, never
+    /// buffered whole.
+    pub max_response_bytes: usize,
     /// Trusted roots and protocol versions for `https://`.
     pub tls: Arc<rustls::ClientConfig>,
 }
@@ -65,6 +68,18 @@ pub enum HttpError {
     ResponseTimedOut,
     #[error("upstream response ended early")]
     ResponseCut,
+    #[error("upstream response is larger than the {limit} byte limit (max_response_bytes)")]
+    ResponseTooLarge { limit: usize },
+}
+
+impl HttpError {
+    /// The stable `extensions.code` clients see.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HttpError::ResponseTooLarge { .. } => "UPSTREAM_RESPONSE_TOO_LARGE",
+            _ => "UPSTREAM_UNAVAILABLE",
+        }
+    }
 }
 
 /// What went wrong before a response arrived.
@@ -115,6 +130,36 @@ impl HttpClient {
         &self.client
     }
 
+    /// Reads a response body of at most `max_response_bytes`, chunk by chunk, so that an
+    /// oversized one is refused after the limit instead of buffered whole.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Bytes, HttpError> {
+        let limit = self.settings.max_response_bytes;
+        let too_large = HttpError::ResponseTooLarge { limit };
+        if response
+            .content_length()
+            .is_some_and(|len| len > limit as u64)
+        {
+            return Err(too_large);
+        }
+        let mut body = bytes::BytesMut::new();
+        loop {
+            let chunk = response.chunk().await.map_err(|err| {
+                if err.is_timeout() {
+                    HttpError::ResponseTimedOut
+                } else {
+                    HttpError::ResponseCut
+                }
+            })?;
+            let Some(chunk) = chunk else {
+                return Ok(body.freeze());
+            };
+            if body.len() + chunk.len() > limit {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+
     /// Sends `request` to the upstream's URL and reads the whole response.
     pub async fn send(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let mut url = self.settings.url.clone();
@@ -138,13 +183,7 @@ impl HttpClient {
         })?;
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|err| {
-            if err.is_timeout() {
-                HttpError::ResponseTimedOut
-            } else {
-                HttpError::ResponseCut
-            }
-        })?;
+        let body = self.read_body(response).await?;
         Ok(HttpResponse {
             status,
             headers,

@@ -106,6 +106,9 @@ pub struct UpstreamSettings {
     pub max_message_bytes: usize,
     /// Events buffered per subscriber before the slow-consumer policy cuts it off.
     pub subscriber_queue: usize,
+    /// Payload bytes buffered per subscriber (beyond its first queued event) before the
+    /// slow-consumer policy cuts it off.
+    pub subscriber_queue_bytes: usize,
     /// TLS for `wss://` URLs: trusted roots and protocol versions. `None` refuses `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Backoff and give-up window after a retryable failure.
@@ -113,6 +116,14 @@ pub struct UpstreamSettings {
 }
 
 impl UpstreamSettings {
+    /// The error a subscriber cut off by the slow-consumer policy gets.
+    pub(crate) fn slow_consumer(&self) -> crate::UpstreamError {
+        crate::UpstreamError::SlowConsumer {
+            queued_events: self.subscriber_queue,
+            queued_bytes: self.subscriber_queue_bytes,
+        }
+    }
+
     /// Settings with the documented defaults for `name` at `ws_url`; `http_url` is
     /// `ws_url` with ws→http, wss→https.
     pub fn new(name: &str, ws_url: url::Url, protocol: Subprotocol) -> Self {
@@ -137,6 +148,7 @@ impl UpstreamSettings {
             keepalive_timeout: Duration::from_millis(10_000),
             max_message_bytes: 1024 * 1024,
             subscriber_queue: 128,
+            subscriber_queue_bytes: 1024 * 1024,
             tls: None,
             reconnect: ReconnectSettings::default(),
         }

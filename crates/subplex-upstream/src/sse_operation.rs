@@ -227,8 +227,12 @@ impl SseOperationTask {
         // Stops are seen as the subscriber's queue closing; the unsubscribe queue of a
         // WebSocket connection has no use here, so its receiving end is dropped.
         let (unsubscribe, _) = mpsc::unbounded_channel();
-        let (subscriber, subscription) =
-            subscription::channel(client.settings().subscriber_queue, unsubscribe, id);
+        let (subscriber, subscription) = subscription::channel(
+            client.settings().subscriber_queue,
+            client.settings().subscriber_queue_bytes,
+            unsubscribe,
+            id,
+        );
         let span = tracing::info_span!(parent: None, "upstream", name = %client.settings().name, ctx = %key, sse_op = id);
         let (first_outcome, first) = oneshot::channel();
         let task = SseOperationTask {
@@ -289,7 +293,7 @@ impl SseOperationTask {
                             tokio::select! {
                                 biased;
                                 _ = self.shutdown.cancelled() => return self.fail(UpstreamError::ShuttingDown),
-                                _ = self.subscriber.events.closed() => return,
+                                _ = self.subscriber.closed() => return,
                                 _ = changes.changed() => {}
                             }
                         }
@@ -346,7 +350,7 @@ impl SseOperationTask {
                 self.over(UpstreamError::ShuttingDown);
                 false
             }
-            _ = self.subscriber.events.closed() => false,
+            _ = self.subscriber.closed() => false,
             _ = time::sleep_until(when) => true,
         }
     }
@@ -363,7 +367,7 @@ impl SseOperationTask {
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Err(self.over(UpstreamError::ShuttingDown)),
-            _ = self.subscriber.events.closed() => Err(Attempt::Over),
+            _ = self.subscriber.closed() => Err(Attempt::Over),
             _ = time::sleep_until(give_up_at.unwrap_or_else(Instant::now)), if give_up_at.is_some() => {
                 Err(Attempt::Failed(UpstreamError::Connect {
                     upstream: self.client.settings().name.clone(),
@@ -382,7 +386,7 @@ impl SseOperationTask {
                 biased;
                 _ = self.shutdown.cancelled() => return self.over(UpstreamError::ShuttingDown),
                 // Dropping `operation` ends the HTTP request: the upstream stops it.
-                _ = self.subscriber.events.closed() => return Attempt::Over,
+                _ = self.subscriber.closed() => return Attempt::Over,
                 next = operation.recv() => next,
             };
             let event = match next {
@@ -392,14 +396,14 @@ impl SseOperationTask {
                 None => return Attempt::Over,
             };
             let terminal = event.is_terminal();
-            match self.subscriber.events.try_send(event) {
+            match self.subscriber.try_send(event) {
                 Ok(()) if terminal => return Attempt::Over,
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Closed(_)) => return Attempt::Over,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    let queued = self.client.settings().subscriber_queue;
-                    warn!(queued, "subscriber too slow; cutting it off");
-                    return self.over(UpstreamError::SlowConsumer { queued });
+                    let error = self.client.settings().slow_consumer();
+                    warn!(%error, "subscriber too slow; cutting it off");
+                    return self.over(error);
                 }
             }
         }

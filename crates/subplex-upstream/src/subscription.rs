@@ -1,9 +1,11 @@
 //! One operation's stream of events from an upstream connection.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use subplex_protocol::Event;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::UpstreamError;
 
@@ -14,6 +16,8 @@ pub struct Subscription {
     events: mpsc::Receiver<Event>,
     /// Set by the connection task before it drops the sender without a terminal event.
     failure: Arc<OnceLock<UpstreamError>>,
+    /// Payload bytes in `events`, shared with the [`Subscriber`].
+    queued_bytes: Arc<AtomicUsize>,
     /// Where to say "stop" on drop, and which upstream operation.
     unsubscribe: mpsc::UnboundedSender<u64>,
     upstream_id: u64,
@@ -23,32 +27,72 @@ pub struct Subscription {
 /// The connection task's end of a [`Subscription`].
 #[derive(Debug)]
 pub(crate) struct Subscriber {
-    pub events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Event>,
     pub failure: Arc<OnceLock<UpstreamError>>,
+    queued_bytes: Arc<AtomicUsize>,
+    byte_limit: usize,
+}
+
+/// The payload bytes an event holds while it waits in a queue.
+fn payload_bytes(event: &Event) -> usize {
+    match event {
+        Event::Next(payload) | Event::Error(payload) => payload.as_str().len(),
+        Event::Complete => 0,
+    }
 }
 
 impl Subscriber {
+    /// Queues `event` without waiting. `Full` when the queue holds its count of events, or
+    /// when the event would take its payload bytes over the byte limit: a count alone would
+    /// let a slow client hold `subscriber_queue` times the largest event. An event always
+    /// fits an empty queue, so one as large as the frame limit still gets through.
+    pub fn try_send(&self, event: Event) -> Result<(), TrySendError<Event>> {
+        let size = payload_bytes(&event);
+        // Only this side adds, so the check cannot be overtaken; the receiver only
+        // subtracts, which can only make room.
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued.saturating_add(size) > self.byte_limit {
+            return Err(TrySendError::Full(event));
+        }
+        self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        self.events.try_send(event).inspect_err(|_| {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        })
+    }
+
+    /// Resolves once the [`Subscription`] was dropped.
+    pub async fn closed(&self) {
+        self.events.closed().await
+    }
+
     /// Ends the subscription with an error instead of a terminal event.
     pub fn fail(self, error: UpstreamError) {
         let _ = self.failure.set(error);
     }
 }
 
+/// A subscription queue holding at most `capacity` events and, beyond its first event,
+/// `byte_limit` payload bytes.
 pub(crate) fn channel(
     capacity: usize,
+    byte_limit: usize,
     unsubscribe: mpsc::UnboundedSender<u64>,
     upstream_id: u64,
 ) -> (Subscriber, Subscription) {
     let (tx, rx) = mpsc::channel(capacity);
     let failure = Arc::new(OnceLock::new());
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     (
         Subscriber {
             events: tx,
             failure: failure.clone(),
+            queued_bytes: queued_bytes.clone(),
+            byte_limit,
         },
         Subscription {
             events: rx,
             failure,
+            queued_bytes,
             unsubscribe,
             upstream_id,
             ended: false,
@@ -65,6 +109,8 @@ impl Subscription {
         }
         match self.events.recv().await {
             Some(event) => {
+                self.queued_bytes
+                    .fetch_sub(payload_bytes(&event), Ordering::Relaxed);
                 self.ended = event.is_terminal();
                 Some(Ok(event))
             }
@@ -93,5 +139,42 @@ impl Drop for Subscription {
             // block or be lost (a lost stop leaks the operation upstream).
             let _ = self.unsubscribe.send(self.upstream_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use subplex_protocol::RawJson;
+
+    fn next(bytes: usize) -> Event {
+        // `"xxxx"`: a JSON string whose text is `bytes` long.
+        Event::Next(RawJson::parse(&format!("\"{}\"", "x".repeat(bytes - 2))).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
+        let (unsubscribe, _stops) = mpsc::unbounded_channel();
+        let (subscriber, mut subscription) = channel(8, 100, unsubscribe, 1);
+        // A first event larger than the byte limit still gets through an empty queue.
+        subscriber.try_send(next(150)).unwrap();
+        assert!(matches!(
+            subscriber.try_send(next(10)),
+            Err(TrySendError::Full(_))
+        ));
+        // Reading it makes room again.
+        assert_eq!(subscription.recv().await, Some(Ok(next(150))));
+        subscriber.try_send(next(60)).unwrap();
+        subscriber.try_send(next(40)).unwrap();
+        assert!(matches!(
+            subscriber.try_send(next(2)),
+            Err(TrySendError::Full(_))
+        ));
+        // `complete` carries no payload but still takes a slot of the event count.
+        subscriber.try_send(Event::Complete).unwrap();
+        assert_eq!(subscription.recv().await, Some(Ok(next(60))));
+        assert_eq!(subscription.recv().await, Some(Ok(next(40))));
+        assert_eq!(subscription.recv().await, Some(Ok(Event::Complete)));
+        assert_eq!(subscription.queued_bytes.load(Ordering::Relaxed), 0);
     }
 }

@@ -97,6 +97,7 @@ impl GatewayState {
                 url: upstream.http_url.clone(),
                 connect_timeout: upstream.settings.connect_timeout,
                 request_timeout: upstream.request_timeout,
+                max_response_bytes: upstream.max_response_bytes,
                 tls: upstream.http_tls.clone(),
             })
             .map_err(std::io::Error::other)?;

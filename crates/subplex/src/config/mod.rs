@@ -191,6 +191,14 @@ pub struct RawUpstream {
     /// Events buffered per subscription before a slow client's subscription is cut off. Default 128.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
+    /// Payload bytes buffered per subscription (beyond its first queued event) before a
+    /// slow client's subscription is cut off. Default 1 MiB.
+    #[serde(default = "default_subscriber_queue_bytes")]
+    pub subscriber_queue_bytes: usize,
+    /// Largest response body read from the upstream for a query or mutation forwarded over
+    /// plain HTTP. Default 16 MiB.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
     /// Whole-request timeout for queries and mutations forwarded over plain HTTP. Default 30000.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
@@ -253,6 +261,12 @@ fn default_10000() -> u64 {
 }
 fn default_max_message_bytes() -> usize {
     1024 * 1024
+}
+fn default_subscriber_queue_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_response_bytes() -> usize {
+    16 * 1024 * 1024
 }
 fn default_subscriber_queue() -> usize {
     128
@@ -351,6 +365,8 @@ pub struct UpstreamConfig {
     pub forward_headers: Vec<HeaderName>,
     /// For plain HTTP forwarding.
     pub request_timeout: Duration,
+    /// For plain HTTP forwarding.
+    pub max_response_bytes: usize,
     /// TLS client settings for plain HTTP forwarding (the WebSocket ones are in `settings`).
     pub http_tls: Arc<rustls::ClientConfig>,
 }

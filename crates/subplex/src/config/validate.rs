@@ -491,6 +491,12 @@ fn validate_upstream(
     if raw.subscriber_queue == 0 {
         problems.add(key("subscriber_queue"), "must be greater than 0");
     }
+    if raw.subscriber_queue_bytes == 0 {
+        problems.add(key("subscriber_queue_bytes"), "must be greater than 0");
+    }
+    if raw.max_response_bytes < 1024 {
+        problems.add(key("max_response_bytes"), "must be at least 1024");
+    }
     let request_timeout = problems.positive(key("request_timeout_ms"), raw.request_timeout_ms);
     let reconnect = ReconnectSettings {
         initial: problems.positive(key("reconnect.initial_ms"), raw.reconnect.initial_ms),
@@ -539,6 +545,7 @@ fn validate_upstream(
     settings.keepalive_timeout = keepalive_timeout;
     settings.max_message_bytes = raw.max_message_bytes;
     settings.subscriber_queue = raw.subscriber_queue;
+    settings.subscriber_queue_bytes = raw.subscriber_queue_bytes;
     settings.reconnect = reconnect;
     Some(UpstreamConfig {
         settings,
@@ -546,6 +553,7 @@ fn validate_upstream(
         keyed_headers,
         forward_headers,
         request_timeout,
+        max_response_bytes: raw.max_response_bytes,
         http_tls: tls.http,
     })
 }

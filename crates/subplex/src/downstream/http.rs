@@ -61,13 +61,7 @@ pub(crate) async fn forward_body(
     };
     let response = match upstream.http.send(request).await {
         Ok(response) => response,
-        Err(error) => {
-            return json_error(
-                StatusCode::BAD_GATEWAY,
-                &error.to_string(),
-                "UPSTREAM_UNAVAILABLE",
-            )
-        }
+        Err(error) => return json_error(StatusCode::BAD_GATEWAY, &error.to_string(), error.code()),
     };
     let mut out = Response::new(full(response.body));
     *out.status_mut() = response.status;
