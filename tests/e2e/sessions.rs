@@ -138,6 +138,7 @@ async fn a_client_that_stops_reading_is_cut_and_others_are_unaffected() {
     // The cut client gets what was buffered, then the connection ends without a close
     // frame (none could be written to a client that does not read).
     assert_eq!(stuck.drain_to_end().await, Received::Dropped);
+    assert_eq!(gateway.stats.stuck_clients_cut(), 1, "counted once");
 }
 
 #[tokio::test]
@@ -312,6 +313,11 @@ async fn streamed_http_clients_that_stop_reading_are_cut() {
             .await;
         drop(stuck);
     }
+    assert_eq!(
+        gateway.stats.stuck_clients_cut(),
+        2,
+        "each cut counted once"
+    );
 }
 
 /// On HTTP/2 one connection carries any number of streams, so each streamed response

@@ -75,6 +75,8 @@ pub fn init_tracing() {
 #[derive(Debug)]
 pub struct TestGateway {
     pub addr: std::net::SocketAddr,
+    /// The gateway's counts of what happened to clients.
+    pub stats: std::sync::Arc<subplex::DownstreamStats>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -87,10 +89,12 @@ impl TestGateway {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         let gateway = Gateway::bind(config).await.expect("bind gateway");
         let addr = gateway.local_addr();
+        let stats = gateway.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway.run(shutdown.clone()));
         TestGateway {
             addr,
+            stats,
             shutdown,
             task: Some(task),
         }

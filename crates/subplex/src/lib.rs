@@ -16,9 +16,10 @@ pub mod probe_command;
 mod responses;
 mod routes;
 mod server;
-mod state;
+pub(crate) mod state;
 pub mod telemetry;
 mod write_deadline;
 
 pub use config::Config;
 pub use server::Gateway;
+pub use state::DownstreamStats;

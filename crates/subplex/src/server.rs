@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::routes;
-use crate::state::GatewayState;
+use crate::state::{DownstreamStats, GatewayState};
 use crate::write_deadline::WriteDeadline;
 
 /// One client connection's place under `server.max_connections`; released when the last
@@ -46,6 +46,11 @@ impl Gateway {
     }
 
     /// The address actually bound (useful with port 0).
+    /// Counts of what happened to clients; they stay readable after `run` starts.
+    pub fn stats(&self) -> Arc<DownstreamStats> {
+        self.state.stats.clone()
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address.
         self.listener
@@ -78,6 +83,7 @@ impl Gateway {
         let graceful = GracefulShutdown::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         let write_timeout = state.server.client_write_timeout;
+        let stats = state.stats.clone();
 
         loop {
             // Biased: once shutdown is requested no new connection is accepted.
@@ -115,7 +121,7 @@ impl Gateway {
             });
             let connection = builder
                 .serve_connection_with_upgrades(
-                    TokioIo::new(WriteDeadline::new(stream, write_timeout)),
+                    TokioIo::new(WriteDeadline::new(stream, write_timeout, stats.clone())),
                     service,
                 )
                 .into_owned();

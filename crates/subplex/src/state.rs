@@ -70,6 +70,27 @@ impl Upstream {
     }
 }
 
+/// Counts of what happened to clients, for logs, tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct DownstreamStats {
+    /// Clients cut off because a write to them did not complete within
+    /// `server.client_write_timeout_ms`, on any transport.
+    pub stuck_clients_cut: std::sync::atomic::AtomicU64,
+}
+
+impl DownstreamStats {
+    /// Stuck clients cut so far.
+    pub fn stuck_clients_cut(&self) -> u64 {
+        self.stuck_clients_cut
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn stuck_client_cut(&self) {
+        self.stuck_clients_cut
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// State shared by every request.
 #[derive(Debug)]
 pub(crate) struct GatewayState {
@@ -84,6 +105,7 @@ pub(crate) struct GatewayState {
     /// Places under `server.max_connections`: one per client connection, and one more per
     /// streamed response on HTTP/2, where one connection can carry any number of them.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
+    pub stats: Arc<DownstreamStats>,
 }
 
 impl GatewayState {
@@ -117,6 +139,7 @@ impl GatewayState {
             server: config.server.clone(),
             downstream_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
+            stats: Arc::default(),
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             sse_streams: downstream::reservations::Reservations::new(
                 config.server.sse_single_connection.clone(),

@@ -11,11 +11,14 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use crate::state::DownstreamStats;
 
 /// The error a stuck write ends with.
 pub(crate) const STUCK_WRITE: &str =
@@ -26,15 +29,18 @@ pub(crate) const STUCK_WRITE: &str =
 pub(crate) struct WriteDeadline<S> {
     inner: S,
     timeout: Duration,
+    /// Told once when a write times out.
+    stats: Arc<DownstreamStats>,
     /// Set when a write first returned `Pending`, cleared when one completes.
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> WriteDeadline<S> {
-    pub(crate) fn new(inner: S, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: S, timeout: Duration, stats: Arc<DownstreamStats>) -> Self {
         WriteDeadline {
             inner,
             timeout,
+            stats,
             deadline: None,
         }
     }
@@ -57,6 +63,8 @@ impl<S> WriteDeadline<S> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 match deadline.as_mut().poll(cx) {
                     Poll::Ready(()) => {
+                        tracing::debug!(reason = STUCK_WRITE, "client cut off");
+                        self.stats.stuck_client_cut();
                         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, STUCK_WRITE)))
                     }
                     Poll::Pending => Poll::Pending,
@@ -119,7 +127,8 @@ mod tests {
     async fn a_write_pending_past_the_timeout_fails_and_a_reader_resets_the_clock() {
         // A pipe that holds 16 bytes: the writer blocks until the reader reads.
         let (client, server) = tokio::io::duplex(16);
-        let mut server = WriteDeadline::new(server, Duration::from_secs(10));
+        let stats = Arc::new(DownstreamStats::default());
+        let mut server = WriteDeadline::new(server, Duration::from_secs(10), stats.clone());
         let mut client = client;
 
         server.write_all(&[1; 16]).await.unwrap();
@@ -136,5 +145,6 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(err.to_string(), STUCK_WRITE);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+        assert_eq!(stats.stuck_clients_cut(), 1);
     }
 }

@@ -194,7 +194,10 @@ impl DownstreamSession {
                 close_handshake(&mut socket, Some(frame), self.writes.timeout).await;
             }
             Flow::ClosedByClient => close_handshake(&mut socket, None, self.writes.timeout).await,
-            Flow::Cut(reason) => debug!(reason, "client cut off"),
+            Flow::Cut(reason) => {
+                debug!(reason, "client cut off");
+                self.state.stats.stuck_client_cut();
+            }
             Flow::End | Flow::Continue => {}
         }
         // Dropping the streams (with the session) stops every operation upstream.
