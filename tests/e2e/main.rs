@@ -6,6 +6,7 @@ mod legacy_ws;
 mod matrix;
 mod multipart;
 mod multiplexing;
+mod observability;
 mod operations;
 mod origins;
 mod probe;

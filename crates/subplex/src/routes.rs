@@ -14,6 +14,13 @@ use crate::downstream;
 use crate::responses::{json_error, method_not_allowed, text, ResponseBody};
 use crate::state::GatewayState;
 
+/// Liveness: answers `200` as long as the process serves at all.
+pub(crate) const HEALTHZ_PATH: &str = "/healthz";
+/// Readiness: `200` while serving, `503` from the moment shutdown starts.
+pub(crate) const READYZ_PATH: &str = "/readyz";
+/// Paths the gateway answers itself; no route may use them.
+pub(crate) const RESERVED_PATHS: [&str; 2] = [HEALTHZ_PATH, READYZ_PATH];
+
 /// Handles one request, adding CORS headers for allowed browser origins.
 pub(crate) async fn handle(
     req: Request<Incoming>,
@@ -40,10 +47,24 @@ async fn dispatch(
     state: Arc<GatewayState>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
+    // Probes come first: they must answer while draining, and no route may shadow them
+    // (config validation reserves their paths).
+    match req.uri().path() {
+        HEALTHZ_PATH => return text(StatusCode::OK, "ok\n"),
+        READYZ_PATH if state.is_ready() => return text(StatusCode::OK, "ready\n"),
+        READYZ_PATH => return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        _ => {}
+    }
+    if !state.is_ready() {
+        // Only connections accepted during the drain get here (those already open are
+        // closed by the graceful shutdown): a clear refusal rather than a reset.
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down; try another instance",
+            "SHUTTING_DOWN",
+        );
+    }
     let Some(upstream) = state.routes.get(req.uri().path()).cloned() else {
-        if req.uri().path() == "/healthz" {
-            return text(StatusCode::OK, "ok\n");
-        }
         return json_error(
             StatusCode::NOT_FOUND,
             &format!("no route for path {}", req.uri().path()),

@@ -134,15 +134,22 @@ impl Gateway {
             });
         }
 
-        info!("shutting down: no longer accepting connections");
-        drop(listener);
+        // Readiness turns 503 here, before the drain: `is_ready` reads this token.
         state.downstream_shutdown.cancel();
+        info!("shutting down: draining clients; new connections get 503 and /readyz says so");
         state.sessions.close();
         let grace = state.server.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
+        let drain = tokio::time::timeout(grace, async {
             tokio::join!(graceful.shutdown(), state.sessions.wait());
-        })
-        .await;
+        });
+        // The listener stays open during the drain so that load balancers polling
+        // `/readyz` see 503 instead of a refused connection, which many treat as a
+        // transient error rather than as "take this instance out".
+        let drained = tokio::select! {
+            drained = drain => drained,
+            never = answer_while_draining(&listener, &state) => match never {},
+        };
+        drop(listener);
         if drained.is_err() {
             warn!(
                 grace_ms = grace.as_millis() as u64,
@@ -151,5 +158,45 @@ impl Gateway {
         }
         upstream_shutdown.cancel();
         info!("shutdown complete");
+    }
+}
+
+/// Accepts connections during the drain and serves each one request: the probes answer,
+/// everything else gets 503 (see `routes::dispatch`). Each connection still takes a place
+/// under `server.max_connections`; without one it is closed at once. Runs until dropped,
+/// which also ends the connections it serves.
+async fn answer_while_draining(
+    listener: &TcpListener,
+    state: &Arc<GatewayState>,
+) -> std::convert::Infallible {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                warn!(error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let state = state.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
+        });
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        connections.spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+        // Reap finished ones so the set does not grow over a long drain.
+        while connections.try_join_next().is_some() {}
     }
 }

@@ -109,6 +109,13 @@ pub(crate) struct GatewayState {
 }
 
 impl GatewayState {
+    /// Ready while serving: the state exists only once the config is loaded and the
+    /// listener bound, and readiness ends the moment shutdown starts, before the drain, so
+    /// load balancers stop sending new clients while the old ones finish.
+    pub fn is_ready(&self) -> bool {
+        !self.downstream_shutdown.is_cancelled()
+    }
+
     /// Builds the per-upstream pools and HTTP clients. Fails only if an HTTP client cannot
     /// be built (the TLS settings were refused).
     pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {

@@ -159,7 +159,8 @@ async fn banner_address(
 }
 
 /// The demo serves ticks over WebSocket, and with debug logging on, neither the
-/// Authorization header nor the init payload's secret reaches the logs.
+/// Authorization header nor the init payload's secret reaches the logs, which carry no
+/// colour codes since stderr is a pipe.
 #[tokio::test]
 async fn demo_serves_ticks_and_logs_no_secrets() {
     let mut child = Command::new(BIN)
@@ -246,6 +247,11 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
     assert!(
         logs.contains("operation started"),
         "debug logs were captured:\n{logs}"
+    );
+    // stderr is a pipe here, not a terminal: no colour escape sequences reach it.
+    assert!(
+        !logs.contains("\x1b["),
+        "ANSI escapes in piped logs:\n{logs}"
     );
     for secret in [
         "header-secret-1234",

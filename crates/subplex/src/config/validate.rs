@@ -205,6 +205,15 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                     route.path
                 ),
             );
+        } else if crate::routes::RESERVED_PATHS.contains(&route.path.as_str()) {
+            problems.add(
+                format!("{key}.path"),
+                format!(
+                    "\"{}\" is answered by the gateway itself (reserved: {}); choose another path",
+                    route.path,
+                    crate::routes::RESERVED_PATHS.join(", ")
+                ),
+            );
         }
         if let Some(first) = seen_paths.insert(&route.path, i) {
             problems.add(
@@ -637,6 +646,22 @@ mod tests {
             "routes[1].path: \"graphql\" is already routed by routes[0]",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn the_probe_paths_cannot_be_routed() {
+        let err = problems(
+            "[upstreams.a]\nurl = \"http://127.0.0.1:1/graphql\"\n\
+             [[routes]]\npath = \"/healthz\"\nupstream = \"a\"\n\
+             [[routes]]\npath = \"/readyz\"\nupstream = \"a\"\n",
+        );
+        for index in [0, 1] {
+            let path = ["/healthz", "/readyz"][index];
+            let expected = format!(
+                "routes[{index}].path: \"{path}\" is answered by the gateway itself (reserved: /healthz, /readyz)"
+            );
+            assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
         }
     }
 
