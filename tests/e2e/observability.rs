@@ -1,18 +1,25 @@
-//! What operators see: `/healthz`, `/readyz` through a shutdown.
+//! What operators see: `/healthz`, `/readyz` through a shutdown, and `/metrics` equal to
+//! what a scripted scenario did.
 
 use serde_json::{json, Value};
+use subplex_tests::http::{read_until, urlencode};
 use subplex_tests::ws::{RawClient, Received};
 use subplex_tests::*;
 
-/// Status and body of a GET on the gateway.
-async fn get(gateway: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let response = tokio::time::timeout(
+/// A GET on the gateway, bounded.
+async fn fetch(gateway: std::net::SocketAddr, path: &str) -> reqwest::Response {
+    tokio::time::timeout(
         EVENT_TIMEOUT,
         reqwest::get(format!("http://{gateway}{path}")),
     )
     .await
     .expect("the gateway answers in time")
-    .unwrap();
+    .unwrap()
+}
+
+/// Status and body of a GET on the gateway.
+async fn get(gateway: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let response = fetch(gateway, path).await;
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -67,4 +74,117 @@ async fn readiness_turns_503_while_a_websocket_client_drains() {
     }
     drop(client);
     shutdown.await.unwrap();
+}
+
+/// The metric lines of `/metrics` (no comments), after checking its content type.
+async fn metric_lines(gateway: std::net::SocketAddr) -> Vec<String> {
+    let response = fetch(gateway, "/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The exact metric lines for these client connections, by transport (graphql-transport-ws,
+/// graphql-ws, sse, multipart), operations on `demo`, and upstream connections to it.
+fn expected(clients: [u32; 4], operations: u32, upstream_connections: u32) -> Vec<String> {
+    let [transport_ws, legacy_ws, sse, multipart] = clients;
+    let mut lines = vec![
+        "subplex_client_cuts_total{reason=\"write_timeout\"} 0".to_owned(),
+        format!("subplex_client_connections{{transport=\"graphql-transport-ws\"}} {transport_ws}"),
+        format!("subplex_client_connections{{transport=\"graphql-ws\"}} {legacy_ws}"),
+        format!("subplex_client_connections{{transport=\"multipart\"}} {multipart}"),
+        format!("subplex_client_connections{{transport=\"sse\"}} {sse}"),
+        "subplex_client_connections{transport=\"sse-single-connection\"} 0".to_owned(),
+        format!("subplex_operations_active{{upstream=\"demo\"}} {operations}"),
+        format!(
+            "subplex_upstream_connections{{upstream=\"demo\",protocol=\"graphql-transport-ws\"}} {upstream_connections}"
+        ),
+    ];
+    lines.sort();
+    lines
+}
+
+/// Two graphql-transport-ws clients, one legacy graphql-ws client, one SSE stream and one
+/// multipart stream, all anonymous (one security context): the gauges say 2, 1, 1 and 1,
+/// five operations on `demo`, one upstream connection; once the clients leave, every
+/// client and operation gauge is back to 0.
+#[tokio::test]
+async fn metrics_equal_what_the_scenario_did() {
+    let (gateway, _demo) = gateway_with_demo("").await;
+    let addr = gateway.addr;
+    let tick = "subscription { tick(count: 100000, intervalMs: 20) }";
+    let mut ws_clients = Vec::new();
+    for _ in 0..2 {
+        let mut client = RawClient::connect(addr, "graphql-transport-ws", &[]).await;
+        client.init(json!({})).await;
+        client
+            .send(json!({ "type": "subscribe", "id": "1", "payload": { "query": tick } }))
+            .await;
+        assert_eq!(client.recv_json().await["type"], "next");
+        ws_clients.push(client);
+    }
+    let mut legacy = RawClient::connect(addr, "graphql-ws", &[]).await;
+    legacy
+        .send(json!({ "type": "connection_init", "payload": {} }))
+        .await;
+    legacy
+        .send(json!({ "type": "start", "id": "1", "payload": { "query": tick } }))
+        .await;
+    assert_eq!(legacy.recv_json_skip_ka().await["type"], "connection_ack");
+    assert_eq!(legacy.recv_json_skip_ka().await["type"], "data");
+    ws_clients.push(legacy);
+
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}?query={}", gateway.url(), urlencode(tick)))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut sse = response.bytes_stream();
+    read_until(&mut sse, |text| text.contains("event: next")).await;
+    let response = http
+        .post(gateway.url())
+        .header("accept", "multipart/mixed;subscriptionSpec=1.0")
+        .json(&json!({ "query": tick }))
+        .send()
+        .await
+        .unwrap();
+    let mut multipart = response.bytes_stream();
+    read_until(&mut multipart, |text| text.contains("\"tick\":1")).await;
+
+    // Each gauge moved before the client saw its first event: no wait is needed.
+    assert_eq!(metric_lines(addr).await, expected([2, 1, 1, 1], 5, 1));
+
+    drop(ws_clients);
+    drop(sse);
+    drop(multipart);
+    // The gateway sees the clients leave on its own tasks: poll, bounded.
+    let mut lines = Vec::new();
+    let settled = tokio::time::timeout(EVENT_TIMEOUT, async {
+        loop {
+            lines = metric_lines(addr).await;
+            if lines == expected([0, 0, 0, 0], 0, 1) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        settled.is_ok(),
+        "metrics did not settle:\n{}",
+        lines.join("\n")
+    );
 }

@@ -139,6 +139,19 @@ async fn a_client_that_stops_reading_is_cut_and_others_are_unaffected() {
     // frame (none could be written to a client that does not read).
     assert_eq!(stuck.drain_to_end().await, Received::Dropped);
     assert_eq!(gateway.stats.stuck_clients_cut(), 1, "counted once");
+    // The metric is the same counter.
+    let metrics = reqwest::get(format!("http://{}/metrics", gateway.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "subplex_client_cuts_total{reason=\"write_timeout\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

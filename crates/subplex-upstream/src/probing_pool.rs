@@ -165,6 +165,17 @@ impl ProbingPool {
         Pool::new(settings, self.shutdown.child_token())
     }
 
+    /// The protocol of the current pool as its config value (`"graphql-transport-ws"`,
+    /// `"graphql-ws"` or `"sse"`); `None` before the first probe, or while one runs.
+    pub fn current_protocol(&self) -> Option<&'static str> {
+        let current = self.current.try_lock().ok()?;
+        let settings = current.as_ref()?.settings();
+        Some(match settings.configured_protocol {
+            UpstreamProtocol::Sse => UpstreamProtocol::Sse.config_name(),
+            _ => settings.protocol.wire_name(),
+        })
+    }
+
     /// Upstream connections currently open in the current pool.
     pub fn open_connections(&self) -> usize {
         self.current

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 mod cors;
 mod downstream;
+mod metrics;
 pub mod probe_command;
 mod responses;
 mod routes;

@@ -11,15 +11,18 @@ use hyper::body::Incoming;
 
 use crate::cors::{add_cors, preflight};
 use crate::downstream;
-use crate::responses::{json_error, method_not_allowed, text, ResponseBody};
+use crate::metrics::ClientTransport;
+use crate::responses::{full, json_error, method_not_allowed, text, ResponseBody};
 use crate::state::GatewayState;
 
 /// Liveness: answers `200` as long as the process serves at all.
 pub(crate) const HEALTHZ_PATH: &str = "/healthz";
 /// Readiness: `200` while serving, `503` from the moment shutdown starts.
 pub(crate) const READYZ_PATH: &str = "/readyz";
+/// Prometheus metrics (`docs/observability.md`).
+pub(crate) const METRICS_PATH: &str = "/metrics";
 /// Paths the gateway answers itself; no route may use them.
-pub(crate) const RESERVED_PATHS: [&str; 2] = [HEALTHZ_PATH, READYZ_PATH];
+pub(crate) const RESERVED_PATHS: [&str; 3] = [HEALTHZ_PATH, READYZ_PATH, METRICS_PATH];
 
 /// Handles one request, adding CORS headers for allowed browser origins.
 pub(crate) async fn handle(
@@ -53,6 +56,7 @@ async fn dispatch(
         HEALTHZ_PATH => return text(StatusCode::OK, "ok\n"),
         READYZ_PATH if state.is_ready() => return text(StatusCode::OK, "ready\n"),
         READYZ_PATH => return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        METRICS_PATH => return metrics(&state),
         _ => {}
     }
     if !state.is_ready() {
@@ -97,6 +101,7 @@ async fn dispatch(
         }
         _ => None,
     };
+    let metrics_state = state.clone();
     let response = match transport {
         Transport::WebSocket => downstream::ws::upgrade(req, upstream, state, peer),
         Transport::SseSingleConnection => {
@@ -112,18 +117,43 @@ async fn dispatch(
             ),
         },
     };
-    match stream_slot {
-        // The slot lives as long as the body: hyper drops it when the stream ends or the
-        // client resets it.
-        Some(slot) => response.map(|body| {
-            body.map_frame(move |frame| {
-                let _held = &slot;
-                frame
-            })
-            .boxed_unsync()
-        }),
-        None => response,
+    let open_stream = transport
+        .streamed_as()
+        .filter(|_| is_stream(&response))
+        .map(|streamed| metrics_state.metrics.client_connected(streamed));
+    if stream_slot.is_none() && open_stream.is_none() {
+        return response;
     }
+    // Both live as long as the body: hyper drops it when the stream ends or the client
+    // resets it.
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            let _held = (&stream_slot, &open_stream);
+            frame
+        })
+        .boxed_unsync()
+    })
+}
+
+/// Whether a response is an event stream (SSE) or a multipart stream, as opposed to an
+/// error, a token or a single result.
+fn is_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value.starts_with("text/event-stream") || value.starts_with("multipart/mixed")
+        })
+}
+
+fn metrics(state: &GatewayState) -> Response<ResponseBody> {
+    let mut response = Response::new(full(state.encode_metrics()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    response
 }
 
 /// How a request on a route is served.
@@ -142,6 +172,17 @@ enum Transport {
 }
 
 impl Transport {
+    /// The `transport` label of a streamed response on this transport (WebSocket
+    /// sessions are counted by the session, plain HTTP is not a stream).
+    fn streamed_as(self) -> Option<ClientTransport> {
+        match self {
+            Transport::Sse => Some(ClientTransport::Sse),
+            Transport::SseSingleConnection => Some(ClientTransport::SseSingleConnection),
+            Transport::Multipart => Some(ClientTransport::Multipart),
+            Transport::WebSocket | Transport::PlainHttp => None,
+        }
+    }
+
     fn of<B>(req: &Request<B>) -> Transport {
         if is_websocket_upgrade(req) {
             Transport::WebSocket

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderMap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use subplex_protocol::RawJson;
 use subplex_upstream::http::{HttpClient, HttpSettings};
 use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext};
@@ -14,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServerConfig, UpstreamConfig};
 use crate::downstream;
+use crate::metrics::Metrics;
 
 /// One upstream as the request handlers use it.
 #[derive(Debug)]
@@ -21,6 +24,8 @@ pub(crate) struct Upstream {
     pub config: UpstreamConfig,
     pub pool: ProbingPool,
     pub http: HttpClient,
+    /// `subplex_operations_active` for this upstream.
+    pub operations_active: Gauge,
 }
 
 impl Upstream {
@@ -70,24 +75,30 @@ impl Upstream {
     }
 }
 
-/// Counts of what happened to clients, for logs, tests and (later) metrics.
+/// Counts of what happened to clients, for logs, tests and metrics.
 #[derive(Debug, Default)]
 pub struct DownstreamStats {
     /// Clients cut off because a write to them did not complete within
-    /// `server.client_write_timeout_ms`, on any transport.
-    pub stuck_clients_cut: std::sync::atomic::AtomicU64,
+    /// `server.client_write_timeout_ms`, on any transport. It is the counter that
+    /// `subplex_client_cuts_total{reason="write_timeout"}` exposes, so the two agree.
+    stuck_clients_cut: Counter,
 }
 
 impl DownstreamStats {
+    /// Counts into the metrics' counters.
+    pub(crate) fn new(metrics: &Metrics) -> DownstreamStats {
+        DownstreamStats {
+            stuck_clients_cut: metrics.write_timeout_cuts(),
+        }
+    }
+
     /// Stuck clients cut so far.
     pub fn stuck_clients_cut(&self) -> u64 {
-        self.stuck_clients_cut
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.stuck_clients_cut.get()
     }
 
     pub(crate) fn stuck_client_cut(&self) {
-        self.stuck_clients_cut
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stuck_clients_cut.inc();
     }
 }
 
@@ -106,6 +117,7 @@ pub(crate) struct GatewayState {
     /// streamed response on HTTP/2, where one connection can carry any number of them.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     pub stats: Arc<DownstreamStats>,
+    pub metrics: Metrics,
 }
 
 impl GatewayState {
@@ -116,9 +128,29 @@ impl GatewayState {
         !self.downstream_shutdown.is_cancelled()
     }
 
+    /// The `/metrics` exposition, with each upstream's connections counted now.
+    pub fn encode_metrics(&self) -> String {
+        let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
+        for upstream in self.routes.values() {
+            if !upstreams.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
+                upstreams.push(upstream);
+            }
+        }
+        self.metrics
+            .encode(upstreams.into_iter().filter_map(|upstream| {
+                let protocol = upstream.pool.current_protocol()?;
+                Some((
+                    &*upstream.config.settings.name,
+                    protocol,
+                    upstream.pool.open_connections(),
+                ))
+            }))
+    }
+
     /// Builds the per-upstream pools and HTTP clients. Fails only if an HTTP client cannot
     /// be built (the TLS settings were refused).
     pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {
+        let metrics = Metrics::new();
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
             let http = HttpClient::new(HttpSettings {
@@ -134,6 +166,7 @@ impl GatewayState {
                 config: upstream.clone(),
                 pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
                 http,
+                operations_active: metrics.operations_active(&upstream.settings.name),
             }));
         }
         let routes = config
@@ -146,7 +179,8 @@ impl GatewayState {
             server: config.server.clone(),
             downstream_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
-            stats: Arc::default(),
+            stats: Arc::new(DownstreamStats::new(&metrics)),
+            metrics,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
             sse_streams: downstream::reservations::Reservations::new(
                 config.server.sse_single_connection.clone(),

@@ -659,7 +659,7 @@ mod tests {
         for index in [0, 1] {
             let path = ["/healthz", "/readyz"][index];
             let expected = format!(
-                "routes[{index}].path: \"{path}\" is answered by the gateway itself (reserved: /healthz, /readyz)"
+                "routes[{index}].path: \"{path}\" is answered by the gateway itself (reserved: /healthz, /readyz, /metrics)"
             );
             assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
         }

@@ -25,6 +25,7 @@ use subplex_protocol::{Event, GraphqlRequest, RawJson};
 use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tracing::debug;
 
+use crate::metrics::OpenGauge;
 use crate::state::Upstream;
 
 /// Who a client is, as each of its operations sees it. Shared by every operation of one
@@ -95,8 +96,11 @@ enum Stage {
         upstream: Arc<Upstream>,
         params: ConnectParams,
         request: GraphqlRequest,
+        running: OpenGauge,
     },
-    Active(Subscription),
+    /// Counted in `subplex_operations_active` until the stage moves on to `Done` or the
+    /// stream is dropped.
+    Active(Subscription, OpenGauge),
     Done,
 }
 
@@ -120,6 +124,7 @@ fn outcomes(
     request: GraphqlRequest,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
     let start = Stage::Start {
+        running: OpenGauge::open(upstream.operations_active.clone()),
         upstream,
         params,
         request,
@@ -130,14 +135,15 @@ fn outcomes(
                 upstream,
                 params,
                 request,
+                running,
             } => match upstream.pool.subscribe(&params, request).await {
-                Ok(subscription) => next_outcome(subscription).await,
+                Ok(subscription) => next_outcome(subscription, running).await,
                 Err(error) => {
                     debug!(%error, "operation could not start upstream");
                     Some((Err(error), Stage::Done))
                 }
             },
-            Stage::Active(subscription) => next_outcome(subscription).await,
+            Stage::Active(subscription, running) => next_outcome(subscription, running).await,
             Stage::Done => None,
         }
     })
@@ -145,13 +151,14 @@ fn outcomes(
 
 async fn next_outcome(
     mut subscription: Subscription,
+    running: OpenGauge,
 ) -> Option<(Result<Event, UpstreamError>, Stage)> {
     match subscription.recv().await? {
         Ok(event) => {
             let next = if event.is_terminal() {
                 Stage::Done
             } else {
-                Stage::Active(subscription)
+                Stage::Active(subscription, running)
             };
             Some((Ok(event), next))
         }

@@ -14,6 +14,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
 use super::session::{ClientDetails, DownstreamSession};
+use crate::metrics::ClientTransport;
 use crate::responses::{full, json_error, ResponseBody};
 use crate::server::ConnectionPermit;
 use crate::state::{GatewayState, Upstream};
@@ -97,6 +98,9 @@ pub(crate) fn upgrade(
                 .read_buffer_size(CLIENT_READ_BUFFER)
                 .max_message_size(Some(max_message))
                 .max_frame_size(Some(max_message));
+            let _connected = session_state
+                .metrics
+                .client_connected(ClientTransport::from(subprotocol));
             let socket = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
