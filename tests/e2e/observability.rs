@@ -96,16 +96,17 @@ async fn metric_lines(gateway: std::net::SocketAddr) -> Vec<String> {
 }
 
 /// The exact metric lines for these client connections, by transport (graphql-transport-ws,
-/// graphql-ws, sse, multipart), operations on `demo`, and upstream connections to it.
-fn expected(clients: [u32; 4], operations: u32, upstream_connections: u32) -> Vec<String> {
-    let [transport_ws, legacy_ws, sse, multipart] = clients;
+/// graphql-ws, sse, sse-single-connection, multipart), operations on `demo`, and upstream
+/// connections to it.
+fn expected(clients: [u32; 5], operations: u32, upstream_connections: u32) -> Vec<String> {
+    let [transport_ws, legacy_ws, sse, sse_single, multipart] = clients;
     let mut lines = vec![
         "subplex_client_cuts_total{reason=\"write_timeout\"} 0".to_owned(),
         format!("subplex_client_connections{{transport=\"graphql-transport-ws\"}} {transport_ws}"),
         format!("subplex_client_connections{{transport=\"graphql-ws\"}} {legacy_ws}"),
         format!("subplex_client_connections{{transport=\"multipart\"}} {multipart}"),
         format!("subplex_client_connections{{transport=\"sse\"}} {sse}"),
-        "subplex_client_connections{transport=\"sse-single-connection\"} 0".to_owned(),
+        format!("subplex_client_connections{{transport=\"sse-single-connection\"}} {sse_single}"),
         format!("subplex_operations_active{{upstream=\"demo\"}} {operations}"),
         format!(
             "subplex_upstream_connections{{upstream=\"demo\",protocol=\"graphql-transport-ws\"}} {upstream_connections}"
@@ -115,9 +116,10 @@ fn expected(clients: [u32; 4], operations: u32, upstream_connections: u32) -> Ve
     lines
 }
 
-/// Two graphql-transport-ws clients, one legacy graphql-ws client, one SSE stream and one
-/// multipart stream, all anonymous (one security context): the gauges say 2, 1, 1 and 1,
-/// five operations on `demo`, one upstream connection; once the clients leave, every
+/// Two graphql-transport-ws clients, one legacy graphql-ws client, one SSE stream, one SSE
+/// single-connection stream and one multipart stream, all anonymous (one security
+/// context): the gauges say 2, 1, 1, 1 and 1, six operations on `demo`, one upstream
+/// connection; once the clients leave, every
 /// client and operation gauge is back to 0.
 #[tokio::test]
 async fn metrics_equal_what_the_scenario_did() {
@@ -154,6 +156,27 @@ async fn metrics_equal_what_the_scenario_did() {
         .unwrap();
     let mut sse = response.bytes_stream();
     read_until(&mut sse, |text| text.contains("event: next")).await;
+    // Single connection mode: reserve a stream, open it, then run one operation on it.
+    let token = http.put(gateway.url()).send().await.unwrap();
+    assert_eq!(token.status(), 201);
+    let token = token.text().await.unwrap();
+    let response = http
+        .get(gateway.url())
+        .header("accept", "text/event-stream")
+        .header("x-graphql-event-stream-token", &token)
+        .send()
+        .await
+        .unwrap();
+    let mut sse_single = response.bytes_stream();
+    let accepted = http
+        .post(gateway.url())
+        .header("x-graphql-event-stream-token", &token)
+        .json(&json!({ "query": tick, "extensions": { "operationId": "1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    read_until(&mut sse_single, |text| text.contains("event: next")).await;
     let response = http
         .post(gateway.url())
         .header("accept", "multipart/mixed;subscriptionSpec=1.0")
@@ -165,17 +188,18 @@ async fn metrics_equal_what_the_scenario_did() {
     read_until(&mut multipart, |text| text.contains("\"tick\":1")).await;
 
     // Each gauge moved before the client saw its first event: no wait is needed.
-    assert_eq!(metric_lines(addr).await, expected([2, 1, 1, 1], 5, 1));
+    assert_eq!(metric_lines(addr).await, expected([2, 1, 1, 1, 1], 6, 1));
 
     drop(ws_clients);
     drop(sse);
+    drop(sse_single);
     drop(multipart);
     // The gateway sees the clients leave on its own tasks: poll, bounded.
     let mut lines = Vec::new();
     let settled = tokio::time::timeout(EVENT_TIMEOUT, async {
         loop {
             lines = metric_lines(addr).await;
-            if lines == expected([0, 0, 0, 0], 0, 1) {
+            if lines == expected([0, 0, 0, 0, 0], 0, 1) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
