@@ -60,8 +60,8 @@ async fn dispatch(
         _ => {}
     }
     if !state.is_ready() {
-        // Only connections accepted during the drain get here (those already open are
-        // closed by the graceful shutdown): a clear refusal rather than a reset.
+        // Mostly connections accepted during the drain (open ones are being closed by the
+        // graceful shutdown): a clear refusal rather than a reset.
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the gateway is shutting down; try another instance",
