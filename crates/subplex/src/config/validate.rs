@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use subplex_hooks::Limits;
 use subplex_protocol::Subprotocol;
 use subplex_upstream::{ReconnectSettings, SseMethod, UpstreamProtocol, UpstreamSettings};
 
@@ -522,6 +524,16 @@ fn validate_upstream(
         }
     };
 
+    let hooks = raw.hooks.as_ref().and_then(|file| {
+        match subplex_hooks::HookScript::load(&base_dir.join(file), Limits::default()) {
+            Ok(script) => Some(Arc::new(script)),
+            Err(reason) => {
+                problems.add(key("hooks"), reason.to_string());
+                None
+            }
+        }
+    });
+
     if problems.0.len() != before {
         return None;
     }
@@ -555,6 +567,7 @@ fn validate_upstream(
         request_timeout,
         max_response_bytes: raw.max_response_bytes,
         http_tls: tls.http,
+        hooks,
     })
 }
 
