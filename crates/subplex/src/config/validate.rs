@@ -854,6 +854,18 @@ mod tests {
     }
 
     #[test]
+    fn a_hooks_script_that_cannot_be_read_names_key_and_file() {
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\nhooks = \"no-such-hooks.rhai\"",
+        ));
+        assert!(
+            err.contains("upstreams.chat.hooks: cannot read no-such-hooks.rhai: "),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn tls_ca_file_problems_name_the_file() {
         let err = problems(&GOOD.replace(
             "idle_timeout_ms = 1500",
