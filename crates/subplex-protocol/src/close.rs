@@ -42,6 +42,14 @@ pub const UNAUTHORIZED: Close = Close {
     code: 4401,
     reason: "Unauthorized",
 };
+/// A hook script refused the client; the reason is the script's message, so only the
+/// code is a constant.
+pub const FORBIDDEN_CODE: u16 = 4403;
+/// A hook script failed while deciding about the client (graphql-transport-ws 4500).
+pub const HOOK_FAILED: Close = Close {
+    code: 4500,
+    reason: "Internal server error: the connection hook failed",
+};
 /// `connection_init` did not arrive in time.
 pub const INIT_TIMEOUT: Close = Close {
     code: 4408,

@@ -32,8 +32,12 @@ impl Upstream {
     /// The request headers a client's operations keep: those that can matter upstream
     /// (`security_context` and `forward_headers`), plus `cookie` and `origin`, which hooks
     /// read; not the whole header map, which would cost memory per client. Only the keyed
-    /// ones enter the security context.
+    /// ones enter the security context. With a hook script every header is kept: a script
+    /// may read any of them, and which it reads is not known before it runs.
     pub fn client_headers(&self, headers: &HeaderMap) -> HeaderMap {
+        if self.config.hooks.is_some() {
+            return headers.clone();
+        }
         let mut kept = HeaderMap::new();
         let for_hooks = [http::header::COOKIE, http::header::ORIGIN];
         for name in self.config.keyed_headers.iter().chain(&for_hooks) {

@@ -77,6 +77,33 @@ fn config_errors_name_file_key_and_reason_and_exit_64() {
 }
 
 #[test]
+fn a_hook_script_that_does_not_compile_refuses_to_start() {
+    // The script sits next to the config, named relative to it as users write it.
+    let script = std::env::temp_dir().join(format!("subplex-cli-test-{}.rhai", std::process::id()));
+    std::fs::write(
+        &script,
+        "fn on_connection_init(ctx, payload) {\n    payload.x = ;\n}\n",
+    )
+    .unwrap();
+    let script_name = script.file_name().unwrap().to_str().unwrap().to_owned();
+    let (stderr, name) = refused_config(&format!(
+        "[upstreams.chat]\nurl = \"http://127.0.0.1:4001/graphql\"\nhooks = {script_name:?}\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"chat\"\n",
+    ));
+    let _ = std::fs::remove_file(&script);
+    assert!(
+        stderr.contains(&format!("{name}: invalid configuration:")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "upstreams.chat.hooks: {}: line 2: ",
+            script.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_forwarded_cookie_from_any_origin_refuses_to_start() {
     let (stderr, name) = refused_config(
         "[upstreams.app]\nurl = \"http://127.0.0.1:4001/graphql\"\nforward_headers = [\"cookie\"]\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"app\"\n",
@@ -119,11 +146,11 @@ fn unknown_key_and_missing_file_exit_64() {
     );
 }
 
-#[test]
-fn check_accepts_the_example_config() {
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../gateway.toml");
+/// Runs `subplex check` on a file of the repository; returns its stdout.
+fn check_passes(repo_path: &str) -> String {
+    let config = format!("{}/../../{repo_path}", env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new(BIN)
-        .args(["check", "--config", example])
+        .args(["check", "--config", &config])
         .output()
         .unwrap();
     assert!(
@@ -131,7 +158,17 @@ fn check_accepts_the_example_config() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (1 upstreams, 1 routes)"));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    assert!(check_passes("gateway.toml").contains("ok (1 upstreams, 1 routes)"));
+}
+
+#[test]
+fn check_accepts_the_hooks_example() {
+    assert!(check_passes("examples/hasura-hooks.toml").contains("ok (1 upstreams, 1 routes)"));
 }
 
 /// The address in the first stdout line of `child`, right after `marker`, and the rest of

@@ -205,6 +205,9 @@ pub struct RawUpstream {
     /// PEM file of extra CA certificates to trust for `https`/`wss` upstreams, besides
     /// Mozilla's roots; relative to the config file. Default: none.
     pub tls_ca_file: Option<String>,
+    /// Rhai hook script for this upstream's clients (see docs/hooks.md); relative to the
+    /// config file. Compiled at start-up. Default: none.
+    pub hooks: Option<String>,
     /// `[upstreams.<name>.reconnect]`: what happens when the upstream connection fails in a
     /// retryable way.
     #[serde(default)]
@@ -369,6 +372,8 @@ pub struct UpstreamConfig {
     pub max_response_bytes: usize,
     /// TLS client settings for plain HTTP forwarding (the WebSocket ones are in `settings`).
     pub http_tls: Arc<rustls::ClientConfig>,
+    /// The compiled `hooks` script, shared by every client of this upstream.
+    pub hooks: Option<Arc<subplex_hooks::HookScript>>,
 }
 
 /// Validated `[[routes]]`: `upstream` indexes [`Config::upstreams`].

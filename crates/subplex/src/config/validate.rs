@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
+use subplex_hooks::Limits;
 use subplex_protocol::Subprotocol;
 use subplex_upstream::{ReconnectSettings, SseMethod, UpstreamProtocol, UpstreamSettings};
 
@@ -531,6 +533,16 @@ fn validate_upstream(
         }
     };
 
+    let hooks = raw.hooks.as_ref().and_then(|file| {
+        match subplex_hooks::HookScript::load(&base_dir.join(file), Limits::default()) {
+            Ok(script) => Some(Arc::new(script)),
+            Err(reason) => {
+                problems.add(key("hooks"), reason.to_string());
+                None
+            }
+        }
+    });
+
     if problems.0.len() != before {
         return None;
     }
@@ -564,6 +576,7 @@ fn validate_upstream(
         request_timeout,
         max_response_bytes: raw.max_response_bytes,
         http_tls: tls.http,
+        hooks,
     })
 }
 
@@ -863,6 +876,18 @@ mod tests {
         .unwrap();
         assert_eq!(config.upstreams[0].settings.ws_url.scheme(), "wss");
         assert!(config.upstreams[0].settings.tls.is_some());
+    }
+
+    #[test]
+    fn a_hooks_script_that_cannot_be_read_names_key_and_file() {
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "idle_timeout_ms = 1500\nhooks = \"no-such-hooks.rhai\"",
+        ));
+        assert!(
+            err.contains("upstreams.chat.hooks: cannot read no-such-hooks.rhai: "),
+            "{err}"
+        );
     }
 
     #[test]

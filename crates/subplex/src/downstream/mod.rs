@@ -2,6 +2,7 @@
 //! SSE streams (distinct and single-connection), Apollo multipart subscriptions, and
 //! plain HTTP forwarding.
 
+mod hooks;
 pub(crate) mod http;
 pub(crate) mod multipart;
 mod operation;

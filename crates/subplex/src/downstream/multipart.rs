@@ -25,6 +25,7 @@ use tokio::time::{self, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::hooks;
 use super::operation::Operation;
 use super::streaming::{any_accept, push, queued_response, read_operation, spawn_feed};
 use crate::responses::ResponseBody;
@@ -55,7 +56,7 @@ pub(crate) async fn handle(
 
     let heartbeat = state.server.multipart_heartbeat_interval;
     let shutdown = state.downstream_shutdown.clone();
-    let rx = spawn_feed(
+    let rx = match spawn_feed(
         &state,
         &parts,
         peer,
@@ -63,7 +64,10 @@ pub(crate) async fn handle(
         upstream,
         request,
         |operation, tx| feed(operation, tx, heartbeat, shutdown),
-    );
+    ) {
+        Ok(rx) => rx,
+        Err(refusal) => return hooks::refusal_response(refusal),
+    };
     let mut response = queued_response(rx);
     let h = response.headers_mut();
     h.insert(

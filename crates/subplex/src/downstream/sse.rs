@@ -17,6 +17,7 @@ use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::hooks;
 use super::streaming::{push, queued_response, read_operation, spawn_feed};
 use crate::responses::ResponseBody;
 use crate::state::{GatewayState, Upstream};
@@ -35,7 +36,7 @@ pub(crate) async fn handle(
 
     let keepalive = state.server.keepalive_interval;
     let shutdown = state.downstream_shutdown.clone();
-    let rx = spawn_feed(
+    let rx = match spawn_feed(
         &state,
         &parts,
         peer,
@@ -43,7 +44,10 @@ pub(crate) async fn handle(
         upstream,
         request,
         |operation, tx| feed(operation.events(), tx, keepalive, shutdown),
-    );
+    ) {
+        Ok(rx) => rx,
+        Err(refusal) => return hooks::refusal_response(refusal),
+    };
     event_stream_response(rx)
 }
 

@@ -24,11 +24,12 @@ use futures_util::{Stream, StreamExt};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use subplex_protocol::{sse, Event, RawJson};
+use subplex_protocol::{sse, Event};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tracing::{debug, Instrument};
 
+use super::hooks;
 use super::operation::Operation;
 use super::reservations::{OpenStream, PendingOperation, Reservations, StreamError};
 use super::sse::event_stream_response;
@@ -66,8 +67,14 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    // No `connection_init` here either: identity is the keyed headers, as in SSE.
-    let params = upstream.connect_params(&parts.headers, RawJson::empty_object());
+    // No `connection_init` here either: identity is the keyed headers, as in SSE, and
+    // what the upstream's `on_connection_init` hook makes of `{}`. Every request of a
+    // stream (reserve, open, operations, stop) computes the same key.
+    let client = http_client_context(&parts, peer, "sse-single-connection", &upstream);
+    let params = match hooks::connect_params(&upstream, &client) {
+        Ok(params) => params,
+        Err(refusal) => return hooks::refusal_response(refusal),
+    };
     let streams = &state.sse_streams;
     if parts.method == Method::PUT {
         if !accepts(&parts.headers, &["*/*", "text/*", "text/plain"]) {
@@ -143,7 +150,6 @@ pub(crate) async fn handle(
         return refusal;
     }
     let key = params.key;
-    let client = http_client_context(&parts, peer, "sse-single-connection", &upstream);
     let pending = PendingOperation {
         client,
         params,

@@ -15,6 +15,7 @@ use subplex_protocol::{sse, GraphqlRequest, RawJson};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::hooks;
 use super::operation::{ClientContext, Operation};
 
 use crate::responses::{
@@ -76,7 +77,9 @@ pub(crate) async fn read_operation(
 
 /// Starts the task that feeds a one-operation stream (SSE distinct mode, multipart) and
 /// returns the queue it feeds. SSE and multipart have no `connection_init`: the payload is
-/// `{}` and the request's keyed headers carry identity.
+/// `{}` and the request's keyed headers carry identity. The upstream's
+/// `on_connection_init` hook runs with that `{}`; its refusal comes back instead (see
+/// `hooks::refusal_response`).
 pub(crate) fn spawn_feed<Feed>(
     state: &GatewayState,
     parts: &Parts,
@@ -85,12 +88,12 @@ pub(crate) fn spawn_feed<Feed>(
     upstream: Arc<Upstream>,
     request: GraphqlRequest,
     feed: impl FnOnce(Operation, mpsc::Sender<Bytes>) -> Feed,
-) -> mpsc::Receiver<Bytes>
+) -> Result<mpsc::Receiver<Bytes>, hooks::InitRefusal>
 where
     Feed: Future<Output = ()> + Send + 'static,
 {
     let client = http_client_context(parts, peer, protocol, &upstream);
-    let connect = upstream.connect_params(&client.headers, client.init_payload.clone());
+    let connect = hooks::connect_params(&upstream, &client)?;
     let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     let span =
         tracing::info_span!("downstream", route = %parts.uri.path(), protocol, ctx = %connect.key);
@@ -102,7 +105,7 @@ where
         upstream,
     };
     state.sessions.spawn(feed(operation, tx).instrument(span));
-    rx
+    Ok(rx)
 }
 
 /// The client of an HTTP request (SSE, multipart): no `connection_init`, so the payload

@@ -24,6 +24,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::downstream::hooks::{self, InitRefusal};
 use crate::downstream::operation::{ClientContext, Operation};
 use crate::state::{GatewayState, Upstream};
 
@@ -294,7 +295,14 @@ impl DownstreamSession {
         use transport_ws::server::Accepted;
         match accepted {
             Accepted::Init { payload } => {
-                self.accept_init(payload);
+                match self.accept_init(payload) {
+                    Ok(()) => {}
+                    Err(InitRefusal::Rejected(mut reason)) => {
+                        close::truncate_reason(&mut reason);
+                        return Flow::Close(close::FORBIDDEN_CODE, reason);
+                    }
+                    Err(InitRefusal::Failed) => return close_with(close::HOOK_FAILED),
+                }
                 if let Rules::TransportWs(rules) = &mut self.rules {
                     rules.acknowledged();
                 }
@@ -337,7 +345,20 @@ impl DownstreamSession {
         use legacy_ws::server::Accepted;
         match accepted {
             Accepted::Init { payload } => {
-                self.accept_init(payload);
+                if let Err(refusal) = self.accept_init(payload) {
+                    // As the reference server answers a refused `onConnect`.
+                    let message = match &refusal {
+                        InitRefusal::Rejected(message) => message.as_str(),
+                        InitRefusal::Failed => close::HOOK_FAILED.reason,
+                    };
+                    let frame = legacy_ws::ServerMessage::ConnectionError {
+                        payload: Some(message_payload(message)),
+                    };
+                    return match send(socket, &self.writes, frame.encode()).await {
+                        Flow::Continue => close_with(close::LEGACY_CONNECTION_ERROR),
+                        other => other,
+                    };
+                }
                 if let Rules::Legacy(rules) = &mut self.rules {
                     rules.acknowledged();
                 }
@@ -440,10 +461,12 @@ impl DownstreamSession {
         close_with(close::INIT_TIMEOUT)
     }
 
-    fn accept_init(&mut self, payload: Option<RawJson>) {
+    /// Settles who the client is and the parameters its operations reach the upstream
+    /// with, or why it is refused (the upstream's `on_connection_init` hook).
+    fn accept_init(&mut self, payload: Option<RawJson>) -> Result<(), InitRefusal> {
         // The rules accept one `connection_init` only.
         let Some(details) = self.client.take() else {
-            return;
+            return Ok(());
         };
         let client = Arc::new(ClientContext {
             transport: self.subprotocol.wire_name(),
@@ -452,12 +475,11 @@ impl DownstreamSession {
             headers: details.headers,
             init_payload: payload.unwrap_or_else(RawJson::empty_object),
         });
-        // Until hooks exist the client's own payload goes upstream, `{}` when it sent none.
-        let params = self
-            .upstream
-            .connect_params(&client.headers, client.init_payload.clone());
+        // The hook's payload, not the client's, goes upstream and into the key.
+        let params = hooks::connect_params(&self.upstream, &client)?;
         debug!(ctx = %params.key, "client initialised");
         self.connect = Some(Connected { client, params });
+        Ok(())
     }
 
     fn start(&mut self, id: String, request: GraphqlRequest) {
