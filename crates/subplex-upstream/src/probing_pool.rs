@@ -17,12 +17,13 @@
 
 use std::sync::Arc;
 
+use http::{HeaderName, HeaderValue};
 use subplex_protocol::{GraphqlRequest, RawJson};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::probe::{evidence_line, probe, DetectedProtocol, ProbeReport};
+use crate::probe::{evidence_line, probe, DetectedProtocol, ProbeError, ProbeReport};
 use crate::{ConnectParams, Pool, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
 /// The upstream connections of one upstream, once its protocol is known.
@@ -90,18 +91,16 @@ impl ProbingPool {
         if current.is_some() {
             return;
         }
-        let name = &self.settings.name;
-        let no_init_payload = RawJson::empty_object();
-        let probing = probe(&self.settings, &[], &no_init_payload);
-        let report = tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => return,
-            report = probing => report,
+        let Some(report) = self
+            .probe_until_shutdown(&[], &RawJson::empty_object())
+            .await
+        else {
+            return;
         };
         match report {
             Ok(report) => *current = Some(Arc::new(self.pool_for(&report))),
             Err(error) => info!(
-                upstream = %name,
+                upstream = %self.settings.name,
                 reason = %error,
                 evidence = %evidence_line(&error.evidence),
                 "protocol probe at start-up failed; the first subscription probes with its credentials"
@@ -138,14 +137,25 @@ impl ProbingPool {
         }
     }
 
+    /// Probes the upstream with these credentials; `None` if the gateway shuts down first.
+    async fn probe_until_shutdown(
+        &self,
+        headers: &[(HeaderName, HeaderValue)],
+        init_payload: &RawJson,
+    ) -> Option<Result<ProbeReport, ProbeError>> {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            report = probe(&self.settings, headers, init_payload) => Some(report),
+        }
+    }
+
     async fn resolve(&self, params: &ConnectParams) -> Result<Pool, UpstreamError> {
         let name = &self.settings.name;
-        let probing = probe(&self.settings, &params.headers, &params.init_payload);
-        let report = tokio::select! {
-            biased;
-            _ = self.shutdown.cancelled() => return Err(UpstreamError::ShuttingDown),
-            report = probing => report,
-        };
+        let report = self
+            .probe_until_shutdown(&params.headers, &params.init_payload)
+            .await
+            .ok_or(UpstreamError::ShuttingDown)?;
         let report = report
             .map_err(|error| {
                 warn!(upstream = %name, reason = %error, evidence = %evidence_line(&error.evidence), "protocol probe failed; the next subscription probes again");
