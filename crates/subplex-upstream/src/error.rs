@@ -58,6 +58,16 @@ pub enum UpstreamError {
     },
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// A config reload changed the upstream's settings: its operations end rather than
+    /// ride a connection dialled under the old ones. Subscribing again uses the new ones.
+    #[error(
+        "the configuration of upstream \"{upstream}\" changed (config reload); subscribe again"
+    )]
+    ConfigChanged { upstream: Arc<str> },
+    /// A config reload removed the route the client used, or pointed it at another
+    /// upstream.
+    #[error("route {path} was removed or now serves another upstream (config reload)")]
+    RouteRemoved { path: String },
 }
 
 /// Why a connection attempt failed, as far as retrying is concerned.
@@ -104,6 +114,8 @@ impl UpstreamError {
             UpstreamError::GaveUp { last, .. } => last.code(),
             UpstreamError::SlowConsumer { .. } => "SLOW_CONSUMER",
             UpstreamError::ShuttingDown => "SHUTTING_DOWN",
+            UpstreamError::ConfigChanged { .. } => "UPSTREAM_CONFIG_CHANGED",
+            UpstreamError::RouteRemoved { .. } => "ROUTE_REMOVED",
         }
     }
 
@@ -144,7 +156,9 @@ impl UpstreamError {
             | UpstreamError::NotEventStream { .. }
             | UpstreamError::GaveUp { .. }
             | UpstreamError::SlowConsumer { .. }
-            | UpstreamError::ShuttingDown => false,
+            | UpstreamError::ShuttingDown
+            | UpstreamError::ConfigChanged { .. }
+            | UpstreamError::RouteRemoved { .. } => false,
         }
     }
 

@@ -39,7 +39,7 @@ pub use error::{ConnectCause, UpstreamError};
 pub use pool::{ConnectParams, Pool};
 pub use probing_pool::ProbingPool;
 pub use reconnect::ReconnectSettings;
-pub use security_context::SecurityContext;
+pub use security_context::{SecurityContext, SettingsFingerprint};
 pub use settings::{SseMethod, UpstreamProtocol, UpstreamSettings};
 pub use subscription::Subscription;
 

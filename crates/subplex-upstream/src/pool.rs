@@ -178,6 +178,7 @@ mod tests {
         let params = ConnectParams {
             key: SecurityContext::compute(
                 "up",
+                &crate::SettingsFingerprint::default(),
                 [("authorization", &b"Bearer header-secret"[..])],
                 &init_payload,
             ),

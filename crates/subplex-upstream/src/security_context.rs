@@ -9,7 +9,9 @@ use subplex_protocol::RawJson;
 /// are equal.
 ///
 /// Inputs, in order, each length-prefixed so no two input lists hash alike:
-/// 1. the upstream name (different upstreams never share, even at the same URL);
+/// 1. the upstream name (different upstreams never share, even at the same URL), and the
+///    [`SettingsFingerprint`] of its settings (after a config reload that changed them, no
+///    client rides a connection dialled under the old ones);
 /// 2. every `(header name, value)` pair the gateway sends to or keys on for the upstream,
 ///    names lower-cased, sorted, so header order does not matter;
 /// 3. the exact `connection_init` payload bytes that will be sent.
@@ -24,6 +26,7 @@ impl SecurityContext {
     /// `security_context` and `forward_headers` headers the request carried.
     pub fn compute<'a>(
         upstream: &str,
+        settings: &SettingsFingerprint,
         headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
         init_payload: &RawJson,
     ) -> Self {
@@ -37,6 +40,7 @@ impl SecurityContext {
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"subplex security context v1");
         field(&mut hasher, upstream.as_bytes());
+        hasher.update(&settings.0);
         hasher.update(&(pairs.len() as u64).to_le_bytes());
         for (name, value) in &pairs {
             field(&mut hasher, name.as_bytes());
@@ -49,6 +53,31 @@ impl SecurityContext {
     /// The first 8 hex digits: enough to tell contexts apart in logs, useless to an attacker.
     pub fn short(&self) -> String {
         self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A hash of everything configured for an upstream that can affect its connections (the
+/// gateway decides what goes in: URLs, protocol, headers, init settings, TLS CA and hook
+/// script contents...). Equal fingerprints mean a config reload left the upstream as it was.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SettingsFingerprint([u8; 32]);
+
+impl SettingsFingerprint {
+    /// The fingerprint of these parts, in order, each length-prefixed.
+    pub fn of<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"subplex upstream settings v1");
+        for part in parts {
+            field(&mut hasher, part);
+        }
+        SettingsFingerprint(*hasher.finalize().as_bytes())
+    }
+}
+
+impl fmt::Debug for SettingsFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short: String = self.0[..4].iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "SettingsFingerprint({short})")
     }
 }
 
@@ -76,6 +105,7 @@ mod tests {
     fn ctx(upstream: &str, headers: &[(&str, &str)], init: &str) -> SecurityContext {
         SecurityContext::compute(
             upstream,
+            &SettingsFingerprint::default(),
             headers.iter().map(|(n, v)| (*n, v.as_bytes())),
             &RawJson::parse(init).unwrap(),
         )
@@ -100,6 +130,23 @@ mod tests {
         assert_ne!(
             ctx("a", &[], r#"{"a":1,"b":2}"#),
             ctx("a", &[], r#"{"b":2,"a":1}"#)
+        );
+    }
+
+    #[test]
+    fn the_settings_fingerprint_changes_the_key() {
+        let init = RawJson::empty_object();
+        let with = |settings: &SettingsFingerprint| {
+            SecurityContext::compute("a", settings, [("authorization", &b"x"[..])], &init)
+        };
+        let old = SettingsFingerprint::of([&b"ws://127.0.0.1:1/graphql"[..]]);
+        let new = SettingsFingerprint::of([&b"ws://127.0.0.1:2/graphql"[..]]);
+        assert_eq!(with(&old), with(&old));
+        assert_ne!(with(&old), with(&new));
+        // Length-prefixed parts: moving a byte from one part to the next changes it.
+        assert_ne!(
+            SettingsFingerprint::of([&b"ab"[..], b"c"]),
+            SettingsFingerprint::of([&b"a"[..], b"bc"])
         );
     }
 

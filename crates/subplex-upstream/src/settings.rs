@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use subplex_protocol::Subprotocol;
 
-use crate::ReconnectSettings;
+use crate::{ReconnectSettings, SettingsFingerprint};
 
 /// How subplex talks to an upstream, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,6 +113,8 @@ pub struct UpstreamSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Backoff and give-up window after a retryable failure.
     pub reconnect: ReconnectSettings,
+    /// A hash of everything configured for this upstream; part of every security context.
+    pub fingerprint: SettingsFingerprint,
 }
 
 impl UpstreamSettings {
@@ -151,6 +153,7 @@ impl UpstreamSettings {
             subscriber_queue_bytes: 1024 * 1024,
             tls: None,
             reconnect: ReconnectSettings::default(),
+            fingerprint: SettingsFingerprint::default(),
         }
     }
 }

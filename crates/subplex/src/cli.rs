@@ -14,6 +14,9 @@ pub struct Cli {
     /// Configuration file.
     #[arg(long, short, global = true, default_value = "gateway.toml")]
     pub config: PathBuf,
+    /// The gateway writes its process id here while it runs; `subplex reload` reads it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// Log format (filter with SUBPLEX_LOG, e.g. SUBPLEX_LOG=debug).
     #[arg(long, global = true, value_enum, default_value = "plain")]
     pub log_format: LogFormat,
@@ -42,6 +45,9 @@ pub enum Command {
     },
     /// Find out which protocol a GraphQL server speaks, and show the evidence.
     Probe(ProbeArgs),
+    /// Make the gateway whose process id is in --pid-file reload its configuration file
+    /// (sends it SIGHUP). The outcome is in that gateway's log.
+    Reload,
 }
 
 /// `subplex probe`.

@@ -5,7 +5,8 @@
 //! security context shared by every subscription in it.
 //!
 //! The library is the whole gateway: [`Config::load`] reads `gateway.toml`,
-//! [`Gateway::bind`] binds it and [`Gateway::run`] serves until cancelled. `main.rs` is a
+//! [`Gateway::bind`] binds it and [`Gateway::run`] serves until cancelled;
+//! [`Gateway::reloader`] reloads its config file while it serves. `main.rs` is a
 //! thin shell around it, and tests run it in-process.
 
 pub mod cli;
@@ -14,6 +15,7 @@ mod cors;
 mod downstream;
 mod metrics;
 pub mod probe_command;
+pub mod reload;
 mod responses;
 mod routes;
 mod server;

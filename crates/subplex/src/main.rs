@@ -9,7 +9,7 @@ use clap::Parser;
 use subplex::cli::{Cli, Command};
 use subplex::config::{Config, ConfigError, RawRoute};
 use subplex::probe_command::{self, ProbeCommandError};
-use subplex::{telemetry, Gateway};
+use subplex::{reload, telemetry, Gateway};
 use subplex_demo::DemoUpstream;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +29,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if err.downcast_ref::<ReloadUsage>().is_some() {
+                eprintln!("subplex reload: {err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             if let Some(config_error) = err.downcast_ref::<ConfigError>() {
                 eprintln!("subplex: {config_error}");
                 return ExitCode::from(EXIT_CONFIG);
@@ -50,11 +54,19 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Run) {
+async fn run(mut cli: Cli) -> anyhow::Result<()> {
+    match cli.command.take().unwrap_or(Command::Run) {
         Command::Run => {
             let config = Config::load(&cli.config)?;
-            serve(config).await
+            serve(config, &cli).await
+        }
+        Command::Reload => {
+            let Some(pid_file) = &cli.pid_file else {
+                anyhow::bail!(ReloadUsage);
+            };
+            let pid = reload::signal_reload(pid_file)?;
+            println!("sent SIGHUP to subplex (pid {pid}); its log tells whether the configuration was reloaded");
+            Ok(())
         }
         Command::Check => {
             let config = Config::load(&cli.config)?;
@@ -80,14 +92,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// `subplex reload` without `--pid-file`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "reload needs --pid-file FILE: the file the gateway was started with (subplex --pid-file FILE)"
+)]
+struct ReloadUsage;
+
+async fn serve(config: Config, cli: &Cli) -> anyhow::Result<()> {
     let listen = config.server.listen;
     let gateway = Gateway::bind(config)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
+    let _pid_file = match &cli.pid_file {
+        Some(path) => Some(
+            reload::PidFile::create(path.clone())
+                .with_context(|| format!("cannot write the pid file {}", path.display()))?,
+        ),
+        None => None,
+    };
     println!("subplex listening on {}", gateway.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(reload::reload_on_sighup(
+        gateway.reloader(&cli.config),
+        shutdown.clone(),
+    ));
     gateway.run(shutdown).await;
     Ok(())
 }

@@ -68,7 +68,8 @@ async fn dispatch(
             "SHUTTING_DOWN",
         );
     }
-    let Some(upstream) = state.routes.get(req.uri().path()).cloned() else {
+    // Read once: a reload meanwhile does not move this request to another upstream.
+    let Some(upstream) = state.routes().get(req.uri().path()).cloned() else {
         return json_error(
             StatusCode::NOT_FOUND,
             &format!("no route for path {}", req.uri().path()),

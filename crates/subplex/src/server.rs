@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::reload::Reloader;
 use crate::routes;
 use crate::state::{DownstreamStats, GatewayState};
 use crate::write_deadline::WriteDeadline;
@@ -45,12 +46,18 @@ impl Gateway {
         })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// Reloads the configuration from `config_path` while the gateway runs (see
+    /// [`reload`](crate::reload)); usable after `run` starts.
+    pub fn reloader(&self, config_path: impl Into<std::path::PathBuf>) -> Reloader {
+        Reloader::new(self.state.clone(), config_path.into())
+    }
+
     /// Counts of what happened to clients; they stay readable after `run` starts.
     pub fn stats(&self) -> Arc<DownstreamStats> {
         self.state.stats.clone()
     }
 
+    /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address.
         self.listener
@@ -70,12 +77,7 @@ impl Gateway {
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         // `protocol = "auto"` upstreams are probed now, so the log tells at start what each
         // one speaks; clients are served meanwhile (their subscribes wait on the probe).
-        let mut probed: Vec<&Arc<crate::state::Upstream>> = Vec::new();
-        for upstream in state.routes.values() {
-            if probed.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
-                continue;
-            }
-            probed.push(upstream);
+        for upstream in state.routes().upstreams() {
             let upstream = upstream.clone();
             tokio::spawn(async move { upstream.pool.probe_at_start().await });
         }

@@ -1,16 +1,21 @@
-//! The state every request handler shares: the routes with their upstreams (pool, HTTP
+//! The state every request handler shares: the route table with its upstreams (pool, HTTP
 //! client, settings), the server settings, and the handles of shutdown and of the places
 //! under `server.max_connections`.
+//!
+//! The route table is swapped whole by a config reload (`reload.rs`); a request reads it
+//! once ([`GatewayState::routes`]) and keeps the table it started with. An [`Upstream`]
+//! whose settings did not change is carried into the new table as the same object, with
+//! its pool, connections and operations.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use http::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use subplex_protocol::RawJson;
 use subplex_upstream::http::{HttpClient, HttpSettings};
-use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext};
+use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext, UpstreamError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -26,9 +31,95 @@ pub(crate) struct Upstream {
     pub http: HttpClient,
     /// `subplex_operations_active` for this upstream.
     pub operations_active: Gauge,
+    /// Cancelled when a reload retires this upstream (its settings changed, or it is gone):
+    /// every operation on it ends with `UPSTREAM_CONFIG_CHANGED`. Parent of the route tokens.
+    retired: CancellationToken,
+    /// The pool's own shutdown, cancelled right after `retired` so the old connections
+    /// close now rather than after `idle_timeout_ms`.
+    pool_shutdown: CancellationToken,
+    /// One token per route path that leads here, cancelled (and removed) when a reload
+    /// removes the route or points it elsewhere. Operations watch theirs.
+    route_tokens: Mutex<HashMap<String, CancellationToken>>,
 }
 
 impl Upstream {
+    /// Builds the pool and HTTP client of one upstream. Fails only if the HTTP client
+    /// cannot be built (the TLS settings were refused).
+    fn new(
+        config: &UpstreamConfig,
+        upstream_shutdown: &CancellationToken,
+        metrics: &Metrics,
+    ) -> std::io::Result<Upstream> {
+        let http = HttpClient::new(HttpSettings {
+            name: config.settings.name.clone(),
+            url: config.http_url.clone(),
+            connect_timeout: config.settings.connect_timeout,
+            request_timeout: config.request_timeout,
+            max_response_bytes: config.max_response_bytes,
+            tls: config.http_tls.clone(),
+        })
+        .map_err(std::io::Error::other)?;
+        let pool_shutdown = upstream_shutdown.child_token();
+        Ok(Upstream {
+            config: config.clone(),
+            pool: ProbingPool::new(config.settings.clone(), pool_shutdown.clone()),
+            http,
+            operations_active: metrics.operations_active(&config.settings.name),
+            retired: CancellationToken::new(),
+            pool_shutdown,
+            route_tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The token an operation arriving on `path` watches: cancelled once a reload ends
+    /// that route for this upstream or retires the upstream. Already cancelled if that
+    /// happened before the operation started (a WebSocket session outlives its route).
+    pub fn route_token(&self, path: &str) -> CancellationToken {
+        let tokens = self.route_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.get(path).cloned().unwrap_or_else(|| {
+            let ended = CancellationToken::new();
+            ended.cancel();
+            ended
+        })
+    }
+
+    /// Why an operation on `path` ended once its route token was cancelled.
+    pub fn route_end_error(&self, path: &str) -> UpstreamError {
+        if self.retired.is_cancelled() {
+            UpstreamError::ConfigChanged {
+                upstream: self.config.settings.name.clone(),
+            }
+        } else {
+            UpstreamError::RouteRemoved {
+                path: path.to_owned(),
+            }
+        }
+    }
+
+    /// Marks `path` as leading here (again); a route it already serves keeps its token.
+    fn serve_route(&self, path: &str) {
+        let mut tokens = self.route_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .entry(path.to_owned())
+            .or_insert_with(|| self.retired.child_token());
+    }
+
+    /// Ends the operations that came in on `path`, which no longer leads here.
+    fn end_route(&self, path: &str) {
+        let mut tokens = self.route_tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(token) = tokens.remove(path) {
+            token.cancel();
+        }
+    }
+
+    /// Ends every operation on this upstream, then closes its connections. In this order:
+    /// an operation polled after this sees its route token first, so it reports the
+    /// reload, not the pool's shutdown.
+    fn retire(&self) {
+        self.retired.cancel();
+        self.pool_shutdown.cancel();
+    }
+
     /// The request headers a client's operations keep: those that can matter upstream
     /// (`security_context` and `forward_headers`), plus `cookie` and `origin`, which hooks
     /// read; not the whole header map, which would cost memory per client. Only the keyed
@@ -72,7 +163,12 @@ impl Upstream {
                 .map(move |value| (name.as_str(), value.as_bytes()))
         });
         ConnectParams {
-            key: SecurityContext::compute(&self.config.settings.name, keyed, &init_payload),
+            key: SecurityContext::compute(
+                &self.config.settings.name,
+                &self.config.settings.fingerprint,
+                keyed,
+                &init_payload,
+            ),
             headers: forwarded,
             init_payload,
         }
@@ -106,11 +202,82 @@ impl DownstreamStats {
     }
 }
 
+/// Which path is served by which upstream: what a reload swaps.
+#[derive(Debug, Default)]
+pub(crate) struct RouteTable {
+    routes: HashMap<String, Arc<Upstream>>,
+}
+
+impl RouteTable {
+    /// The upstream serving `path`.
+    pub fn get(&self, path: &str) -> Option<&Arc<Upstream>> {
+        self.routes.get(path)
+    }
+
+    /// Each upstream once, however many routes lead to it.
+    pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
+        let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
+        for upstream in self.routes.values() {
+            if !upstreams.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
+                upstreams.push(upstream);
+            }
+        }
+        upstreams
+    }
+
+    /// The table for `config`. An upstream of `previous` with the same name and the same
+    /// settings fingerprint is carried over as it is; the others are built anew. Nothing
+    /// changes for `previous` here: see [`GatewayState::swap_routes`].
+    fn build(
+        config: &Config,
+        previous: &RouteTable,
+        upstream_shutdown: &CancellationToken,
+        metrics: &Metrics,
+    ) -> std::io::Result<RouteTable> {
+        let old = previous.upstreams();
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
+        for upstream in &config.upstreams {
+            let same = old.iter().find(|old| {
+                old.config.settings.name == upstream.settings.name
+                    && old.config.settings.fingerprint == upstream.settings.fingerprint
+            });
+            upstreams.push(match same {
+                Some(same) => Arc::clone(same),
+                None => Arc::new(Upstream::new(upstream, upstream_shutdown, metrics)?),
+            });
+        }
+        let routes = config
+            .routes
+            .iter()
+            .map(|route| (route.path.clone(), upstreams[route.upstream].clone()))
+            .collect();
+        Ok(RouteTable { routes })
+    }
+}
+
+/// What a route-table swap did, for the reload's log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RouteChanges {
+    /// Upstreams carried over with their connections and operations.
+    pub upstreams_kept: Vec<Arc<str>>,
+    /// Upstreams built anew: new names, or changed settings.
+    pub upstreams_started: Vec<Arc<str>>,
+    /// Upstreams whose operations were ended: changed settings, or gone.
+    pub upstreams_retired: Vec<Arc<str>>,
+    /// Paths that no longer lead to the same upstream object (gone or re-pointed), whose
+    /// upstream itself was kept.
+    pub routes_ended: Vec<String>,
+}
+
 /// State shared by every request.
 #[derive(Debug)]
 pub(crate) struct GatewayState {
-    pub routes: HashMap<String, Arc<Upstream>>,
+    /// Read once per request ([`GatewayState::routes`]); replaced whole by a reload.
+    routes: RwLock<Arc<RouteTable>>,
+    /// The `[server]` settings the gateway started with: a reload does not change them.
     pub server: ServerConfig,
+    /// Parent of every pool's shutdown; cancelled last, after clients drained.
+    upstream_shutdown: CancellationToken,
     /// Cancelled when the gateway starts draining: sessions close, streams end.
     pub downstream_shutdown: CancellationToken,
     /// Upgraded WebSocket sessions, which hyper's graceful shutdown does not see.
@@ -132,16 +299,75 @@ impl GatewayState {
         !self.downstream_shutdown.is_cancelled()
     }
 
-    /// The `/metrics` exposition, with each upstream's connections counted now.
-    pub fn encode_metrics(&self) -> String {
-        let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
-        for upstream in self.routes.values() {
-            if !upstreams.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
-                upstreams.push(upstream);
+    /// The route table now. A request reads it once and keeps it: a reload meanwhile
+    /// does not move it to another upstream halfway.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the route table with the one for `config` (see [`RouteTable::build`]):
+    /// unchanged upstreams go on untouched, new ones serve the next request, operations of
+    /// retired upstreams and ended routes get their error. Fails, changing nothing, only
+    /// if an upstream's HTTP client cannot be built. Reloads run one at a time (`reload.rs`).
+    pub fn swap_routes(&self, config: &Config) -> std::io::Result<RouteChanges> {
+        let old = self.routes();
+        let new = Arc::new(RouteTable::build(
+            config,
+            &old,
+            &self.upstream_shutdown,
+            &self.metrics,
+        )?);
+        // Tokens first: an operation that reads the new table must find its route.
+        for (path, upstream) in &new.routes {
+            upstream.serve_route(path);
+        }
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+
+        let mut changes = RouteChanges::default();
+        let new_upstreams = new.upstreams();
+        let kept =
+            |upstream: &Arc<Upstream>| new_upstreams.iter().any(|new| Arc::ptr_eq(new, upstream));
+        for upstream in old.upstreams() {
+            if kept(upstream) {
+                changes
+                    .upstreams_kept
+                    .push(upstream.config.settings.name.clone());
+            } else {
+                upstream.retire();
+                changes
+                    .upstreams_retired
+                    .push(upstream.config.settings.name.clone());
             }
         }
+        for (path, upstream) in &old.routes {
+            let same = new.get(path).is_some_and(|new| Arc::ptr_eq(new, upstream));
+            if !same && kept(upstream) {
+                upstream.end_route(path);
+                changes.routes_ended.push(path.clone());
+            }
+        }
+        let old_upstreams = old.upstreams();
+        for upstream in new_upstreams {
+            if !old_upstreams.iter().any(|old| Arc::ptr_eq(old, upstream)) {
+                changes
+                    .upstreams_started
+                    .push(upstream.config.settings.name.clone());
+                let upstream = upstream.clone();
+                tokio::spawn(async move { upstream.pool.probe_at_start().await });
+            }
+        }
+        changes.routes_ended.sort();
+        Ok(changes)
+    }
+
+    /// The `/metrics` exposition, with each upstream's connections counted now.
+    pub fn encode_metrics(&self) -> String {
+        let routes = self.routes();
         self.metrics
-            .encode(upstreams.into_iter().filter_map(|upstream| {
+            .encode(routes.upstreams().into_iter().filter_map(|upstream| {
                 let protocol = upstream.pool.current_protocol()?;
                 Some((
                     &*upstream.config.settings.name,
@@ -155,32 +381,15 @@ impl GatewayState {
     /// be built (the TLS settings were refused).
     pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {
         let metrics = Metrics::new();
-        let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
-        for upstream in &config.upstreams {
-            let http = HttpClient::new(HttpSettings {
-                name: upstream.settings.name.clone(),
-                url: upstream.http_url.clone(),
-                connect_timeout: upstream.settings.connect_timeout,
-                request_timeout: upstream.request_timeout,
-                max_response_bytes: upstream.max_response_bytes,
-                tls: upstream.http_tls.clone(),
-            })
-            .map_err(std::io::Error::other)?;
-            upstreams.push(Arc::new(Upstream {
-                config: upstream.clone(),
-                pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
-                http,
-                operations_active: metrics.operations_active(&upstream.settings.name),
-            }));
+        let routes =
+            RouteTable::build(config, &RouteTable::default(), upstream_shutdown, &metrics)?;
+        for (path, upstream) in &routes.routes {
+            upstream.serve_route(path);
         }
-        let routes = config
-            .routes
-            .iter()
-            .map(|route| (route.path.clone(), upstreams[route.upstream].clone()))
-            .collect();
         Ok(GatewayState {
-            routes,
+            routes: RwLock::new(Arc::new(routes)),
             server: config.server.clone(),
+            upstream_shutdown: upstream_shutdown.clone(),
             downstream_shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             stats: Arc::new(DownstreamStats::new(&metrics)),
@@ -190,5 +399,114 @@ impl GatewayState {
                 config.server.sse_single_connection.clone(),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstreams: &[(&str, &str)], routes: &[(&str, &str)]) -> Config {
+        let mut text = String::new();
+        for (name, extra) in upstreams {
+            text += &format!(
+                "[upstreams.{name}]\nurl = \"http://127.0.0.1:9/graphql\"\nprotocol = \"graphql-transport-ws\"\n{extra}\n"
+            );
+        }
+        for (path, upstream) in routes {
+            text += &format!("[[routes]]\npath = \"{path}\"\nupstream = \"{upstream}\"\n");
+        }
+        Config::parse(&text, "gateway.toml").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_swap_keeps_unchanged_upstreams_and_ends_the_rest() {
+        let before = config(
+            &[
+                ("keep", ""),
+                ("change", "idle_timeout_ms = 1000"),
+                ("gone", ""),
+            ],
+            &[
+                ("/keep", "keep"),
+                ("/moved", "keep"),
+                ("/dropped", "keep"),
+                ("/change", "change"),
+                ("/gone", "gone"),
+            ],
+        );
+        let state = GatewayState::new(&before, &CancellationToken::new()).unwrap();
+        let old = state.routes();
+        let token = |path: &str| old.get(path).unwrap().route_token(path);
+        let (keep, moved, dropped, change, gone) = (
+            token("/keep"),
+            token("/moved"),
+            token("/dropped"),
+            token("/change"),
+            token("/gone"),
+        );
+
+        let after = config(
+            &[
+                ("keep", ""),
+                ("change", "idle_timeout_ms = 2000"),
+                ("fresh", ""),
+            ],
+            &[
+                ("/keep", "keep"),
+                ("/moved", "fresh"),
+                ("/change", "change"),
+                ("/fresh", "fresh"),
+            ],
+        );
+        let changes = state.swap_routes(&after).unwrap();
+        assert_eq!(changes.upstreams_kept, [Arc::from("keep")]);
+        assert_eq!(changes.routes_ended, ["/dropped", "/moved"]);
+        let mut started = changes.upstreams_started.clone();
+        started.sort();
+        assert_eq!(started, [Arc::from("change"), Arc::from("fresh")]);
+        let mut retired = changes.upstreams_retired.clone();
+        retired.sort();
+        assert_eq!(retired, [Arc::from("change"), Arc::from("gone")]);
+
+        let new = state.routes();
+        // The same object, with its pool: its operations go on.
+        assert!(Arc::ptr_eq(
+            new.get("/keep").unwrap(),
+            old.get("/keep").unwrap()
+        ));
+        assert!(!keep.is_cancelled());
+        // Changed settings: a new object, and a new security context for equal clients.
+        let (old_change, new_change) = (old.get("/change").unwrap(), new.get("/change").unwrap());
+        assert!(!Arc::ptr_eq(old_change, new_change));
+        let headers = HeaderMap::new();
+        assert_ne!(
+            old_change
+                .connect_params(&headers, RawJson::empty_object())
+                .key,
+            new_change
+                .connect_params(&headers, RawJson::empty_object())
+                .key
+        );
+        assert!(!new_change.route_token("/change").is_cancelled());
+        assert!(new.get("/gone").is_none() && new.get("/dropped").is_none());
+        assert!(!new
+            .get("/fresh")
+            .unwrap()
+            .route_token("/fresh")
+            .is_cancelled());
+
+        for (ended, path, code) in [
+            (moved, "/moved", "ROUTE_REMOVED"),
+            (dropped, "/dropped", "ROUTE_REMOVED"),
+            (change, "/change", "UPSTREAM_CONFIG_CHANGED"),
+            (gone, "/gone", "UPSTREAM_CONFIG_CHANGED"),
+        ] {
+            assert!(ended.is_cancelled(), "{path}");
+            let upstream = old.get(path).unwrap();
+            assert_eq!(upstream.route_end_error(path).code(), code, "{path}");
+            // A session still holding the old upstream starts nothing on it any more.
+            assert!(upstream.route_token(path).is_cancelled(), "{path}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use subplex_upstream::UpstreamSettings;
 
 pub use validate::{validate, ConfigError, Problem};
@@ -148,8 +148,9 @@ impl Default for RawServer {
     }
 }
 
-/// `[upstreams.<name>]`: one GraphQL server.
-#[derive(Debug, Deserialize)]
+/// `[upstreams.<name>]`: one GraphQL server. `Serialize` feeds the settings fingerprint
+/// (`UpstreamSettings::fingerprint`), which tells a config reload whether it changed.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// HTTP URL of the GraphQL endpoint (queries and mutations over HTTP go here). Required.
@@ -217,7 +218,7 @@ pub struct RawUpstream {
 /// `[upstreams.<name>.reconnect]`: backoff and give-up window after a retryable failure
 /// (a restart, a reset, a keep-alive timeout). Operations survive the outage; clients
 /// notice nothing unless it outlasts `give_up_after_ms`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawReconnect {
     /// Delay before the first redial. Doubles per failed attempt, with jitter (each delay

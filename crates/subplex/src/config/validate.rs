@@ -10,7 +10,9 @@ use std::time::Duration;
 use http::HeaderName;
 use subplex_hooks::Limits;
 use subplex_protocol::Subprotocol;
-use subplex_upstream::{ReconnectSettings, SseMethod, UpstreamProtocol, UpstreamSettings};
+use subplex_upstream::{
+    ReconnectSettings, SettingsFingerprint, SseMethod, UpstreamProtocol, UpstreamSettings,
+};
 
 use super::{
     AllowedOrigins, Config, CorsConfig, RawConfig, RawCors, RawServer, RawUpstream, RouteConfig,
@@ -568,6 +570,7 @@ fn validate_upstream(
     settings.subscriber_queue = raw.subscriber_queue;
     settings.subscriber_queue_bytes = raw.subscriber_queue_bytes;
     settings.reconnect = reconnect;
+    settings.fingerprint = settings_fingerprint(name, raw, ca_file.as_deref(), base_dir);
     Some(UpstreamConfig {
         settings,
         http_url,
@@ -578,6 +581,27 @@ fn validate_upstream(
         http_tls: tls.http,
         hooks,
     })
+}
+
+/// Everything configured for one upstream: its name, every key of its table (defaults
+/// included, so writing out a default changes nothing), and the contents of the files it
+/// names, so a reload notices a new CA certificate or hook script behind the same name.
+/// Unreadable files were reported by validation before this runs.
+fn settings_fingerprint(
+    name: &str,
+    raw: &RawUpstream,
+    ca_file: Option<&Path>,
+    base_dir: &Path,
+) -> SettingsFingerprint {
+    // Serialising plain strings, numbers and lists cannot fail.
+    let table = serde_json::to_vec(raw).unwrap_or_default();
+    let read = |path: Option<std::path::PathBuf>| {
+        path.map(|path| std::fs::read(path).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let ca = read(ca_file.map(Path::to_path_buf));
+    let hooks = read(raw.hooks.as_ref().map(|file| base_dir.join(file)));
+    SettingsFingerprint::of([name.as_bytes(), &table, &ca, &hooks])
 }
 
 #[cfg(test)]
@@ -963,6 +987,41 @@ mod tests {
             err.contains("gateway.toml: invalid configuration:\n  upstreams.chat.reconnect.max_ms: 50 is below reconnect.initial_ms (500)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_settings_fingerprint_changes_with_any_upstream_key_and_only_then() {
+        let fingerprint = |text: &str| {
+            Config::parse(text, "gateway.toml").unwrap().upstreams[0]
+                .settings
+                .fingerprint
+        };
+        let base = fingerprint(GOOD);
+        assert_eq!(base, fingerprint(GOOD));
+        // A default written out is the same setting; a route or [server] change is not
+        // the upstream's.
+        assert_eq!(
+            base,
+            fingerprint(&GOOD.replace(
+                "idle_timeout_ms = 1500",
+                "idle_timeout_ms = 1500\nconnect_timeout_ms = 5000"
+            ))
+        );
+        assert_eq!(
+            base,
+            fingerprint(&GOOD.replace("path = \"/graphql\"", "path = \"/other\""))
+        );
+        for changed in [
+            GOOD.replace("idle_timeout_ms = 1500", "idle_timeout_ms = 1501"),
+            GOOD.replace("127.0.0.1:4001", "127.0.0.1:4002"),
+            GOOD.replace("\"X-Tenant\"", "\"X-Org\""),
+            GOOD.replace(
+                "protocol = \"graphql-ws\"",
+                "protocol = \"graphql-transport-ws\"",
+            ),
+        ] {
+            assert_ne!(base, fingerprint(&changed), "{changed}");
+        }
     }
 
     #[test]

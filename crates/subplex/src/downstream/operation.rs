@@ -12,6 +12,10 @@
 //! the upstream [`Subscription`](subplex_upstream::Subscription): dropping the stream stops
 //! the operation upstream.
 //!
+//! A config reload that retires the operation's upstream, or removes its route, ends the
+//! stream the same way, with `UPSTREAM_CONFIG_CHANGED` or `ROUTE_REMOVED` (see
+//! [`RouteWatch`]).
+//!
 //! Sessions poll their operations' streams themselves, no task or queue in between: while
 //! a client's socket is slow the session stops polling, the subscription's own queue fills,
 //! and the upstream connection cuts it off (slow-consumer policy) instead of buffering.
@@ -23,6 +27,7 @@ use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
 use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::metrics::OpenGauge;
@@ -63,7 +68,8 @@ impl Operation {
     /// becomes an error result followed by `complete` (see [`failure_result`]).
     pub(crate) fn events(self) -> impl Stream<Item = Event> + Send + 'static {
         self.log_start();
-        events(self.upstream, self.connect, self.request)
+        let watch = RouteWatch::new(&self.upstream, &self.client);
+        events(self.upstream, self.connect, self.request, watch)
     }
 
     /// The operation's events, or the upstream failure that ends it, for transports that
@@ -72,7 +78,8 @@ impl Operation {
         self,
     ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
         self.log_start();
-        outcomes(self.upstream, self.connect, self.request)
+        let watch = RouteWatch::new(&self.upstream, &self.client);
+        outcomes(self.upstream, self.connect, self.request, watch)
     }
 
     /// One debug line per operation; never headers, payloads or variables.
@@ -89,6 +96,30 @@ impl Operation {
     }
 }
 
+/// What an operation watches to learn that a config reload ended its route or retired
+/// its upstream (`Upstream::route_token`).
+struct RouteWatch {
+    ended: CancellationToken,
+    upstream: Arc<Upstream>,
+    client: Arc<ClientContext>,
+}
+
+impl RouteWatch {
+    fn new(upstream: &Arc<Upstream>, client: &Arc<ClientContext>) -> RouteWatch {
+        RouteWatch {
+            ended: upstream.route_token(&client.path),
+            upstream: upstream.clone(),
+            client: client.clone(),
+        }
+    }
+
+    /// Resolves, with the error the client gets, once a reload ends the operation.
+    async fn ended(&self) -> UpstreamError {
+        self.ended.cancelled().await;
+        self.upstream.route_end_error(&self.client.path)
+    }
+}
+
 /// Where an operation's stream is.
 enum Stage {
     /// Not subscribed yet.
@@ -97,10 +128,11 @@ enum Stage {
         params: ConnectParams,
         request: GraphqlRequest,
         running: OpenGauge,
+        watch: RouteWatch,
     },
     /// Counted in `subplex_operations_active` until the stage moves on to `Done` or the
     /// stream is dropped.
-    Active(Subscription, OpenGauge),
+    Active(Subscription, OpenGauge, RouteWatch),
     Done,
 }
 
@@ -108,8 +140,9 @@ fn events(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
+    watch: RouteWatch,
 ) -> impl Stream<Item = Event> + Send + 'static {
-    outcomes(upstream, params, request).flat_map(|outcome| {
+    outcomes(upstream, params, request, watch).flat_map(|outcome| {
         let (first, second) = match outcome {
             Ok(event) => (event, None),
             Err(error) => (failure_result(&error), Some(Event::Complete)),
@@ -122,12 +155,14 @@ fn outcomes(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
+    watch: RouteWatch,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
     let start = Stage::Start {
         running: OpenGauge::open(upstream.operations_active.clone()),
         upstream,
         params,
         request,
+        watch,
     };
     futures_util::stream::unfold(start, |stage| async move {
         match stage {
@@ -136,6 +171,7 @@ fn outcomes(
                 params,
                 request,
                 running,
+                watch,
             } => {
                 // Boxed: this stream's future is as large as its largest await, and the
                 // subscribe future (which may probe the upstream) takes kilobytes, while an
@@ -143,15 +179,24 @@ fn outcomes(
                 // operation kept that space: 30 KiB instead of 20 per idle subscription
                 // (`subplex-bench --scenarios idle`).
                 let subscribing = Box::pin(upstream.pool.subscribe(&params, request));
-                match subscribing.await {
-                    Ok(subscription) => next_outcome(subscription, running).await,
+                // Biased: a reload that ended the route wins over whatever the retired
+                // pool reports as it shuts down.
+                let subscribed = tokio::select! {
+                    biased;
+                    error = watch.ended() => Err(error),
+                    subscribed = subscribing => subscribed,
+                };
+                match subscribed {
+                    Ok(subscription) => next_outcome(subscription, running, watch).await,
                     Err(error) => {
                         debug!(%error, "operation could not start upstream");
                         Some((Err(error), Stage::Done))
                     }
                 }
             }
-            Stage::Active(subscription, running) => next_outcome(subscription, running).await,
+            Stage::Active(subscription, running, watch) => {
+                next_outcome(subscription, running, watch).await
+            }
             Stage::Done => None,
         }
     })
@@ -160,13 +205,24 @@ fn outcomes(
 async fn next_outcome(
     mut subscription: Subscription,
     running: OpenGauge,
+    watch: RouteWatch,
 ) -> Option<(Result<Event, UpstreamError>, Stage)> {
-    match subscription.recv().await? {
+    // Biased as above. Events already queued are not delivered once the route ended: the
+    // client is told at once, and the subscription's drop stops the operation upstream.
+    let received = tokio::select! {
+        biased;
+        error = watch.ended() => {
+            debug!(%error, "config reload ended the operation");
+            return Some((Err(error), Stage::Done));
+        }
+        received = subscription.recv() => received,
+    };
+    match received? {
         Ok(event) => {
             let next = if event.is_terminal() {
                 Stage::Done
             } else {
-                Stage::Active(subscription, running)
+                Stage::Active(subscription, running, watch)
             };
             Some((Ok(event), next))
         }

@@ -329,6 +329,7 @@ mod tests {
     fn key(user: &str) -> SecurityContext {
         SecurityContext::compute(
             "up",
+            &subplex_upstream::SettingsFingerprint::default(),
             [("authorization", user.as_bytes())],
             &RawJson::empty_object(),
         )

@@ -667,7 +667,7 @@ mod tests {
             let state = Arc::new(
                 GatewayState::new(&config, &CancellationToken::new()).expect("gateway state"),
             );
-            let upstream = state.routes["/graphql"].clone();
+            let upstream = state.routes().get("/graphql").unwrap().clone();
             let (client_io, server_io) = tokio::io::duplex(pipe_bytes);
             let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
             let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
