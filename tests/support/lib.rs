@@ -10,6 +10,8 @@
 //! - [`ws`]: a raw WebSocket client for protocol edge cases.
 //! - [`browser::Browser`]: headless Chromium running a test page, driven by
 //!   `fixtures/browser.mjs`.
+//! - [`process::GatewayProcess`]: the `subplex` binary as a child process, for signals
+//!   (SIGHUP reload, SIGTERM) and its log.
 //! - [`http`]: streamed-body helpers and the HTTP subscription clients (graphql-sse
 //!   single-connection mode, Apollo Client's `HttpLink`) of `fixtures/http_clients.mjs`.
 //!
@@ -18,6 +20,7 @@
 pub mod browser;
 pub mod fake_upstream;
 pub mod http;
+pub mod process;
 pub mod ws;
 
 use std::path::PathBuf;
