@@ -295,3 +295,52 @@ async fn reload_under_500_live_subscriptions_drops_none_whose_upstream_is_unchan
     let exit = gateway.stop().await;
     assert!(exit.success(), "exit status {exit}");
 }
+
+/// `subplex reload --pid-file` signals the gateway started with that pid file, which
+/// reloads; the pid file goes when the gateway exits. Without `--pid-file`: exit 64.
+#[tokio::test]
+async fn reload_command_signals_the_gateway_named_by_its_pid_file() {
+    let route = |path: &str| format!("[[routes]]\npath = \"{path}\"\nupstream = \"up\"\n");
+    let upstream = "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\nprotocol = \"graphql-transport-ws\"\n";
+    let file = TempFile::with_contents("gateway.toml", &format!("{upstream}{}", route("/one")));
+    let pid_file = TempFile::with_contents("subplex.pid", "");
+    let pid_path = pid_file.0.display().to_string();
+    let mut gateway = GatewayProcess::start(BIN, &file.0, &["--pid-file", &pid_path]).await;
+    assert_eq!(
+        std::fs::read_to_string(&pid_file.0).unwrap(),
+        format!("{}\n", gateway.pid())
+    );
+    assert_eq!(status_of(&gateway.url("/two")).await, 404);
+
+    file.write(&format!("{upstream}{}{}", route("/one"), route("/two")));
+    let output = std::process::Command::new(BIN)
+        .args(["reload", "--pid-file", &pid_path])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        format!(
+            "sent SIGHUP to subplex (pid {}); its log tells whether the configuration was reloaded\n",
+            gateway.pid()
+        )
+    );
+    let reloaded = gateway.wait_log("configuration reloaded").await.join("\n");
+    assert!(reloaded.contains("upstreams_kept=up"), "{reloaded}");
+    // `/two` is routed now: the upstream is down, so the gateway answers for it (not 404).
+    assert_ne!(status_of(&gateway.url("/two")).await, 404);
+
+    let output = std::process::Command::new(BIN)
+        .arg("reload")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("reload needs --pid-file FILE"),
+        "{output:?}"
+    );
+
+    let exit = gateway.stop().await;
+    assert!(exit.success(), "exit status {exit}");
+    assert!(!pid_file.0.exists(), "the pid file is removed at exit");
+}
