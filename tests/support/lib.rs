@@ -598,3 +598,28 @@ pub async fn gateway_with_demo(server_keys: &str) -> (TestGateway, DemoServer) {
     .await;
     (gateway, demo)
 }
+
+/// The metric lines of `/metrics` (no comments), sorted, after checking its content type.
+pub async fn metric_lines(gateway: std::net::SocketAddr) -> Vec<String> {
+    let response = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        reqwest::get(format!("http://{gateway}/metrics")),
+    )
+    .await
+    .expect("the gateway answers in time")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use subplex_protocol::Subprotocol;
 
-use crate::ReconnectSettings;
+use crate::{ReconnectSettings, UpstreamStats};
 
 /// How subplex talks to an upstream, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,6 +113,9 @@ pub struct UpstreamSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Backoff and give-up window after a retryable failure.
     pub reconnect: ReconnectSettings,
+    /// Where this upstream's tasks count what they do. The gateway puts in the one its
+    /// metrics read; every clone of these settings shares it.
+    pub stats: Arc<UpstreamStats>,
 }
 
 impl UpstreamSettings {
@@ -151,6 +154,7 @@ impl UpstreamSettings {
             subscriber_queue_bytes: 1024 * 1024,
             tls: None,
             reconnect: ReconnectSettings::default(),
+            stats: Arc::default(),
         }
     }
 }

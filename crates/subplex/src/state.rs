@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServerConfig, UpstreamConfig};
 use crate::downstream;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamMetrics};
 
 /// One upstream as the request handlers use it.
 #[derive(Debug)]
@@ -26,6 +26,8 @@ pub(crate) struct Upstream {
     pub http: HttpClient,
     /// `subplex_operations_active` for this upstream.
     pub operations_active: Gauge,
+    /// Events, latency, reconnects and hook errors of this upstream.
+    pub metrics: Arc<UpstreamMetrics>,
 }
 
 impl Upstream {
@@ -86,6 +88,8 @@ pub struct DownstreamStats {
     /// `server.client_write_timeout_ms`, on any transport. It is the counter that
     /// `subplex_client_cuts_total{reason="write_timeout"}` exposes, so the two agree.
     stuck_clients_cut: Counter,
+    /// Clients closed for going over a limit (`reason="limit"`).
+    limit_cuts: Counter,
 }
 
 impl DownstreamStats {
@@ -93,6 +97,7 @@ impl DownstreamStats {
     pub(crate) fn new(metrics: &Metrics) -> DownstreamStats {
         DownstreamStats {
             stuck_clients_cut: metrics.write_timeout_cuts(),
+            limit_cuts: metrics.limit_cuts(),
         }
     }
 
@@ -103,6 +108,11 @@ impl DownstreamStats {
 
     pub(crate) fn stuck_client_cut(&self) {
         self.stuck_clients_cut.inc();
+    }
+
+    /// A client closed because a message of its went over `server.max_message_bytes`.
+    pub(crate) fn limit_cut(&self) {
+        self.limit_cuts.inc();
     }
 }
 
@@ -157,6 +167,10 @@ impl GatewayState {
         let metrics = Metrics::new();
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
         for upstream in &config.upstreams {
+            let upstream_metrics = metrics.upstream(&upstream.settings.name);
+            // The upstream's tasks count into the stats the metrics read.
+            let mut upstream = upstream.clone();
+            upstream.settings.stats = upstream_metrics.stats.clone();
             let http = HttpClient::new(HttpSettings {
                 name: upstream.settings.name.clone(),
                 url: upstream.http_url.clone(),
@@ -167,10 +181,11 @@ impl GatewayState {
             })
             .map_err(std::io::Error::other)?;
             upstreams.push(Arc::new(Upstream {
-                config: upstream.clone(),
                 pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
                 http,
                 operations_active: metrics.operations_active(&upstream.settings.name),
+                metrics: upstream_metrics,
+                config: upstream,
             }));
         }
         let routes = config
