@@ -355,3 +355,101 @@ async fn counters_equal_what_a_scripted_scenario_did() {
     .await;
     assert!(settled.is_ok(), "metrics:\n{}", lines.join("\n"));
 }
+
+/// The status page, on the admin listener only, in Chromium: the upstream's probed
+/// protocol and evidence, its two security contexts (8 hex digits each, as
+/// `/status.json` names them) with one connection each, two live operations, events per
+/// second while ticks flow, and the client and cut counts. The screenshot it saves is the
+/// one in docs/observability.md.
+#[tokio::test]
+async fn status_page_shows_live_values_in_chromium() {
+    let demo = DemoServer::start().await;
+    let gateway = TestGateway::start(&format!(
+        "[admin]\nenabled = true\n[upstreams.demo]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"demo\"\n",
+        demo.port
+    ))
+    .await;
+    let admin = gateway.admin_addr.expect("the admin listener is on");
+    assert_eq!(get(gateway.addr, "/status").await.0, 404);
+    let refused = reqwest::Client::new()
+        .post(format!("http://{admin}/status.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 405);
+
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let bearer = format!("Bearer {user}");
+        let mut client = RawClient::connect(
+            gateway.addr,
+            "graphql-transport-ws",
+            &[("authorization", &bearer)],
+        )
+        .await;
+        client.init(json!({})).await;
+        client
+            .send(json!({ "type": "subscribe", "id": "1", "payload": {
+                "query": "subscription { tick(count: 100000, intervalMs: 20) }" } }))
+            .await;
+        assert_eq!(client.recv_json().await["type"], "next");
+        clients.push(client);
+    }
+    let (status, body) = get(admin, "/status.json").await;
+    assert_eq!(status, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let mut contexts: Vec<String> = status["upstreams"][0]["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|connection| {
+            assert_eq!(connection["open"], 1);
+            connection["context"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    contexts.sort();
+    assert_eq!(contexts.len(), 2);
+    for context in &contexts {
+        assert!(
+            context.len() == 8 && context.chars().all(|c| c.is_ascii_hexdigit()),
+            "{context}"
+        );
+    }
+
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let fields = subplex_tests::browser::read_status_page(
+        &format!("http://{admin}/status?every=300"),
+        &screenshot,
+    )
+    .await;
+    assert_eq!(fields["ready"], "ready", "{fields:#}");
+    assert_eq!(fields["upstream.demo.protocol"], "graphql-transport-ws");
+    let evidence = fields["upstream.demo.evidence"].as_str().unwrap();
+    assert!(
+        evidence.starts_with("probed: ") && evidence.contains("graphql-transport-ws"),
+        "{evidence}"
+    );
+    assert_eq!(fields["upstream.demo.operations"], "2");
+    assert_eq!(
+        fields["upstream.demo.connections"],
+        format!("{} 1 open{} 1 open", contexts[0], contexts[1])
+    );
+    // Two clients at 50 ticks per second each: about 100 events per second each way.
+    for direction in ["in", "out"] {
+        let rate: f64 = fields[format!("upstream.demo.rate_{direction}")]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("a rate: {fields:#}"));
+        assert!(rate > 10.0, "events/s {direction}: {rate}");
+    }
+    assert_eq!(fields["clients.graphql-transport-ws"], "2");
+    assert_eq!(fields["clients.sse"], "0");
+    for reason in ["slow", "write_timeout", "limit"] {
+        assert_eq!(fields[format!("cuts.{reason}")], "0");
+    }
+    assert_eq!(fields["upstream.demo.reconnects"], "0");
+    assert_eq!(fields["upstream.demo.hook_errors"], "0");
+    drop(clients);
+}

@@ -75,6 +75,8 @@ pub fn init_tracing() {
 #[derive(Debug)]
 pub struct TestGateway {
     pub addr: std::net::SocketAddr,
+    /// The admin listener's address, when the config enables it (always on port 0).
+    pub admin_addr: Option<std::net::SocketAddr>,
     /// The gateway's counts of what happened to clients.
     pub stats: std::sync::Arc<subplex::DownstreamStats>,
     shutdown: CancellationToken,
@@ -87,13 +89,18 @@ impl TestGateway {
         init_tracing();
         let mut config = Config::parse(config_toml, "test.toml").expect("test config is valid");
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        if config.admin_listen.is_some() {
+            config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        }
         let gateway = Gateway::bind(config).await.expect("bind gateway");
         let addr = gateway.local_addr();
+        let admin_addr = gateway.admin_addr();
         let stats = gateway.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway.run(shutdown.clone()));
         TestGateway {
             addr,
+            admin_addr,
             stats,
             shutdown,
             task: Some(task),

@@ -40,7 +40,7 @@ mod ws_dial;
 
 pub use error::{ConnectCause, UpstreamError};
 pub use pool::{ConnectParams, Pool};
-pub use probing_pool::ProbingPool;
+pub use probing_pool::{ProbeSummary, ProbingPool};
 pub use reconnect::ReconnectSettings;
 pub use security_context::SecurityContext;
 pub use settings::{SseMethod, UpstreamProtocol, UpstreamSettings};

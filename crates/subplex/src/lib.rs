@@ -8,6 +8,7 @@
 //! [`Gateway::bind`] binds it and [`Gateway::run`] serves until cancelled. `main.rs` is a
 //! thin shell around it, and tests run it in-process.
 
+mod admin;
 pub mod cli;
 pub mod config;
 mod cors;

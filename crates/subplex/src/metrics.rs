@@ -170,6 +170,20 @@ impl Metrics {
         created
     }
 
+    /// Client connections open now, by `transport` label.
+    pub fn client_connection_counts(&self) -> Vec<(&'static str, i64)> {
+        ClientTransport::ALL
+            .iter()
+            .zip(&self.client_connections)
+            .map(|(transport, gauge)| (transport.label(), gauge.get()))
+            .collect()
+    }
+
+    /// Clients cut since start, by `reason` label.
+    pub fn cut_counts(&self) -> [(&'static str, u64); 3] {
+        self.counts.cuts()
+    }
+
     /// The counter of clients closed for going over a limit (`reason="limit"`).
     pub fn limit_cuts(&self) -> Counter {
         self.counts.limit_cuts.clone()
@@ -350,6 +364,24 @@ struct Counts {
     limit_cuts: Counter,
 }
 
+impl Counts {
+    /// Clients cut since start, by `reason` label.
+    fn cuts(&self) -> [(&'static str, u64); 3] {
+        let slow = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|upstream| upstream.stats.slow_consumer_cuts())
+            .sum();
+        [
+            ("slow", slow),
+            ("write_timeout", self.write_timeout_cuts.get()),
+            ("limit", self.limit_cuts.get()),
+        ]
+    }
+}
+
 impl Collector for Counts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let upstreams = self
@@ -419,21 +451,13 @@ impl Collector for Counts {
                 )?;
         }
 
-        let slow: u64 = upstreams
-            .iter()
-            .map(|upstream| upstream.stats.slow_consumer_cuts())
-            .sum();
         let mut cuts = encoder.encode_descriptor(
             "client_cuts",
             "Clients cut off by the gateway, by reason",
             None,
             MetricType::Counter,
         )?;
-        for (reason, value) in [
-            ("slow", slow),
-            ("write_timeout", self.write_timeout_cuts.get()),
-            ("limit", self.limit_cuts.get()),
-        ] {
+        for (reason, value) in self.cuts() {
             counter(value).encode(cuts.encode_family(&ReasonLabel { reason })?)?;
         }
         Ok(())

@@ -142,16 +142,22 @@ impl GatewayState {
         !self.downstream_shutdown.is_cancelled()
     }
 
-    /// The `/metrics` exposition, with each upstream's connections counted now.
-    pub fn encode_metrics(&self) -> String {
+    /// Every upstream that serves a route, once each, by name.
+    pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
         let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
         for upstream in self.routes.values() {
             if !upstreams.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
                 upstreams.push(upstream);
             }
         }
+        upstreams.sort_by(|a, b| a.config.settings.name.cmp(&b.config.settings.name));
+        upstreams
+    }
+
+    /// The `/metrics` exposition, with each upstream's connections counted now.
+    pub fn encode_metrics(&self) -> String {
         self.metrics
-            .encode(upstreams.into_iter().filter_map(|upstream| {
+            .encode(self.upstreams().into_iter().filter_map(|upstream| {
                 let protocol = upstream.pool.current_protocol()?;
                 Some((
                     &*upstream.config.settings.name,
