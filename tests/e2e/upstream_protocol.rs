@@ -414,15 +414,7 @@ async fn slow_client_is_cut_off_and_the_upstream_operation_stopped() {
 
     // Far more than socket buffers, the session queue and the subscriber queue hold,
     // while the client reads nothing.
-    let padding = "x".repeat(64 * 1024);
-    for n in 0..600 {
-        upstream
-            .feed_text(format!(
-                "{{\"type\":\"next\",\"id\":\"1\",\"payload\":{{\"data\":{{\"n\":{n},\"pad\":\"{padding}\"}}}}}}"
-            ))
-            .await;
-    }
-    upstream.flush().await;
+    upstream.flood("1", 600, 64 * 1024).await;
     // The gateway stops the operation upstream instead of buffering without bound.
     assert_eq!(
         upstream.recv_json().await,
@@ -448,6 +440,19 @@ async fn slow_client_is_cut_off_and_the_upstream_operation_stopped() {
         slow.recv_json().await,
         json!({ "type": "complete", "id": "1" })
     );
+    // Counted once as a `slow` cut; every event read for the operation counted in, all but
+    // the one that found the queue full counted out (those the client read).
+    let lines = metric_lines(gateway.addr).await;
+    for expected in [
+        "subplex_client_cuts_total{reason=\"slow\"} 1".to_owned(),
+        format!(
+            "subplex_events_total{{upstream=\"up\",direction=\"in\"}} {}",
+            expected_n + 1
+        ),
+        format!("subplex_events_total{{upstream=\"up\",direction=\"out\"}} {expected_n}"),
+    ] {
+        assert!(lines.contains(&expected), "{expected} in {lines:#?}");
+    }
 }
 
 #[tokio::test]

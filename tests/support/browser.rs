@@ -127,3 +127,32 @@ impl Browser {
         let _ = tokio::time::timeout(EVENT_TIMEOUT, self.child.wait()).await;
     }
 }
+
+/// Opens the gateway's status page at `url` in headless Chromium, once it has polled three
+/// times, and returns the text of each of its `[data-field]` elements by field name; saves
+/// a screenshot of the page to `screenshot`.
+pub async fn read_status_page(url: &str, screenshot: &std::path::Path) -> Value {
+    ensure_node_modules();
+    let mut child = Command::new("node")
+        .arg("browser.mjs")
+        .arg("--status")
+        .arg(url)
+        .arg(screenshot)
+        .current_dir(fixtures_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node must be installed to run the end-to-end tests");
+    let mut lines = line_channel(child.stdout.take().unwrap());
+    let stderr = collect_lines(child.stderr.take().unwrap());
+    let line = tokio::time::timeout(EVENT_TIMEOUT, lines.recv())
+        .await
+        .expect("browser.mjs answers in time")
+        .unwrap_or_else(|| panic!("browser.mjs exited: {:?}", stderr.lock().unwrap()));
+    let value: Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(value["type"], "fields", "browser.mjs: {value}");
+    let _ = tokio::time::timeout(EVENT_TIMEOUT, child.wait()).await;
+    value["fields"].clone()
+}

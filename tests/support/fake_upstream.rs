@@ -171,6 +171,20 @@ impl FakeConnection {
             .expect("send to gateway");
     }
 
+    /// Sends `count` `next` events for upstream id `id`, each padded to about
+    /// `padding_bytes`, as fast as the socket takes them, numbered from 0 in
+    /// `payload.data.n`: far more than socket buffers and queues hold.
+    pub async fn flood(&mut self, id: &str, count: usize, padding_bytes: usize) {
+        let padding = "x".repeat(padding_bytes);
+        for n in 0..count {
+            self.feed_text(format!(
+                "{{\"type\":\"next\",\"id\":\"{id}\",\"payload\":{{\"data\":{{\"n\":{n},\"pad\":\"{padding}\"}}}}}}"
+            ))
+            .await;
+        }
+        self.flush().await;
+    }
+
     pub async fn flush(&mut self) {
         self.socket.flush().await.expect("flush");
     }

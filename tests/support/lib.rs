@@ -78,6 +78,8 @@ pub fn init_tracing() {
 #[derive(Debug)]
 pub struct TestGateway {
     pub addr: std::net::SocketAddr,
+    /// The admin listener's address, when the config enables it (always on port 0).
+    pub admin_addr: Option<std::net::SocketAddr>,
     /// The gateway's counts of what happened to clients.
     pub stats: std::sync::Arc<subplex::DownstreamStats>,
     shutdown: CancellationToken,
@@ -90,13 +92,18 @@ impl TestGateway {
         init_tracing();
         let mut config = Config::parse(config_toml, "test.toml").expect("test config is valid");
         config.server.listen = "127.0.0.1:0".parse().unwrap();
+        if config.admin_listen.is_some() {
+            config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        }
         let gateway = Gateway::bind(config).await.expect("bind gateway");
         let addr = gateway.local_addr();
+        let admin_addr = gateway.admin_addr();
         let stats = gateway.stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway.run(shutdown.clone()));
         TestGateway {
             addr,
+            admin_addr,
             stats,
             shutdown,
             task: Some(task),
@@ -600,4 +607,29 @@ pub async fn gateway_with_demo(server_keys: &str) -> (TestGateway, DemoServer) {
     ))
     .await;
     (gateway, demo)
+}
+
+/// The metric lines of `/metrics` (no comments), sorted, after checking its content type.
+pub async fn metric_lines(gateway: std::net::SocketAddr) -> Vec<String> {
+    let response = tokio::time::timeout(
+        EVENT_TIMEOUT,
+        reqwest::get(format!("http://{gateway}/metrics")),
+    )
+    .await
+    .expect("the gateway answers in time")
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
 }

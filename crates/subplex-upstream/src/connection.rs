@@ -110,6 +110,9 @@ impl UpstreamConnection {
             let failure = match self.connect(backoff.give_up_at()).await {
                 Ok(mut link) => {
                     backoff.reset();
+                    if reconnecting {
+                        self.settings.stats.reconnected();
+                    }
                     info!(
                         open = self.registration.open_connections(),
                         resubscribed = self.operations.len(),
@@ -281,6 +284,7 @@ impl UpstreamConnection {
         let (subscriber, subscription) = subscription::channel(
             self.settings.subscriber_queue,
             self.settings.subscriber_queue_bytes,
+            self.settings.stats.clone(),
             self.unsubscribe_tx.clone(),
             id,
         );
@@ -428,6 +432,7 @@ impl UpstreamConnection {
             Err(mpsc::error::TrySendError::Closed(_)) => Ok(()), // Its stop is queued.
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let error = self.settings.slow_consumer();
+                self.settings.stats.slow_consumer_cut();
                 warn!(op = id, %error, "subscriber too slow; cutting it off");
                 if let Some(operation) = self.operations.remove(&id) {
                     operation.subscriber.fail(error);

@@ -15,6 +15,8 @@
 //! - [`HttpClient`](http::HttpClient): plain HTTP for queries and mutations.
 //! - [`UpstreamError`]: every failure, classified once as retryable or permanent.
 //! - [`UpstreamSettings`]: plain settings the gateway builds from its validated config.
+//! - [`UpstreamStats`]: counts (events read, reconnects, slow-consumer cuts) the gateway
+//!   reads for its metrics.
 //!
 //! This crate knows nothing of downstream clients or of the config file format.
 
@@ -31,16 +33,18 @@ mod security_context;
 mod settings;
 pub mod sse;
 mod sse_operation;
+mod stats;
 mod subscription;
 mod ws;
 mod ws_dial;
 
 pub use error::{ConnectCause, UpstreamError};
 pub use pool::{ConnectParams, Pool};
-pub use probing_pool::ProbingPool;
+pub use probing_pool::{ProbeSummary, ProbingPool};
 pub use reconnect::ReconnectSettings;
 pub use security_context::{SecurityContext, SettingsFingerprint};
 pub use settings::{SseMethod, UpstreamProtocol, UpstreamSettings};
+pub use stats::UpstreamStats;
 pub use subscription::Subscription;
 
 /// Shows a header list by names only, for `Debug` impls: the values are credentials.

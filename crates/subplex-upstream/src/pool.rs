@@ -166,6 +166,12 @@ impl Pool {
     pub fn open_connections(&self) -> usize {
         self.registry.open_connections()
     }
+
+    /// Upstream connection tasks running per security context (over GraphQL over SSE:
+    /// operations, each its own request).
+    pub fn open_connections_by_context(&self) -> Vec<(SecurityContext, usize)> {
+        self.registry.open_by_context()
+    }
 }
 
 #[cfg(test)]

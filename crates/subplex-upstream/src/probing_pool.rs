@@ -26,11 +26,22 @@ use tracing::{info, warn};
 use crate::probe::{evidence_line, probe, DetectedProtocol, ProbeError, ProbeReport};
 use crate::{ConnectParams, Pool, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
 
+/// What the latest probe of an upstream found, for status pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeSummary {
+    /// The protocol found (its config value), or `None` when the probe failed.
+    pub protocol: Option<&'static str>,
+    /// The probe's evidence, one line, as the log shows it.
+    pub evidence: String,
+}
+
 /// The upstream connections of one upstream, once its protocol is known.
 #[derive(Debug)]
 pub struct ProbingPool {
     settings: UpstreamSettings,
     shutdown: CancellationToken,
+    /// Set after each probe; never held across an await.
+    last_probe: std::sync::Mutex<Option<ProbeSummary>>,
     /// The pool for the configured or probed protocol; `None` until the first probe, or
     /// after a protocol failure made the probed one stale. Locked across a probe, so
     /// concurrent subscribers wait on one probe (single flight).
@@ -52,6 +63,7 @@ impl ProbingPool {
         ProbingPool {
             settings,
             shutdown,
+            last_probe: std::sync::Mutex::new(None),
             current: Mutex::new(current),
         }
     }
@@ -143,11 +155,35 @@ impl ProbingPool {
         headers: &[(HeaderName, HeaderValue)],
         init_payload: &RawJson,
     ) -> Option<Result<ProbeReport, ProbeError>> {
-        tokio::select! {
+        let report = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => None,
             report = probe(&self.settings, headers, init_payload) => Some(report),
-        }
+        }?;
+        let summary = match &report {
+            Ok(report) => ProbeSummary {
+                protocol: Some(report.protocol.config_name()),
+                evidence: evidence_line(&report.evidence),
+            },
+            Err(error) => ProbeSummary {
+                protocol: None,
+                evidence: evidence_line(&error.evidence),
+            },
+        };
+        *self
+            .last_probe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(summary);
+        Some(report)
+    }
+
+    /// What the latest probe found; `None` before any probe, and always for an upstream
+    /// whose protocol is configured.
+    pub fn last_probe(&self) -> Option<ProbeSummary> {
+        self.last_probe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     async fn resolve(&self, params: &ConnectParams) -> Result<Pool, UpstreamError> {
@@ -184,6 +220,19 @@ impl ProbingPool {
             UpstreamProtocol::Sse => UpstreamProtocol::Sse.config_name(),
             _ => settings.protocol.wire_name(),
         })
+    }
+
+    /// Upstream connections currently open in the current pool, per security context.
+    pub fn open_connections_by_context(&self) -> Vec<(crate::SecurityContext, usize)> {
+        self.current
+            .try_lock()
+            .ok()
+            .and_then(|current| {
+                current
+                    .as_ref()
+                    .map(|pool| pool.open_connections_by_context())
+            })
+            .unwrap_or_default()
     }
 
     /// Upstream connections currently open in the current pool.

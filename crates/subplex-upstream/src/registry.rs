@@ -16,6 +16,9 @@ use crate::SecurityContext;
 pub(crate) struct Registry {
     pub connections: DashMap<SecurityContext, UpstreamHandle>,
     open_connections: AtomicUsize,
+    /// Connection tasks running per security context, for status pages. Touched once per
+    /// connection (or SSE operation) start and end, never per event.
+    open_by_context: DashMap<SecurityContext, usize>,
     /// Set when a connection failed in a protocol way: a probed protocol is stale.
     protocol_mismatch: AtomicBool,
 }
@@ -25,6 +28,7 @@ impl Registry {
     /// counts it down when dropped.
     pub fn register(self: &Arc<Self>, key: SecurityContext, id: u64) -> Registration {
         self.open_connections.fetch_add(1, Ordering::Relaxed);
+        *self.open_by_context.entry(key).or_insert(0) += 1;
         Registration {
             registry: self.clone(),
             key,
@@ -45,6 +49,14 @@ impl Registry {
 
     pub fn protocol_mismatch_seen(&self) -> bool {
         self.protocol_mismatch.load(Ordering::Relaxed)
+    }
+
+    /// Connection tasks running per security context.
+    pub fn open_by_context(&self) -> Vec<(SecurityContext, usize)> {
+        self.open_by_context
+            .iter()
+            .map(|entry| (*entry.key(), *entry.value()))
+            .collect()
     }
 }
 
@@ -83,5 +95,11 @@ impl Drop for Registration {
         self.registry
             .open_connections
             .fetch_sub(1, Ordering::Relaxed);
+        self.registry
+            .open_by_context
+            .remove_if_mut(&self.key, |_, open| {
+                *open -= 1;
+                *open == 0
+            });
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use subplex_protocol::Subprotocol;
 
-use crate::{ReconnectSettings, SettingsFingerprint};
+use crate::{ReconnectSettings, SettingsFingerprint, UpstreamStats};
 
 /// How subplex talks to an upstream, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,6 +115,9 @@ pub struct UpstreamSettings {
     pub reconnect: ReconnectSettings,
     /// A hash of everything configured for this upstream; part of every security context.
     pub fingerprint: SettingsFingerprint,
+    /// Where this upstream's tasks count what they do. The gateway puts in the one its
+    /// metrics read; every clone of these settings shares it.
+    pub stats: Arc<UpstreamStats>,
 }
 
 impl UpstreamSettings {
@@ -154,6 +157,7 @@ impl UpstreamSettings {
             tls: None,
             reconnect: ReconnectSettings::default(),
             fingerprint: SettingsFingerprint::default(),
+            stats: Arc::default(),
         }
     }
 }

@@ -230,6 +230,7 @@ impl SseOperationTask {
         let (subscriber, subscription) = subscription::channel(
             client.settings().subscriber_queue,
             client.settings().subscriber_queue_bytes,
+            client.settings().stats.clone(),
             unsubscribe,
             id,
         );
@@ -306,6 +307,7 @@ impl SseOperationTask {
                     drop(trying.take());
                     self.settled();
                     if outage.take().is_some() {
+                        self.client.settings().stats.reconnected();
                         debug!("upstream event stream reopened");
                     }
                     match self.stream(operation).await {
@@ -402,6 +404,7 @@ impl SseOperationTask {
                 Err(mpsc::error::TrySendError::Closed(_)) => return Attempt::Over,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     let error = self.client.settings().slow_consumer();
+                    self.client.settings().stats.slow_consumer_cut();
                     warn!(%error, "subscriber too slow; cutting it off");
                     return self.over(error);
                 }

@@ -6,14 +6,16 @@ use std::sync::{Arc, OnceLock};
 use subplex_protocol::Event;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
 
-use crate::UpstreamError;
+use crate::{UpstreamError, UpstreamStats};
 
 /// The receiving end of one upstream operation. Dropping it before the operation ended
 /// stops the operation upstream (`complete` / `stop`).
 #[derive(Debug)]
 pub struct Subscription {
-    events: mpsc::Receiver<Event>,
+    /// Each event with the instant its frame was read from the upstream.
+    events: mpsc::Receiver<(Event, Instant)>,
     /// Set by the connection task before it drops the sender without a terminal event.
     failure: Arc<OnceLock<UpstreamError>>,
     /// Payload bytes in `events`, shared with the [`Subscriber`].
@@ -22,15 +24,19 @@ pub struct Subscription {
     unsubscribe: mpsc::UnboundedSender<u64>,
     upstream_id: u64,
     ended: bool,
+    /// When the frame of the event `recv` returned last was read from the upstream.
+    last_read_at: Option<Instant>,
 }
 
 /// The connection task's end of a [`Subscription`].
 #[derive(Debug)]
 pub(crate) struct Subscriber {
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<(Event, Instant)>,
     pub failure: Arc<OnceLock<UpstreamError>>,
     queued_bytes: Arc<AtomicUsize>,
     byte_limit: usize,
+    /// Counts each event handed over (`events_in`).
+    stats: Arc<UpstreamStats>,
 }
 
 /// The payload bytes an event holds while it waits in a queue.
@@ -46,7 +52,11 @@ impl Subscriber {
     /// when the event would take its payload bytes over the byte limit: a count alone would
     /// let a slow client hold `subscriber_queue` times the largest event. An event always
     /// fits an empty queue, so one as large as the frame limit still gets through.
+    ///
+    /// Called right after the event's frame was read and decoded, with no wait in
+    /// between, so the instant taken here is the frame's read time.
     pub fn try_send(&self, event: Event) -> Result<(), TrySendError<Event>> {
+        self.stats.event_in();
         let size = payload_bytes(&event);
         // Only this side adds, so the check cannot be overtaken; the receiver only
         // subtracts, which can only make room.
@@ -55,9 +65,15 @@ impl Subscriber {
             return Err(TrySendError::Full(event));
         }
         self.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        self.events.try_send(event).inspect_err(|_| {
-            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-        })
+        self.events
+            .try_send((event, Instant::now()))
+            .map_err(|error| {
+                self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                match error {
+                    TrySendError::Full((event, _)) => TrySendError::Full(event),
+                    TrySendError::Closed((event, _)) => TrySendError::Closed(event),
+                }
+            })
     }
 
     /// Resolves once the [`Subscription`] was dropped.
@@ -76,6 +92,7 @@ impl Subscriber {
 pub(crate) fn channel(
     capacity: usize,
     byte_limit: usize,
+    stats: Arc<UpstreamStats>,
     unsubscribe: mpsc::UnboundedSender<u64>,
     upstream_id: u64,
 ) -> (Subscriber, Subscription) {
@@ -88,6 +105,7 @@ pub(crate) fn channel(
             failure: failure.clone(),
             queued_bytes: queued_bytes.clone(),
             byte_limit,
+            stats,
         },
         Subscription {
             events: rx,
@@ -96,6 +114,7 @@ pub(crate) fn channel(
             unsubscribe,
             upstream_id,
             ended: false,
+            last_read_at: None,
         },
     )
 }
@@ -108,7 +127,8 @@ impl Subscription {
             return None;
         }
         match self.events.recv().await {
-            Some(event) => {
+            Some((event, read_at)) => {
+                self.last_read_at = Some(read_at);
                 self.queued_bytes
                     .fetch_sub(payload_bytes(&event), Ordering::Relaxed);
                 self.ended = event.is_terminal();
@@ -128,6 +148,12 @@ impl Subscription {
                 Some(Err(error))
             }
         }
+    }
+
+    /// When the frame of the event [`recv`](Self::recv) returned last was read from the
+    /// upstream: the start of the event's way to the client.
+    pub fn last_read_at(&self) -> Option<Instant> {
+        self.last_read_at
     }
 }
 
@@ -155,7 +181,8 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
         let (unsubscribe, _stops) = mpsc::unbounded_channel();
-        let (subscriber, mut subscription) = channel(8, 100, unsubscribe, 1);
+        let stats = Arc::new(UpstreamStats::default());
+        let (subscriber, mut subscription) = channel(8, 100, stats.clone(), unsubscribe, 1);
         // A first event larger than the byte limit still gets through an empty queue.
         subscriber.try_send(next(150)).unwrap();
         assert!(matches!(
@@ -176,5 +203,7 @@ mod tests {
         assert_eq!(subscription.recv().await, Some(Ok(next(40))));
         assert_eq!(subscription.recv().await, Some(Ok(Event::Complete)));
         assert_eq!(subscription.queued_bytes.load(Ordering::Relaxed), 0);
+        // Every event offered was counted in, refused ones too.
+        assert_eq!(stats.events_in(), 6);
     }
 }

@@ -42,6 +42,9 @@ pub enum Command {
         /// Run only the demo upstream, for a gateway started with --config gateway.toml.
         #[arg(long)]
         upstream_only: bool,
+        /// Where the admin listener (status page, metrics) listens.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
     },
     /// Find out which protocol a GraphQL server speaks, and show the evidence.
     Probe(ProbeArgs),

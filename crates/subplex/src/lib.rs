@@ -9,6 +9,7 @@
 //! [`Gateway::reloader`] reloads its config file while it serves. `main.rs` is a
 //! thin shell around it, and tests run it in-process.
 
+mod admin;
 pub mod cli;
 pub mod config;
 mod cors;

@@ -82,7 +82,8 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             listen,
             upstream_listen,
             upstream_only,
-        } => demo(listen, upstream_listen, upstream_only).await,
+            admin_listen,
+        } => demo(listen, upstream_listen, upstream_only, admin_listen).await,
         Command::Probe(args) => {
             let report = probe_command::run(&args).await?;
             // Not println!: piped into `head`, a closed stdout is not a reason to panic.
@@ -126,6 +127,7 @@ async fn demo(
     listen: std::net::SocketAddr,
     upstream_listen: Option<std::net::SocketAddr>,
     upstream_only: bool,
+    admin_listen: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -146,7 +148,7 @@ async fn demo(
     tokio::spawn(demo.run(shutdown.clone()));
 
     let text = format!(
-        "[server]\nlisten = \"{listen}\"\n\n[upstreams.demo]\nurl = \"http://{upstream}/graphql\"\nprotocol = \"graphql-transport-ws\"\nidle_timeout_ms = 5000\n"
+        "[server]\nlisten = \"{listen}\"\n\n[upstreams.demo]\nurl = \"http://{upstream}/graphql\"\nprotocol = \"graphql-transport-ws\"\nidle_timeout_ms = 5000\n\n[admin]\nenabled = true\nlisten = \"{admin_listen}\"\n"
     );
     let mut raw: subplex::config::RawConfig =
         toml::from_str(&text).context("demo configuration")?;
@@ -159,8 +161,14 @@ async fn demo(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = gateway.local_addr();
+    let admin = gateway
+        .admin_addr()
+        .map(|admin| admin.to_string())
+        .unwrap_or_default();
     println!(
         r#"subplex demo: gateway on http://{addr}/graphql, demo upstream (graphql-transport-ws) on ws://{upstream}/graphql
+
+Status page: http://{admin}/status (metrics: http://{admin}/metrics)
 
 Server-Sent Events (Ctrl-C to stop):
   curl -N -H 'accept: text/event-stream' 'http://{addr}/graphql?query=subscription%7Btick(count:5,intervalMs:1000)%7D'

@@ -2,17 +2,29 @@
 //!
 //! Every metric is an atomic created once, at start-up, per label value; the places where
 //! events happen hold a handle to theirs, so an event costs one atomic add, with no lock,
-//! lookup or allocation. Upstream connection counts are read from the pools at scrape
-//! time instead, so the upstream crate needs no instrumenting.
+//! lookup or allocation (the latency histogram: two, its bucket and its sum). What the
+//! upstream crate counts ([`UpstreamStats`]: events read, reconnects, slow-consumer cuts)
+//! and its connection counts are read at scrape time, so that crate needs no metrics
+//! library.
+//!
+//! Main types: [`Metrics`] (the registry), [`UpstreamMetrics`] (one upstream's counts, for
+//! the places that count), [`LatencyHistogram`].
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
 use subplex_protocol::Subprotocol;
+use subplex_upstream::UpstreamStats;
+use tokio::time::Instant;
 
 /// The `Content-Type` of the exposition (what `prometheus-client` writes).
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -77,6 +89,12 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct UpstreamDirectionLabels {
+    upstream: String,
+    direction: &'static str,
+}
+
 /// The gateway's metrics and the registry that encodes them.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -84,7 +102,8 @@ pub(crate) struct Metrics {
     client_connections: [Gauge; 5],
     operations_active: Family<UpstreamLabel, Gauge>,
     upstream_connections: Family<UpstreamProtocolLabels, Gauge>,
-    client_cuts: Family<ReasonLabel, Counter>,
+    /// Events, reconnects, hook errors, latency and cuts, read at scrape time.
+    counts: Arc<Counts>,
 }
 
 impl fmt::Debug for Metrics {
@@ -119,19 +138,55 @@ impl Metrics {
             "Upstream connections open (connecting, serving, reconnecting or closing), by upstream and protocol, read from the pools at scrape time",
             upstream_connections.clone(),
         );
-        let client_cuts = Family::default();
-        registry.register(
-            "client_cuts",
-            "Clients cut off by the gateway, by reason",
-            client_cuts.clone(),
-        );
+        let counts = Arc::new(Counts::default());
+        registry.register_collector(Box::new(counts.clone()));
         Metrics {
             registry,
             client_connections,
             operations_active,
             upstream_connections,
-            client_cuts,
+            counts,
         }
+    }
+
+    /// The counts of the upstream named `name`, created on first use; the same ones for
+    /// the same name afterwards, so counters run on across a rebuild of the upstream.
+    pub fn upstream(&self, name: &str) -> Arc<UpstreamMetrics> {
+        let mut upstreams = self
+            .counts
+            .upstreams
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(found) = upstreams.iter().find(|u| &*u.name == name) {
+            return found.clone();
+        }
+        let created = Arc::new(UpstreamMetrics {
+            name: Arc::from(name),
+            stats: Arc::default(),
+            latency: LatencyHistogram::default(),
+            hook_errors: AtomicU64::new(0),
+        });
+        upstreams.push(created.clone());
+        created
+    }
+
+    /// Client connections open now, by `transport` label.
+    pub fn client_connection_counts(&self) -> Vec<(&'static str, i64)> {
+        ClientTransport::ALL
+            .iter()
+            .zip(&self.client_connections)
+            .map(|(transport, gauge)| (transport.label(), gauge.get()))
+            .collect()
+    }
+
+    /// Clients cut since start, by `reason` label.
+    pub fn cut_counts(&self) -> [(&'static str, u64); 3] {
+        self.counts.cuts()
+    }
+
+    /// The counter of clients closed for going over a limit (`reason="limit"`).
+    pub fn limit_cuts(&self) -> Counter {
+        self.counts.limit_cuts.clone()
     }
 
     /// Counts a client connection of `transport` as open until the returned guard drops.
@@ -152,9 +207,7 @@ impl Metrics {
 
     /// The counter of clients cut for a write that timed out (`reason="write_timeout"`).
     pub fn write_timeout_cuts(&self) -> Counter {
-        self.client_cuts.get_or_create_owned(&ReasonLabel {
-            reason: "write_timeout",
-        })
+        self.counts.write_timeout_cuts.clone()
     }
 
     /// The exposition, with the upstream connections as the pools count them now.
@@ -194,5 +247,238 @@ impl OpenGauge {
 impl Drop for OpenGauge {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// One upstream's counts: what its tasks count ([`UpstreamStats`]), and what the gateway
+/// counts for it. Every place that counts for an upstream holds one (through
+/// [`crate::state::Upstream::metrics`]).
+#[derive(Debug)]
+pub(crate) struct UpstreamMetrics {
+    name: Arc<str>,
+    /// Handed to the upstream crate in the upstream's settings.
+    pub stats: Arc<UpstreamStats>,
+    /// From an event's frame read upstream to the event handed to its client; its count
+    /// is the number of events sent to clients (`direction="out"`).
+    latency: LatencyHistogram,
+    hook_errors: AtomicU64,
+}
+
+impl UpstreamMetrics {
+    /// One event, read from the upstream at `read_at`, handed to its client now.
+    pub fn delivered(&self, read_at: Option<Instant>) {
+        let latency = read_at.map(|at| at.elapsed()).unwrap_or_default();
+        self.latency.observe(latency);
+    }
+
+    /// A hook script of this upstream failed (an error in it or a limit it hit; not a
+    /// deliberate `throw`). Every hook point calls this where it handles the failure.
+    pub fn hook_failed(&self) {
+        self.hook_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events read from the upstream.
+    pub fn events_in(&self) -> u64 {
+        self.stats.events_in()
+    }
+
+    /// Events handed to clients.
+    pub fn events_out(&self) -> u64 {
+        self.latency.count()
+    }
+
+    /// Hook script failures.
+    pub fn hook_errors(&self) -> u64 {
+        self.hook_errors.load(Ordering::Relaxed)
+    }
+}
+
+/// Upper bounds of the latency buckets, in nanoseconds (100 µs to 2.5 s; the last bucket,
+/// `+Inf`, takes the rest). An event normally crosses the gateway in well under a
+/// millisecond; the upper buckets catch events that waited in a slow client's queue.
+const LATENCY_BOUNDS_NANOS: [u64; 14] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+];
+
+/// A histogram of durations that records without a lock: one atomic add for the bucket,
+/// one for the sum. (`prometheus-client`'s `Histogram` takes a lock per observation.)
+#[derive(Debug, Default)]
+pub(crate) struct LatencyHistogram {
+    /// Observations per bucket, not cumulative; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BOUNDS_NANOS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = LATENCY_BOUNDS_NANOS.partition_point(|&bound| bound < nanos);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .map(|bucket| bucket.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// `(upper bound in seconds, observations)` per bucket, not cumulative.
+    fn buckets(&self) -> Vec<(f64, u64)> {
+        LATENCY_BOUNDS_NANOS
+            .iter()
+            .map(|&bound| bound as f64 / 1e9)
+            .chain([f64::INFINITY])
+            .zip(&self.buckets)
+            .map(|(bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn sum_seconds(&self) -> f64 {
+        self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// Reads one count of an upstream.
+type CountOf = fn(&UpstreamMetrics) -> u64;
+
+/// The counts read at scrape time: per upstream, and the client cuts by reason.
+#[derive(Debug, Default)]
+struct Counts {
+    upstreams: RwLock<Vec<Arc<UpstreamMetrics>>>,
+    write_timeout_cuts: Counter,
+    limit_cuts: Counter,
+}
+
+impl Counts {
+    /// Clients cut since start, by `reason` label.
+    fn cuts(&self) -> [(&'static str, u64); 3] {
+        let slow = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|upstream| upstream.stats.slow_consumer_cuts())
+            .sum();
+        [
+            ("slow", slow),
+            ("write_timeout", self.write_timeout_cuts.get()),
+            ("limit", self.limit_cuts.get()),
+        ]
+    }
+}
+
+impl Collector for Counts {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let upstreams = self
+            .upstreams
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let counter = |value: u64| ConstCounter::new(value);
+
+        let mut events = encoder.encode_descriptor(
+            "events",
+            "Events by upstream: read from the upstream (in), handed to clients (out)",
+            None,
+            MetricType::Counter,
+        )?;
+        for upstream in &upstreams {
+            for (direction, value) in [("in", upstream.events_in()), ("out", upstream.events_out())]
+            {
+                let labels = UpstreamDirectionLabels {
+                    upstream: upstream.name.to_string(),
+                    direction,
+                };
+                counter(value).encode(events.encode_family(&labels)?)?;
+            }
+        }
+
+        let per_upstream: [(&str, &str, CountOf); 2] = [
+            (
+                "upstream_reconnects",
+                "Upstream connections established again after a failure (GraphQL over SSE: operation requests sent again)",
+                |u| u.stats.reconnects(),
+            ),
+            (
+                "hook_errors",
+                "Hook script failures (errors in the script or limits it hit), by upstream",
+                UpstreamMetrics::hook_errors,
+            ),
+        ];
+        for (name, help, value) in per_upstream {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for upstream in &upstreams {
+                let labels = UpstreamLabel {
+                    upstream: upstream.name.to_string(),
+                };
+                counter(value(upstream)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        let mut latency = encoder.encode_descriptor(
+            "upstream_to_client_latency",
+            "Time from an event's frame read from the upstream to the event handed to its client",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for upstream in &upstreams {
+            let labels = UpstreamLabel {
+                upstream: upstream.name.to_string(),
+            };
+            let histogram = &upstream.latency;
+            latency
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(
+                    histogram.sum_seconds(),
+                    histogram.count(),
+                    &histogram.buckets(),
+                    None,
+                )?;
+        }
+
+        let mut cuts = encoder.encode_descriptor(
+            "client_cuts",
+            "Clients cut off by the gateway, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, value) in self.cuts() {
+            counter(value).encode(cuts.encode_family(&ReasonLabel { reason })?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_lands_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        let histogram = LatencyHistogram::default();
+        histogram.observe(Duration::from_micros(100));
+        histogram.observe(Duration::from_micros(101));
+        histogram.observe(Duration::from_secs(3));
+        let buckets = histogram.buckets();
+        assert_eq!(buckets[0], (0.0001, 1));
+        assert_eq!(buckets[1], (0.00025, 1));
+        assert_eq!(buckets[14], (f64::INFINITY, 1));
+        assert_eq!(histogram.count(), 3);
+        assert_eq!(histogram.sum_nanos.load(Ordering::Relaxed), 3_000_201_000);
     }
 }

@@ -56,7 +56,7 @@ async fn dispatch(
         HEALTHZ_PATH => return text(StatusCode::OK, "ok\n"),
         READYZ_PATH if state.is_ready() => return text(StatusCode::OK, "ready\n"),
         READYZ_PATH => return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
-        METRICS_PATH => return metrics(&state),
+        METRICS_PATH => return metrics_response(&state),
         _ => {}
     }
     if !state.is_ready() {
@@ -148,7 +148,8 @@ fn is_stream<B>(response: &Response<B>) -> bool {
         })
 }
 
-fn metrics(state: &GatewayState) -> Response<ResponseBody> {
+/// `/metrics`, on the main listener and on the admin one.
+pub(crate) fn metrics_response(state: &GatewayState) -> Response<ResponseBody> {
     let mut response = Response::new(full(state.encode_metrics()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -28,6 +28,8 @@ pub(crate) struct ConnectionPermit(#[allow(dead_code)] Arc<tokio::sync::OwnedSem
 #[derive(Debug)]
 pub struct Gateway {
     listener: TcpListener,
+    /// The admin listener, when `admin.enabled`.
+    admin: Option<TcpListener>,
     state: Arc<GatewayState>,
     /// Cancelled last, after clients drained, so operations can stop cleanly upstream.
     upstream_shutdown: CancellationToken,
@@ -37,10 +39,15 @@ impl Gateway {
     /// Binds the listener of `config.server.listen`.
     pub async fn bind(config: Config) -> std::io::Result<Gateway> {
         let listener = TcpListener::bind(config.server.listen).await?;
+        let admin = match config.admin_listen {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
         let upstream_shutdown = CancellationToken::new();
         let state = Arc::new(GatewayState::new(&config, &upstream_shutdown)?);
         Ok(Gateway {
             listener,
+            admin,
             state,
             upstream_shutdown,
         })
@@ -57,6 +64,13 @@ impl Gateway {
         self.state.stats.clone()
     }
 
+    /// The admin listener's address, when `admin.enabled`.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+            .as_ref()
+            .and_then(|admin| admin.local_addr().ok())
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener always has a local address.
@@ -71,10 +85,20 @@ impl Gateway {
     pub async fn run(self, shutdown: CancellationToken) {
         let Gateway {
             listener,
+            admin,
             state,
             upstream_shutdown,
         } = self;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        if let Some(admin) = admin {
+            // Serves through the drain, so operators can watch it, and stops with the
+            // upstream connections at the very end.
+            tokio::spawn(crate::admin::serve(
+                admin,
+                state.clone(),
+                upstream_shutdown.clone(),
+            ));
+        }
         // `protocol = "auto"` upstreams are probed now, so the log tells at start what each
         // one speaks; clients are served meanwhile (their subscribes wait on the probe).
         for upstream in state.routes().upstreams() {
@@ -100,15 +124,7 @@ impl Gateway {
             let (stream, peer) = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Usually EMFILE: back off instead of spinning on the error.
-                        warn!(error = %err, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = accept(&listener) => accepted,
             };
             let _ = stream.set_nodelay(true);
             let state = state.clone();
@@ -163,6 +179,20 @@ impl Gateway {
     }
 }
 
+/// The next connection on `listener`. A failed accept (usually EMFILE) is logged and
+/// retried after a short pause instead of spinning on the error.
+pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                warn!(error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections during the drain and serves each one request: the probes answer,
 /// everything else gets 503 (see `routes::dispatch`). Each connection still takes a place
 /// under `server.max_connections`; without one it is closed at once. Runs until dropped,
@@ -175,14 +205,7 @@ async fn answer_while_draining(
     builder.http1().keep_alive(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                warn!(error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept(listener).await;
         let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
             continue;
         };

@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ServerConfig, UpstreamConfig};
 use crate::downstream;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamMetrics};
 
 /// One upstream as the request handlers use it.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub(crate) struct Upstream {
     /// One token per route path that leads here, cancelled (and removed) when a reload
     /// removes the route or points it elsewhere. Operations watch theirs.
     route_tokens: Mutex<HashMap<String, CancellationToken>>,
+    /// Events, latency, reconnects and hook errors of this upstream.
+    pub metrics: Arc<UpstreamMetrics>,
 }
 
 impl Upstream {
@@ -50,6 +52,10 @@ impl Upstream {
         upstream_shutdown: &CancellationToken,
         metrics: &Metrics,
     ) -> std::io::Result<Upstream> {
+        let upstream_metrics = metrics.upstream(&config.settings.name);
+        // The upstream's tasks count into the stats the metrics read.
+        let mut config = config.clone();
+        config.settings.stats = upstream_metrics.stats.clone();
         let http = HttpClient::new(HttpSettings {
             name: config.settings.name.clone(),
             url: config.http_url.clone(),
@@ -61,10 +67,11 @@ impl Upstream {
         .map_err(std::io::Error::other)?;
         let pool_shutdown = upstream_shutdown.child_token();
         Ok(Upstream {
-            config: config.clone(),
             pool: ProbingPool::new(config.settings.clone(), pool_shutdown.clone()),
             http,
             operations_active: metrics.operations_active(&config.settings.name),
+            metrics: upstream_metrics,
+            config,
             retired: CancellationToken::new(),
             pool_shutdown,
             route_tokens: Mutex::new(HashMap::new()),
@@ -182,6 +189,8 @@ pub struct DownstreamStats {
     /// `server.client_write_timeout_ms`, on any transport. It is the counter that
     /// `subplex_client_cuts_total{reason="write_timeout"}` exposes, so the two agree.
     stuck_clients_cut: Counter,
+    /// Clients closed for going over a limit (`reason="limit"`).
+    limit_cuts: Counter,
 }
 
 impl DownstreamStats {
@@ -189,6 +198,7 @@ impl DownstreamStats {
     pub(crate) fn new(metrics: &Metrics) -> DownstreamStats {
         DownstreamStats {
             stuck_clients_cut: metrics.write_timeout_cuts(),
+            limit_cuts: metrics.limit_cuts(),
         }
     }
 
@@ -199,6 +209,11 @@ impl DownstreamStats {
 
     pub(crate) fn stuck_client_cut(&self) {
         self.stuck_clients_cut.inc();
+    }
+
+    /// A client closed because a message of its went over `server.max_message_bytes`.
+    pub(crate) fn limit_cut(&self) {
+        self.limit_cuts.inc();
     }
 }
 
@@ -214,7 +229,7 @@ impl RouteTable {
         self.routes.get(path)
     }
 
-    /// Each upstream once, however many routes lead to it.
+    /// Each upstream once, however many routes lead to it, by name.
     pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
         let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
         for upstream in self.routes.values() {
@@ -222,6 +237,7 @@ impl RouteTable {
                 upstreams.push(upstream);
             }
         }
+        upstreams.sort_by(|a, b| a.config.settings.name.cmp(&b.config.settings.name));
         upstreams
     }
 

@@ -195,8 +195,27 @@ async fn banner_address(
     (addr, stdout)
 }
 
-/// The demo serves ticks over WebSocket, and with debug logging on, neither the
-/// Authorization header nor the init payload's secret reaches the logs, which carry no
+/// The whole answer to a GET of `path` on `addr`, over a connection that then closes.
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    answer
+}
+
+/// The demo serves ticks over WebSocket and its status page on the admin listener it
+/// turns on, and with debug logging on, neither the Authorization header nor the init
+/// payload's secret reaches the logs, which carry no
 /// colour codes since stderr is a pipe.
 #[tokio::test]
 async fn demo_serves_ticks_and_logs_no_secrets() {
@@ -207,6 +226,8 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
             "127.0.0.1:0",
             "--upstream-listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
         ])
         .env("SUBPLEX_LOG", "debug")
         .stdout(Stdio::piped())
@@ -215,7 +236,18 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         .spawn()
         .unwrap();
     // "subplex demo: gateway on http://ADDR/graphql, ..."
-    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
+    let (addr, mut stdout) = banner_address(&mut child, "gateway on http://").await;
+    // "Status page: http://ADMIN/status ...": the demo turns the admin listener on.
+    let admin = loop {
+        let line = tokio::time::timeout(TIMEOUT, stdout.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the banner names the status page");
+        if let Some(rest) = line.strip_prefix("Status page: http://") {
+            break rest.split('/').next().unwrap().to_owned();
+        }
+    };
 
     let mut request = format!("ws://{addr}/graphql")
         .into_client_request()
@@ -260,6 +292,14 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         ]
     );
     drop(socket);
+
+    let status = http_get(&admin, "/status.json").await;
+    assert!(status.starts_with("HTTP/1.1 200 OK\r\n"), "{status}");
+    assert!(status.contains(r#""name":"demo""#), "{status}");
+    assert!(
+        status.contains(r#""events_in":3,"events_out":3"#),
+        "{status}"
+    );
 
     // SIGTERM: the gateway drains and exits 0.
     let pid = child.id().unwrap().to_string();

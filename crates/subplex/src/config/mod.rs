@@ -30,6 +30,30 @@ pub struct RawConfig {
     /// Which path serves which upstream.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[admin]`: the admin listener (status page, metrics).
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`: a second listener for operators, off by default. It serves the status page
+/// (`/status`, `/status.json`) and `/metrics`, read-only, and nothing else.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Serve the admin listener. Default false.
+    pub enabled: bool,
+    /// Address of the admin listener; must differ from `server.listen`. Default
+    /// `127.0.0.1:9090`.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            enabled: false,
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
 }
 
 /// `[server]`: the downstream listener.
@@ -292,6 +316,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// The admin listener's address; `None` when `admin.enabled` is false.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// Validated `[server]`.

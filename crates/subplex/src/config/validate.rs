@@ -253,11 +253,14 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         }
     }
 
+    let admin_listen = validate_admin(&raw.admin, server.listen, &mut problems);
+
     if problems.0.is_empty() {
         Ok(Config {
             server,
             upstreams,
             routes,
+            admin_listen,
         })
     } else {
         Err(ConfigError::Invalid {
@@ -265,6 +268,35 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             problems: problems.0,
         })
     }
+}
+
+/// `[admin]`: its address when enabled. It may not share the main listener's address
+/// (port 0 excepted: each bind picks its own port).
+fn validate_admin(
+    raw: &super::RawAdmin,
+    main_listen: SocketAddr,
+    problems: &mut Problems,
+) -> Option<SocketAddr> {
+    if !raw.enabled {
+        return None;
+    }
+    let Some(listen) = resolve_listen(&raw.listen) else {
+        problems.add(
+            "admin.listen",
+            format!(
+                "\"{}\" is not an address with a port, like \"127.0.0.1:9090\"",
+                raw.listen
+            ),
+        );
+        return None;
+    };
+    if listen == main_listen && listen.port() != 0 {
+        problems.add(
+            "admin.listen",
+            format!("{listen} is server.listen too; give the admin listener its own port"),
+        );
+    }
+    Some(listen)
 }
 
 /// An IP address with a port, or a host name that resolves to one (`localhost:4000`).
@@ -638,6 +670,32 @@ mod tests {
         assert_eq!(chat.settings.idle_timeout.as_millis(), 1500);
         assert_eq!(chat.keyed_headers, ["authorization", "x-tenant"]);
         assert_eq!(config.routes[0].path, "/graphql");
+    }
+
+    #[test]
+    fn admin_is_off_by_default_and_needs_its_own_address() {
+        assert_eq!(
+            Config::parse(GOOD, "gateway.toml").unwrap().admin_listen,
+            None
+        );
+        let enabled = format!("{GOOD}\n[admin]\nenabled = true\n");
+        assert_eq!(
+            Config::parse(&enabled, "gateway.toml")
+                .unwrap()
+                .admin_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        let same = format!("{GOOD}\n[admin]\nenabled = true\nlisten = \"127.0.0.1:4000\"\n");
+        assert_eq!(
+            problems(&same),
+            "gateway.toml: invalid configuration:\n  admin.listen: 127.0.0.1:4000 is server.listen too; give the admin listener its own port"
+        );
+        let bad = format!("{GOOD}\n[admin]\nenabled = true\nlisten = \"9090\"\n");
+        assert!(
+            problems(&bad).contains("admin.listen: \"9090\" is not an address with a port"),
+            "{}",
+            problems(&bad)
+        );
     }
 
     #[test]

@@ -91,6 +91,7 @@ fn connection_init_payload(
             Err(InitRefusal::Rejected(message))
         }
         Err(err @ HookError::Failed { .. }) => {
+            upstream.metrics.hook_failed();
             warn!(error = %err, "on_connection_init failed; the client is refused");
             Err(InitRefusal::Failed)
         }

@@ -30,7 +30,6 @@ use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::metrics::OpenGauge;
 use crate::state::Upstream;
 
 /// Who a client is, as each of its operations sees it. Shared by every operation of one
@@ -124,16 +123,31 @@ impl RouteWatch {
 enum Stage {
     /// Not subscribed yet.
     Start {
-        upstream: Arc<Upstream>,
         params: ConnectParams,
         request: GraphqlRequest,
-        running: OpenGauge,
+        running: Running,
         watch: RouteWatch,
     },
-    /// Counted in `subplex_operations_active` until the stage moves on to `Done` or the
-    /// stream is dropped.
-    Active(Subscription, OpenGauge, RouteWatch),
+    Active(Subscription, Running, RouteWatch),
     Done,
+}
+
+/// An operation counted in `subplex_operations_active` until the stage moves on to `Done`
+/// or the stream is dropped; it also leads to the upstream's other metrics. One pointer,
+/// like the gauge handle it replaces: idle operations are many, and each byte counts.
+struct Running(Arc<Upstream>);
+
+impl Running {
+    fn start(upstream: Arc<Upstream>) -> Running {
+        upstream.operations_active.inc();
+        Running(upstream)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.operations_active.dec();
+    }
 }
 
 fn events(
@@ -158,8 +172,7 @@ fn outcomes(
     watch: RouteWatch,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
     let start = Stage::Start {
-        running: OpenGauge::open(upstream.operations_active.clone()),
-        upstream,
+        running: Running::start(upstream),
         params,
         request,
         watch,
@@ -167,7 +180,6 @@ fn outcomes(
     futures_util::stream::unfold(start, |stage| async move {
         match stage {
             Stage::Start {
-                upstream,
                 params,
                 request,
                 running,
@@ -178,7 +190,7 @@ fn outcomes(
                 // operation then waits on `recv` for its whole life. Unboxed, every idle
                 // operation kept that space: 30 KiB instead of 20 per idle subscription
                 // (`subplex-bench --scenarios idle`).
-                let subscribing = Box::pin(upstream.pool.subscribe(&params, request));
+                let subscribing = Box::pin(running.0.pool.subscribe(&params, request));
                 // Biased: a reload that ended the route wins over whatever the retired
                 // pool reports as it shuts down.
                 let subscribed = tokio::select! {
@@ -204,7 +216,7 @@ fn outcomes(
 
 async fn next_outcome(
     mut subscription: Subscription,
-    running: OpenGauge,
+    running: Running,
     watch: RouteWatch,
 ) -> Option<(Result<Event, UpstreamError>, Stage)> {
     // Biased as above. Events already queued are not delivered once the route ended: the
@@ -219,6 +231,9 @@ async fn next_outcome(
     };
     match received? {
         Ok(event) => {
+            // The session writes what this stream yields at once, in the same task: the
+            // event is handed to its client now.
+            running.0.metrics.delivered(subscription.last_read_at());
             let next = if event.is_terminal() {
                 Stage::Done
             } else {

@@ -188,6 +188,9 @@ impl DownstreamSession {
         match flow {
             Flow::Close(code, reason) => {
                 debug!(code, %reason, "closing session");
+                if code == close::MESSAGE_TOO_BIG.code {
+                    self.state.stats.limit_cut();
+                }
                 let frame = CloseFrame {
                     code: CloseCode::from(code),
                     reason: reason.into(),
