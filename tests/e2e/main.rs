@@ -12,6 +12,7 @@ mod operations;
 mod origins;
 mod probe;
 mod sessions;
+mod shutdown;
 mod sse;
 mod sse_single;
 mod transport_ws;

@@ -235,6 +235,7 @@ impl SseOperationTask {
         );
         let span = tracing::info_span!(parent: None, "upstream", name = %client.settings().name, ctx = %key, sse_op = id);
         let (first_outcome, first) = oneshot::channel();
+        let tasks = registration.tasks();
         let task = SseOperationTask {
             client,
             gate,
@@ -245,7 +246,7 @@ impl SseOperationTask {
             first_outcome: Some(first_outcome),
             shutdown,
         };
-        tokio::spawn(task.run().instrument(span));
+        tasks.spawn(task.run().instrument(span));
         match first.await {
             Ok(Ok(())) => Ok(subscription),
             Ok(Err(error)) => Err(error),

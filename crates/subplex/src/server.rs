@@ -70,12 +70,7 @@ impl Gateway {
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         // `protocol = "auto"` upstreams are probed now, so the log tells at start what each
         // one speaks; clients are served meanwhile (their subscribes wait on the probe).
-        let mut probed: Vec<&Arc<crate::state::Upstream>> = Vec::new();
-        for upstream in state.routes.values() {
-            if probed.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
-                continue;
-            }
-            probed.push(upstream);
+        for upstream in state.upstreams() {
             let upstream = upstream.clone();
             tokio::spawn(async move { upstream.pool.probe_at_start().await });
         }
@@ -139,7 +134,9 @@ impl Gateway {
         info!("shutting down: draining clients; new connections get 503 and /readyz says so");
         state.sessions.close();
         let grace = state.server.shutdown_grace;
-        let drain = tokio::time::timeout(grace, async {
+        // One budget for the whole shutdown: clients first, then the upstream goodbyes.
+        let deadline = tokio::time::Instant::now() + grace;
+        let drain = tokio::time::timeout_at(deadline, async {
             tokio::join!(graceful.shutdown(), state.sessions.wait());
         });
         // The listener stays open during the drain so that load balancers polling
@@ -156,7 +153,23 @@ impl Gateway {
                 "clients did not finish within the grace period"
             );
         }
+        // Clients are gone, so their operations were stopped; the connection tasks now
+        // send `complete`/`stop` for whatever is left, `connection_terminate` and a Close.
+        // Waited for: once `run` returns the process may exit, and a task cut short would
+        // leave the upstream to find out by the socket dropping.
         upstream_shutdown.cancel();
+        let upstreams_closed = tokio::time::timeout_at(deadline, async {
+            for upstream in state.upstreams() {
+                upstream.pool.closed().await;
+            }
+        })
+        .await;
+        if upstreams_closed.is_err() {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "upstream connections did not close within the grace period"
+            );
+        }
         info!("shutdown complete");
     }
 }

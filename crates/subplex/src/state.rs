@@ -132,16 +132,21 @@ impl GatewayState {
         !self.downstream_shutdown.is_cancelled()
     }
 
-    /// The `/metrics` exposition, with each upstream's connections counted now.
-    pub fn encode_metrics(&self) -> String {
+    /// Each upstream once, though several routes may share it.
+    pub fn upstreams(&self) -> Vec<&Arc<Upstream>> {
         let mut upstreams: Vec<&Arc<Upstream>> = Vec::new();
         for upstream in self.routes.values() {
             if !upstreams.iter().any(|seen| Arc::ptr_eq(seen, upstream)) {
                 upstreams.push(upstream);
             }
         }
+        upstreams
+    }
+
+    /// The `/metrics` exposition, with each upstream's connections counted now.
+    pub fn encode_metrics(&self) -> String {
         self.metrics
-            .encode(upstreams.into_iter().filter_map(|upstream| {
+            .encode(self.upstreams().into_iter().filter_map(|upstream| {
                 let protocol = upstream.pool.current_protocol()?;
                 Some((
                     &*upstream.config.settings.name,

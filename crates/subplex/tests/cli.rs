@@ -195,12 +195,10 @@ async fn banner_address(
     (addr, stdout)
 }
 
-/// The demo serves ticks over WebSocket, and with debug logging on, neither the
-/// Authorization header nor the init payload's secret reaches the logs, which carry no
-/// colour codes since stderr is a pipe.
-#[tokio::test]
-async fn demo_serves_ticks_and_logs_no_secrets() {
-    let mut child = Command::new(BIN)
+/// `subplex demo` with both parts on free ports, stdout piped for its banner.
+fn demo_command() -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args([
             "demo",
             "--listen",
@@ -208,15 +206,16 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
             "--upstream-listen",
             "127.0.0.1:0",
         ])
-        .env("SUBPLEX_LOG", "debug")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // "subplex demo: gateway on http://ADDR/graphql, ..."
-    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
+        .kill_on_drop(true);
+    command
+}
 
+/// A graphql-transport-ws WebSocket to the gateway at `addr`, with this `Authorization`.
+async fn connect_ws(
+    addr: &str,
+    authorization: Option<&str>,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let mut request = format!("ws://{addr}/graphql")
         .into_client_request()
         .unwrap();
@@ -224,11 +223,52 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         "sec-websocket-protocol",
         "graphql-transport-ws".parse().unwrap(),
     );
-    request.headers_mut().insert(
-        "authorization",
-        "Bearer header-secret-1234".parse().unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    if let Some(authorization) = authorization {
+        request
+            .headers_mut()
+            .insert("authorization", authorization.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The next message on `socket`, as text.
+async fn next_text(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> String {
+    let message = tokio::time::timeout(TIMEOUT, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    message.into_text().unwrap().to_string()
+}
+
+/// The demo serves ticks over WebSocket, and with debug logging on, neither the
+/// Authorization header nor the init payload's secret reaches the logs, which carry no
+/// colour codes since stderr is a pipe.
+#[tokio::test]
+async fn demo_serves_ticks_and_logs_no_secrets() {
+    let mut child = demo_command()
+        .env("SUBPLEX_LOG", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // "subplex demo: gateway on http://ADDR/graphql, ..."
+    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
+
+    let mut socket = connect_ws(&addr, Some("Bearer header-secret-1234")).await;
     socket
         .send(Message::text(
             r#"{"type":"connection_init","payload":{"token":"payload-secret-5678"}}"#,
@@ -243,12 +283,7 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         .unwrap();
     let mut frames = Vec::new();
     while frames.last().map(String::as_str) != Some(r#"{"type":"complete","id":"1"}"#) {
-        let message = tokio::time::timeout(TIMEOUT, socket.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        frames.push(message.into_text().unwrap().to_string());
+        frames.push(next_text(&mut socket).await);
     }
     assert_eq!(
         frames,
@@ -262,12 +297,7 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
     drop(socket);
 
     // SIGTERM: the gateway drains and exits 0.
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     let exit = tokio::time::timeout(TIMEOUT, child.wait())
         .await
         .unwrap()
@@ -407,5 +437,86 @@ async fn probe_explains_failures_and_bad_arguments() {
     assert_eq!(
         stderr,
         "subplex probe: --header number 1 is not 'name: value'\n"
+    );
+}
+
+/// SIGTERM with live clients: the WebSocket client gets Close 1001, the SSE stream ends its
+/// operation with an error result and `complete`, and the process exits 0 well within
+/// `shutdown_grace_ms` (10 s by default).
+#[tokio::test]
+async fn sigterm_completes_live_clients_and_exits_0() {
+    let mut child = demo_command().stderr(Stdio::null()).spawn().unwrap();
+    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
+
+    let mut socket = connect_ws(&addr, None).await;
+    for frame in [
+        r#"{"type":"connection_init"}"#,
+        r#"{"type":"subscribe","id":"1","payload":{"query":"subscription { tick(count: 100000, intervalMs: 20) }"}}"#,
+    ] {
+        socket.send(Message::text(frame)).await.unwrap();
+    }
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        frames.push(next_text(&mut socket).await);
+    }
+    assert_eq!(frames[0], r#"{"type":"connection_ack"}"#);
+
+    let mut sse = reqwest::Client::new()
+        .get(format!(
+            "http://{addr}/graphql?query=subscription%7Btick(count:100000,intervalMs:20)%7D"
+        ))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("event: next") {
+        let chunk = tokio::time::timeout(TIMEOUT, sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream is open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+
+    let started = std::time::Instant::now();
+    sigterm(&child);
+
+    let close = loop {
+        match tokio::time::timeout(TIMEOUT, socket.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a Close: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1001));
+    // Reading on sends the answering Close (tungstenite queues it); then the gateway hangs up.
+    assert!(tokio::time::timeout(TIMEOUT, socket.next())
+        .await
+        .unwrap()
+        .is_none_or(|end| end.is_err()));
+    while let Some(chunk) = tokio::time::timeout(TIMEOUT, sse.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(
+        text.ends_with(concat!(
+            "event: next\ndata: {\"errors\":[{\"extensions\":{\"code\":\"SHUTTING_DOWN\"},\"message\":\"the gateway is shutting down\"}]}\n\n",
+            "event: complete\ndata:\n\n"
+        )),
+        "{text:?}"
+    );
+    let exit = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exit took {took:?}, beyond the default shutdown_grace_ms"
     );
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::hooks;
+use super::operation::shutdown_event;
 use super::streaming::{push, queued_response, read_operation, spawn_feed};
 use crate::responses::ResponseBody;
 use crate::state::{GatewayState, Upstream};
@@ -91,7 +92,10 @@ async fn feed(
                 debug!("client left; stopping the operation");
                 return;
             }
-            _ = &mut cancelled => return,
+            _ = &mut cancelled => {
+                push(&tx, sse::encode_event(&shutdown_event())).await;
+                return;
+            }
             event = events.next() => match event {
                 Some(event) => sse::encode_event(&event),
                 None => return,
