@@ -15,6 +15,7 @@ mod sessions;
 mod shutdown;
 mod sse;
 mod sse_single;
+mod tls;
 mod transport_ws;
 mod upstream_failure;
 mod upstream_protocol;

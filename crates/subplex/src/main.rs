@@ -88,6 +88,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("subplex listening on {}", gateway.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    if let Some(tls) = gateway.tls_reloader() {
+        tokio::spawn(reload_tls_on_sighup(tls));
+    }
     gateway.run(shutdown).await;
     Ok(())
 }
@@ -147,6 +150,26 @@ A query over HTTP:
     );
     gateway.run(shutdown).await;
     Ok(())
+}
+
+/// Reads the listener's certificate and key again on every SIGHUP. A file that fails is
+/// logged with its key and reason, and the old certificate keeps serving.
+async fn reload_tls_on_sighup(tls: std::sync::Arc<subplex::tls_reloader::TlsReloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; the tls certificate will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            if let Err(err) = tls.reload() {
+                tracing::warn!(error = %err, "tls certificate not reloaded; the previous one keeps serving");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

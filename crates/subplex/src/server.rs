@@ -1,5 +1,5 @@
-//! The listener: accepts client connections, serves HTTP/1 and HTTP/2 with upgrades, caps
-//! concurrent connections, and drains on shutdown.
+//! The listener: accepts client connections (over TLS with `[server.tls]`), serves HTTP/1
+//! and HTTP/2 with upgrades, caps concurrent connections, and drains on shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::config::Config;
 use crate::routes;
 use crate::state::{DownstreamStats, GatewayState};
+use crate::tls_reloader::TlsReloader;
 use crate::write_deadline::WriteDeadline;
 
 /// One client connection's place under `server.max_connections`; released when the last
@@ -30,6 +32,8 @@ pub struct Gateway {
     state: Arc<GatewayState>,
     /// Cancelled last, after clients drained, so operations can stop cleanly upstream.
     upstream_shutdown: CancellationToken,
+    /// `[server.tls]`; `None` serves plain TCP.
+    tls_reloader: Option<Arc<TlsReloader>>,
 }
 
 impl Gateway {
@@ -38,11 +42,23 @@ impl Gateway {
         let listener = TcpListener::bind(config.server.listen).await?;
         let upstream_shutdown = CancellationToken::new();
         let state = Arc::new(GatewayState::new(&config, &upstream_shutdown)?);
+        let tls_reloader = config
+            .server
+            .tls
+            .clone()
+            .map(|tls| Arc::new(TlsReloader::new(tls)));
         Ok(Gateway {
             listener,
             state,
             upstream_shutdown,
+            tls_reloader,
         })
+    }
+
+    /// The listener's certificate, to [`reload`](TlsReloader::reload) on SIGHUP; `None`
+    /// without `[server.tls]`.
+    pub fn tls_reloader(&self) -> Option<Arc<TlsReloader>> {
+        self.tls_reloader.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -66,6 +82,7 @@ impl Gateway {
             listener,
             state,
             upstream_shutdown,
+            tls_reloader,
         } = self;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         // `protocol = "auto"` upstreams are probed now, so the log tells at start what each
@@ -79,6 +96,7 @@ impl Gateway {
         let builder = auto::Builder::new(TokioExecutor::new());
         let write_timeout = state.server.client_write_timeout;
         let stats = state.stats.clone();
+        let tls = tls_reloader.clone();
 
         loop {
             // Biased: once shutdown is requested no new connection is accepted.
@@ -114,16 +132,18 @@ impl Gateway {
                 req.extensions_mut().insert(request_permit.clone());
                 async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
             });
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(WriteDeadline::new(stream, write_timeout, stats.clone())),
-                    service,
-                )
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let io = WriteDeadline::new(stream, write_timeout, stats.clone());
+            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+            // The handshake runs in the connection's task: a slow client must not hold up
+            // the accept loop.
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    debug!(%peer, error = %err, "client connection ended with an error");
+                if let Some(io) = client_io(io, tls.as_deref(), peer).await {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
+                        .into_owned();
+                    if let Err(err) = watcher.watch(connection).await {
+                        debug!(%peer, error = %err, "client connection ended with an error");
+                    }
                 }
                 drop(permit);
             });
@@ -144,7 +164,7 @@ impl Gateway {
         // transient error rather than as "take this instance out".
         let drained = tokio::select! {
             drained = drain => drained,
-            never = answer_while_draining(&listener, &state) => match never {},
+            never = answer_while_draining(&listener, &state, tls_reloader.as_ref()) => match never {},
         };
         drop(listener);
         if drained.is_err() {
@@ -174,6 +194,33 @@ impl Gateway {
     }
 }
 
+/// What a client connection is read and written through: the TCP stream, or TLS over it.
+trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+/// The client's stream, after the TLS handshake when `[server.tls]` is set; `None` if the
+/// handshake failed (logged at debug: a port scan or a plain-HTTP client is no error of
+/// ours). Boxed so one serving path handles both.
+async fn client_io<IO>(
+    io: IO,
+    tls: Option<&TlsReloader>,
+    peer: SocketAddr,
+) -> Option<Box<dyn ClientIo>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match tls {
+        None => Some(Box::new(io)),
+        Some(tls) => match tls.accept(io).await {
+            Ok(stream) => Some(Box::new(stream)),
+            Err(err) => {
+                debug!(%peer, error = %err, "tls handshake failed");
+                None
+            }
+        },
+    }
+}
+
 /// Accepts connections during the drain and serves each one request: the probes answer,
 /// everything else gets 503 (see `routes::dispatch`). Each connection still takes a place
 /// under `server.max_connections`; without one it is closed at once. Runs until dropped,
@@ -181,6 +228,7 @@ impl Gateway {
 async fn answer_while_draining(
     listener: &TcpListener,
     state: &Arc<GatewayState>,
+    tls: Option<&Arc<TlsReloader>>,
 ) -> std::convert::Infallible {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(false);
@@ -202,11 +250,14 @@ async fn answer_while_draining(
             let state = state.clone();
             async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let (builder, tls) = (builder.clone(), tls.cloned());
         connections.spawn(async move {
-            let _ = connection.await;
+            if let Some(io) = client_io(stream, tls.as_deref(), peer).await {
+                let _ = builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned()
+                    .await;
+            }
             drop(permit);
         });
         // Reap finished ones so the set does not grow over a long drain.

@@ -233,9 +233,14 @@ async fn connect_ws(
 
 /// Sends SIGTERM to `child`.
 fn sigterm(child: &tokio::process::Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends a signal to `child` with `kill`, e.g. `"-HUP"`.
+fn signal(child: &tokio::process::Child, which: &str) {
     let pid = child.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args([which, &pid])
         .status()
         .unwrap();
     assert!(status.success());
@@ -519,4 +524,162 @@ async fn sigterm_completes_live_clients_and_exits_0() {
         took < Duration::from_secs(10),
         "exit took {took:?}, beyond the default shutdown_grace_ms"
     );
+}
+
+/// A throwaway CA and a certificate it signed for 127.0.0.1: (CA DER, cert PEM, cert DER,
+/// key PEM).
+fn tls_certificate(name: &str) -> (Vec<u8>, String, Vec<u8>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("subplex test CA {name}"));
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (
+        ca.der().to_vec(),
+        cert.pem(),
+        cert.der().to_vec(),
+        key.serialize_pem(),
+    )
+}
+
+/// The leaf certificate (DER) the TLS server at `addr` presents, trusting `ca_der`.
+async fn served_certificate(addr: &str, ca_der: &[u8]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der.to_vec().into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let tls = tokio::time::timeout(
+        TIMEOUT,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(ip.into(), tcp),
+    )
+    .await
+    .unwrap()
+    .expect("the handshake succeeds with the CA's certificate");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// SIGHUP makes the listener read its certificate files again: a new connection gets the
+/// new certificate. A broken file on a later SIGHUP is logged and the last good one stays.
+#[tokio::test]
+async fn sighup_reloads_the_listener_certificate() {
+    let (ca_a, cert_a, der_a, key_a) = tls_certificate("a");
+    let cert_file = config_file(&cert_a);
+    let key_file = config_file(&key_a);
+    let config = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\nprotocol = \"graphql-transport-ws\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        cert_file.0.display().to_string(),
+        key_file.0.display().to_string(),
+    ));
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config.0)
+        .env("SUBPLEX_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // "subplex listening on ADDR"
+    let (addr, _stdout) = banner_address(&mut child, "listening on ").await;
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    assert_eq!(served_certificate(&addr, &ca_a).await, der_a);
+
+    let (ca_b, cert_b, der_b, key_b) = tls_certificate("b");
+    std::fs::write(&cert_file.0, cert_b).unwrap();
+    std::fs::write(&key_file.0, key_b).unwrap();
+    signal(&child, "-HUP");
+    wait_for_log(&mut logs, "listener tls certificate reloaded").await;
+    assert_eq!(served_certificate(&addr, &ca_b).await, der_b);
+
+    std::fs::write(&key_file.0, "not a key\n").unwrap();
+    signal(&child, "-HUP");
+    let line = wait_for_log(&mut logs, "tls certificate not reloaded").await;
+    assert!(line.contains("server.tls.key_file"), "{line}");
+    assert_eq!(served_certificate(&addr, &ca_b).await, der_b);
+}
+
+/// Reads log lines until one contains `text`; returns it.
+async fn wait_for_log(
+    logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    text: &str,
+) -> String {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let line = logs
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the gateway still logs");
+            if line.contains(text) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {text:?}"))
+}
+
+/// A missing certificate, a file without a certificate, a key that is no key and a key of
+/// another certificate: each refuses to start with file, key and reason.
+#[test]
+fn bad_tls_files_refuse_to_start() {
+    let (_, cert_a, _, key_a) = tls_certificate("a");
+    let (_, _, _, key_b) = tls_certificate("b");
+    let cert = config_file(&cert_a);
+    let key = config_file(&key_a);
+    let other_key = config_file(&key_b);
+    let garbage = config_file("not PEM at all\n");
+    let config = |cert: &str, key: &str| {
+        format!(
+            "[server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+        )
+    };
+    let path = |file: &tempfile_path::TempPath| file.0.display().to_string();
+    let cases = [
+        (
+            config("/no/such/cert.pem", &path(&key)),
+            "server.tls.cert_file: cannot read \"/no/such/cert.pem\"".to_owned(),
+        ),
+        (
+            config(&path(&garbage), &path(&key)),
+            format!(
+                "server.tls.cert_file: \"{}\" holds no PEM certificate",
+                path(&garbage)
+            ),
+        ),
+        (
+            config(&path(&cert), &path(&garbage)),
+            format!(
+                "server.tls.key_file: \"{}\" holds no usable PEM private key",
+                path(&garbage)
+            ),
+        ),
+        (
+            config(&path(&cert), &path(&other_key)),
+            format!(
+                "server.tls.key_file: \"{}\" does not go with the certificate of \"{}\"",
+                path(&other_key),
+                path(&cert)
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        let (stderr, file) = refused_config(&text);
+        assert!(stderr.contains(&file), "{stderr}");
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+        assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    }
 }

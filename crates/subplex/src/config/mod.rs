@@ -3,7 +3,7 @@
 //!
 //! Every key is documented here; `docs/configuration.md` mirrors these comments.
 
-pub(crate) mod tls;
+pub mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -67,6 +67,18 @@ pub struct RawServer {
     pub sse_single_connection: RawSseSingleConnection,
     /// `[server.multipart]`: Apollo multipart HTTP subscriptions.
     pub multipart: RawMultipart,
+    /// `[server.tls]`: serve HTTPS and `wss://` on `listen`. Default: none (plain TCP).
+    pub tls: Option<RawServerTls>,
+}
+
+/// `[server.tls]`: the listener's certificate. Both files are read again on SIGHUP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// PEM file with the certificate chain, leaf first; relative to the config file.
+    pub cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
+    pub key_file: String,
 }
 
 /// `[server.sse_single_connection]`.
@@ -144,6 +156,7 @@ impl Default for RawServer {
             allowed_origins: vec!["*".into()],
             sse_single_connection: RawSseSingleConnection::default(),
             multipart: RawMultipart::default(),
+            tls: None,
         }
     }
 }
@@ -308,6 +321,8 @@ pub struct ServerConfig {
     pub allowed_origins: AllowedOrigins,
     pub sse_single_connection: SseSingleConnectionConfig,
     pub multipart_heartbeat_interval: Duration,
+    /// `[server.tls]`, checked at start-up: both files read and the key matching.
+    pub tls: Option<tls::ListenerTls>,
 }
 
 /// Validated `server.allowed_origins`.

@@ -112,6 +112,18 @@ impl Problems {
     }
 }
 
+/// `[server.tls]`: both files must be readable PEM and the key must match the certificate.
+fn validate_listener_tls(
+    raw: &RawServer,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<super::tls::ListenerTls> {
+    let tls = raw.tls.as_ref()?;
+    super::tls::ListenerTls::load(base_dir.join(&tls.cert_file), base_dir.join(&tls.key_file))
+        .map_err(|err| problems.add(format!("server.tls.{}", err.key), err.reason))
+        .ok()
+}
+
 /// Checks a raw config; `file` names it in errors.
 pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut problems = Problems::default();
@@ -171,6 +183,7 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             "server.multipart.heartbeat_interval_ms".into(),
             raw.server.multipart.heartbeat_interval_ms,
         ),
+        tls: validate_listener_tls(&raw.server, base_dir, &mut problems),
     };
 
     let mut upstreams = Vec::new();
