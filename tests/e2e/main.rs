@@ -14,6 +14,7 @@ mod probe;
 mod sessions;
 mod shutdown;
 mod sse;
+mod sse_resume;
 mod sse_single;
 mod tls;
 mod transport_ws;

@@ -9,18 +9,24 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::{header, HeaderValue, Request, Response};
+use http::request::Parts;
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use subplex_protocol::{sse, Event};
+use subplex_protocol::{sse, Event, GraphqlRequest};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use super::hooks;
 use super::operation::shutdown_event;
-use super::streaming::{push, queued_response, read_operation, spawn_feed};
-use crate::responses::ResponseBody;
+pub(crate) use super::sse_resume::ResumableStreams;
+use super::sse_resume::{self, parse_last_event_id};
+use super::streaming::{
+    http_operation, push, queued_response, read_operation, spawn_feed, STREAM_QUEUE,
+};
+use crate::config::SseResumeConfig;
+use crate::responses::{json_error, ResponseBody};
 use crate::state::{GatewayState, Upstream};
 
 pub(crate) async fn handle(
@@ -37,6 +43,9 @@ pub(crate) async fn handle(
 
     let keepalive = state.server.keepalive_interval;
     let shutdown = state.downstream_shutdown.clone();
+    if let Some(settings) = state.server.sse_resume.clone() {
+        return resumable(&parts, peer, upstream, request, &state, settings).await;
+    }
     let rx = match spawn_feed(
         &state,
         &parts,
@@ -49,6 +58,63 @@ pub(crate) async fn handle(
         Ok(rx) => rx,
         Err(refusal) => return hooks::refusal_response(refusal),
     };
+    event_stream_response(rx)
+}
+
+/// A stream with `[server.sse]` resume on: the stream named by `Last-Event-ID`, if it can
+/// be resumed with this request's credentials, or else a fresh one.
+async fn resumable(
+    parts: &Parts,
+    peer: SocketAddr,
+    upstream: Arc<Upstream>,
+    request: GraphqlRequest,
+    state: &Arc<GatewayState>,
+    settings: SseResumeConfig,
+) -> Response<ResponseBody> {
+    let (operation, span) = match http_operation(parts, peer, "sse", upstream, request) {
+        Ok(prepared) => prepared,
+        Err(refusal) => return hooks::refusal_response(refusal),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    let last_event_id = parts
+        .headers
+        .get(sse::LAST_EVENT_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_last_event_id);
+    if let Some((stream, after)) = last_event_id {
+        let key = operation.connect.key;
+        if state
+            .resumable_sse
+            .resume(stream, &key, after, tx.clone())
+            .await
+        {
+            return event_stream_response(rx);
+        }
+        debug!(parent: &span, "stream cannot be resumed; starting a fresh subscription");
+    }
+    let registration = match state.resumable_sse.register(operation.connect.key) {
+        Ok(registration) => registration,
+        Err(_) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no randomness for a stream id",
+                "INTERNAL_SERVER_ERROR",
+            )
+        }
+    };
+    let keepalive = state.server.keepalive_interval;
+    let shutdown = state.downstream_shutdown.clone();
+    state.sessions.spawn(
+        sse_resume::feed(
+            operation.events(),
+            tx,
+            registration,
+            settings,
+            keepalive,
+            shutdown,
+        )
+        .instrument(span),
+    );
     event_stream_response(rx)
 }
 
