@@ -310,9 +310,11 @@ pub(crate) async fn feed(
                         }
                     }
                     Client::Attached(tx) => {
-                        if tx.send(text).await.is_err() || ended {
+                        let delivered = tx.send(text).await.is_ok();
+                        if !delivered || ended {
                             // Kept for the window in case the last events were cut off too.
-                            client = Client::Away { until: Instant::now() + settings.window, left_at: newest };
+                            let left_at = if delivered { newest } else { newest - 1 };
+                            client = Client::Away { until: Instant::now() + settings.window, left_at };
                         }
                     }
                 }
