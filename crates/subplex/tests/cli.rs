@@ -231,6 +231,27 @@ async fn connect_ws(
     tokio_tungstenite::connect_async(request).await.unwrap().0
 }
 
+/// An SSE `GET` of the (URL-encoded) `query`, read until its first `next` event; the
+/// response, still open, and the text read so far.
+async fn sse_until_first_event(addr: &str, query: &str) -> (reqwest::Response, String) {
+    let mut sse = reqwest::Client::new()
+        .get(format!("http://{addr}/graphql?query={query}"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("event: next") {
+        let chunk = tokio::time::timeout(TIMEOUT, sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream is open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    (sse, text)
+}
+
 /// Sends SIGTERM to `child`.
 fn sigterm(child: &tokio::process::Child) {
     signal(child, "-TERM");
@@ -466,23 +487,8 @@ async fn sigterm_completes_live_clients_and_exits_0() {
     }
     assert_eq!(frames[0], r#"{"type":"connection_ack"}"#);
 
-    let mut sse = reqwest::Client::new()
-        .get(format!(
-            "http://{addr}/graphql?query=subscription%7Btick(count:100000,intervalMs:20)%7D"
-        ))
-        .header("accept", "text/event-stream")
-        .send()
-        .await
-        .unwrap();
-    let mut text = String::new();
-    while !text.contains("event: next") {
-        let chunk = tokio::time::timeout(TIMEOUT, sse.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("the stream is open");
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let (mut sse, mut text) =
+        sse_until_first_event(&addr, "subscription%7Btick(count:100000,intervalMs:20)%7D").await;
 
     let started = std::time::Instant::now();
     sigterm(&child);
@@ -682,4 +688,99 @@ fn bad_tls_files_refuse_to_start() {
         assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
         assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
     }
+}
+
+/// A graphql-transport-ws upstream that acknowledges, answers each `subscribe` with one
+/// `next` and keeps it open, and reports every message the gateway sends it (the Close
+/// frame as `close <code>`), until the gateway's socket ends.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        // The error type is tungstenite's, not ours.
+        #[allow(clippy::result_large_err)]
+        let select = |_: &Request, mut response: Response| {
+            response.headers_mut().insert(
+                "sec-websocket-protocol",
+                "graphql-transport-ws".parse().unwrap(),
+            );
+            Ok(response)
+        };
+        let mut socket = tokio_tungstenite::accept_hdr_async(stream, select)
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = socket.next().await {
+            let text = match message {
+                Message::Text(text) => text.to_string(),
+                Message::Close(frame) => {
+                    format!("close {}", frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                _ => continue,
+            };
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let reply = match frame["type"].as_str() {
+                Some("connection_init") => Some(r#"{"type":"connection_ack"}"#.to_owned()),
+                Some("subscribe") => Some(format!(
+                    r#"{{"type":"next","id":{},"payload":{{"data":{{"tick":1}}}}}}"#,
+                    frame["id"]
+                )),
+                _ => None,
+            };
+            let _ = tx.send(text);
+            if let Some(reply) = reply {
+                let _ = socket.send(Message::text(reply)).await;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// The process does not exit before its upstream connections said goodbye: on SIGTERM
+/// the upstream gets `complete` for the live operation, then a Close 1001, and only then
+/// does the gateway exit 0.
+#[tokio::test]
+async fn sigterm_completes_the_upstream_subscriptions_before_exiting() {
+    let (upstream, mut received) = recording_upstream().await;
+    let config = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.up]\nurl = \"http://{upstream}/graphql\"\nprotocol = \"graphql-transport-ws\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+    ));
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (addr, _stdout) = banner_address(&mut child, "listening on ").await;
+    let (_sse, _) = sse_until_first_event(&addr, "subscription%7Btick%7D").await;
+
+    sigterm(&child);
+    let exit = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    let mut messages = Vec::new();
+    while let Some(message) = tokio::time::timeout(TIMEOUT, received.recv())
+        .await
+        .unwrap()
+    {
+        messages.push(serde_json::from_str(&message).unwrap_or(serde_json::Value::String(message)));
+    }
+    assert_eq!(
+        messages,
+        [
+            serde_json::json!({ "type": "connection_init", "payload": {} }),
+            serde_json::json!({ "type": "subscribe", "id": "1", "payload": { "query": "subscription{tick}" } }),
+            serde_json::json!({ "type": "complete", "id": "1" }),
+            serde_json::json!("close 1001"),
+        ]
+    );
 }
