@@ -2,7 +2,9 @@
 //!
 //! A task owns the upstream subscription and feeds the response body through a small
 //! queue. A client that disconnects drops the body; the task sees the queue close, and
-//! dropping the subscription stops the operation upstream.
+//! dropping the subscription stops the operation upstream. With `[server.sse]` resume on,
+//! the task is `sse_resume::feed` instead, which numbers the events and outlives a cut for
+//! `resume_window_ms` (see `sse_resume.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,11 +43,11 @@ pub(crate) async fn handle(
         Err(response) => return response,
     };
 
-    let keepalive = state.server.keepalive_interval;
-    let shutdown = state.downstream_shutdown.clone();
     if let Some(settings) = state.server.sse_resume.clone() {
         return resumable(&parts, peer, upstream, request, &state, settings).await;
     }
+    let keepalive = state.server.keepalive_interval;
+    let shutdown = state.downstream_shutdown.clone();
     let rx = match spawn_feed(
         &state,
         &parts,
