@@ -284,8 +284,11 @@ async fn cors_with_credentials_allows_only_listed_origins() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
+/// The last bytes of a distinct-mode stream the gateway ends because it shuts down.
+const SHUTDOWN_END: &str = "event: next\ndata: {\"errors\":[{\"extensions\":{\"code\":\"SHUTTING_DOWN\"},\"message\":\"the gateway is shutting down\"}]}\n\nevent: complete\ndata:\n\n";
+
 #[tokio::test]
-async fn gateway_shutdown_ends_open_streams_and_drains() {
+async fn gateway_shutdown_completes_open_streams_and_drains() {
     let (gateway, _demo) = gateway_with_demo("").await;
     let http = reqwest::Client::new();
     let url = format!(
@@ -300,16 +303,20 @@ async fn gateway_shutdown_ends_open_streams_and_drains() {
     let mut chunks = response.bytes_stream();
     read_until(&mut chunks, |text| text.contains("event: next")).await;
     let shutdown = tokio::spawn(gateway.shutdown());
-    // The stream ends (no more chunks, no error), and the gateway finishes draining.
-    while let Some(chunk) = tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
+    // The stream ends with the operation's end: an error result naming the shutdown, then
+    // `complete`; and the gateway finishes draining.
+    let text = read_until(&mut chunks, |text| {
+        text.ends_with("event: complete\ndata:\n\n")
+    })
+    .await;
+    assert!(
+        text.ends_with(SHUTDOWN_END),
+        "the stream ends with the shutdown's error and complete: {text:?}"
+    );
+    assert!(tokio::time::timeout(EVENT_TIMEOUT, chunks.next())
         .await
         .unwrap()
-    {
-        let chunk = chunk.expect("the stream ends cleanly");
-        assert!(!std::str::from_utf8(&chunk)
-            .unwrap()
-            .contains("event: complete"));
-    }
+        .is_none());
     shutdown.await.unwrap();
 }
 

@@ -455,7 +455,7 @@ async fn graphql_sse_client_in_single_connection_mode() {
 }
 
 #[tokio::test]
-async fn gateway_shutdown_ends_open_streams() {
+async fn gateway_shutdown_completes_running_operations() {
     let (gateway, _demo) = gateway_with_demo("").await;
     let (http, url) = (Client::new(), gateway.url());
     let token = reserve(&http, &url, "alice").await;
@@ -466,11 +466,19 @@ async fn gateway_shutdown_ends_open_streams() {
         202
     );
     let shutdown = tokio::spawn(gateway.shutdown());
-    // The stream ends, without a `complete` for the running operation.
+    // The stream ends the running operation: an error result naming the shutdown, then
+    // its `complete`.
     let text = tokio::time::timeout(EVENT_TIMEOUT, stream.text())
         .await
         .expect("the stream ends")
         .unwrap();
-    assert_eq!(text, ":\n\n");
+    assert_eq!(
+        text,
+        concat!(
+            ":\n\n",
+            "event: next\ndata: {\"id\":\"a\",\"payload\":{\"errors\":[{\"extensions\":{\"code\":\"SHUTTING_DOWN\"},\"message\":\"the gateway is shutting down\"}]}}\n\n",
+            "event: complete\ndata: {\"id\":\"a\"}\n\n",
+        )
+    );
     shutdown.await.unwrap();
 }

@@ -227,8 +227,32 @@ pub struct HungConnection {
 pub struct TestCertificates {
     /// The CA certificate, PEM: what the gateway's `tls_ca_file` points at.
     pub ca_pem: String,
+    /// The same, DER.
+    pub ca_der: Vec<u8>,
     /// The server's TLS configuration.
     pub server: Arc<rustls::ServerConfig>,
+    /// The server's certificate (PEM) and its DER, to compare with what a server presents.
+    pub server_cert_pem: String,
+    pub server_cert_der: Vec<u8>,
+    /// The server's private key, PEM (PKCS#8).
+    pub server_key_pem: String,
+}
+
+impl TestCertificates {
+    /// A client configuration that trusts only this CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der.clone().into()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        )
+    }
 }
 
 /// Makes fresh certificates (nothing is stored in the repository).
@@ -258,6 +282,10 @@ pub fn test_certificates() -> TestCertificates {
     .unwrap();
     TestCertificates {
         ca_pem: ca.pem(),
+        ca_der: ca.der().to_vec(),
         server: Arc::new(server),
+        server_cert_pem: server_cert.pem(),
+        server_cert_der: server_cert.der().to_vec(),
+        server_key_pem: server_key.serialize_pem(),
     }
 }

@@ -21,6 +21,7 @@ pub mod browser;
 pub mod fake_upstream;
 pub mod http;
 pub mod process;
+pub mod proxy;
 pub mod ws;
 
 use std::path::PathBuf;

@@ -76,6 +76,25 @@ impl RawClient {
 
     /// Connects like [`RawClient::connect`] over a socket whose receive buffer is tiny, so
     /// that once the client stops reading the gateway's writes stall after a few KiB.
+    /// Connects over TLS (`wss://addr/graphql`), trusting what `tls` trusts.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        subprotocol: &str,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    ) -> RawClient {
+        let mut request = upgrade_request(addr, subprotocol);
+        *request.uri_mut() = format!("wss://{addr}/graphql").parse().unwrap();
+        let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            None,
+            false,
+            Some(tokio_tungstenite::Connector::Rustls(tls)),
+        )
+        .await
+        .expect("TLS upgrade accepted");
+        RawClient { socket }
+    }
+
     pub async fn connect_with_small_receive_buffer(
         addr: SocketAddr,
         subprotocol: &str,

@@ -117,6 +117,25 @@ pub fn encode_operation_event(id: &str, event: &Event) -> String {
     }
 }
 
+/// Encodes an event as [`encode_event`] does, with an `id:` field on each SSE event it
+/// makes (a terminal error makes two), so that `EventSource` remembers `id` and sends it
+/// back as `Last-Event-ID` when it reconnects. `id` must not contain a line break.
+pub fn encode_event_with_id(id: &str, event: &Event) -> String {
+    encode_event(event)
+        .split_inclusive("\n\n")
+        .map(|block| format!("id: {id}\n{block}"))
+        .collect()
+}
+
+/// A `retry:` field alone (no event is dispatched for it): how many milliseconds an
+/// `EventSource` waits before it reconnects after the stream breaks.
+pub fn encode_retry(retry_ms: u64) -> String {
+    format!("retry: {retry_ms}\n\n")
+}
+
+/// The `Last-Event-ID` request header, sent by a reconnecting `EventSource`.
+pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
+
 fn next_event(json: &str) -> String {
     let mut out = String::with_capacity(json.len() + 24);
     out.push_str("event: next\n");
@@ -130,6 +149,27 @@ fn next_event(json: &str) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use crate::RawJson;
+
+    #[test]
+    fn every_block_of_an_event_carries_the_id() {
+        let next = Event::Next(RawJson::parse(r#"{"data":{"n":1}}"#).unwrap());
+        assert_eq!(
+            encode_event_with_id("ab:3", &next),
+            "id: ab:3\nevent: next\ndata: {\"data\":{\"n\":1}}\n\n"
+        );
+        let error = Event::Error(RawJson::parse(r#"[{"message":"x"}]"#).unwrap());
+        assert_eq!(
+            encode_event_with_id("ab:4", &error),
+            "id: ab:4\nevent: next\ndata: {\"errors\":[{\"message\":\"x\"}]}\n\nid: ab:4\nevent: complete\ndata:\n\n"
+        );
+        assert_eq!(encode_retry(1500), "retry: 1500\n\n");
+    }
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ impl UpstreamConnection {
         let (unsubscribe_tx, unsubscribes) = mpsc::unbounded_channel();
         // A root span: the connection outlives the client whose request happened to open it.
         let span = tracing::info_span!(parent: None, "upstream", name = %settings.name, ctx = %key, conn = id);
+        let tasks = registration.tasks();
         let connection = UpstreamConnection {
             settings,
             registration,
@@ -96,7 +97,7 @@ impl UpstreamConnection {
             next_operation: 1,
             shutdown,
         };
-        tokio::spawn(connection.run().instrument(span));
+        tasks.spawn(connection.run().instrument(span));
         UpstreamHandle {
             id,
             commands: commands_tx,

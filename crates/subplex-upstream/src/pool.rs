@@ -12,6 +12,7 @@ use dashmap::mapref::entry::Entry;
 use http::{HeaderName, HeaderValue};
 use subplex_protocol::{GraphqlRequest, RawJson};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::connection::{Dial, UpstreamConnection};
 use crate::handle::{SubscribeRefused, UpstreamHandle};
@@ -70,8 +71,12 @@ pub struct Pool {
 impl Pool {
     /// A pool for one upstream: GraphQL over SSE when `configured_protocol` is `Sse`,
     /// otherwise WebSocket in `settings.protocol`. Cancelling `shutdown` closes every
-    /// connection.
-    pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
+    /// connection; `tasks` tracks every connection task (see [`Pool::closed`]).
+    pub fn new(
+        settings: UpstreamSettings,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Self {
         let settings = Arc::new(settings);
         let transport = match settings.configured_protocol {
             UpstreamProtocol::Sse => Transport::Sse(
@@ -83,7 +88,7 @@ impl Pool {
         Pool {
             transport,
             settings,
-            registry: Arc::new(Registry::default()),
+            registry: Arc::new(Registry::new(tasks)),
             next_connection_id: AtomicU64::new(1),
             shutdown,
         }

@@ -21,6 +21,7 @@ use http::{HeaderName, HeaderValue};
 use subplex_protocol::{GraphqlRequest, RawJson};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::probe::{evidence_line, probe, DetectedProtocol, ProbeError, ProbeReport};
@@ -42,6 +43,8 @@ pub struct ProbingPool {
     shutdown: CancellationToken,
     /// Set after each probe; never held across an await.
     last_probe: std::sync::Mutex<Option<ProbeSummary>>,
+    /// Every connection task of every pool this one built, stale ones included.
+    tasks: TaskTracker,
     /// The pool for the configured or probed protocol; `None` until the first probe, or
     /// after a protocol failure made the probed one stale. Locked across a probe, so
     /// concurrent subscribers wait on one probe (single flight).
@@ -53,17 +56,20 @@ impl ProbingPool {
     /// `Auto` the pool is built after the first probe. Cancelling `shutdown` closes every
     /// connection.
     pub fn new(settings: UpstreamSettings, shutdown: CancellationToken) -> Self {
+        let tasks = TaskTracker::new();
         let current = match settings.configured_protocol {
             UpstreamProtocol::Auto => None,
             _ => Some(Arc::new(Pool::new(
                 settings.clone(),
                 shutdown.child_token(),
+                tasks.clone(),
             ))),
         };
         ProbingPool {
             settings,
             shutdown,
             last_probe: std::sync::Mutex::new(None),
+            tasks,
             current: Mutex::new(current),
         }
     }
@@ -208,7 +214,15 @@ impl ProbingPool {
             DetectedProtocol::WebSocket(dialect) => settings.protocol = dialect,
             DetectedProtocol::Sse => settings.configured_protocol = UpstreamProtocol::Sse,
         }
-        Pool::new(settings, self.shutdown.child_token())
+        Pool::new(settings, self.shutdown.child_token(), self.tasks.clone())
+    }
+
+    /// Waits until every upstream connection task has ended. Once `shutdown` is
+    /// cancelled that is when each has sent `complete` (or `stop`) for its operations and
+    /// closed its socket, bounded by the connection's own goodbye timeout.
+    pub async fn closed(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// The protocol of the current pool as its config value (`"graphql-transport-ws"`,

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use tokio_util::task::TaskTracker;
 
 use crate::handle::UpstreamHandle;
 use crate::SecurityContext;
 
 /// Handles only: every connection's state lives in its task.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Registry {
     pub connections: DashMap<SecurityContext, UpstreamHandle>,
     open_connections: AtomicUsize,
@@ -21,9 +22,23 @@ pub(crate) struct Registry {
     open_by_context: DashMap<SecurityContext, usize>,
     /// Set when a connection failed in a protocol way: a probed protocol is stale.
     protocol_mismatch: AtomicBool,
+    /// Every connection task, so that shutdown can wait until each has told its upstream
+    /// goodbye (`complete` per operation, then the close) before the process exits.
+    tasks: TaskTracker,
 }
 
 impl Registry {
+    /// An empty table whose connection tasks are tracked by `tasks`.
+    pub fn new(tasks: TaskTracker) -> Self {
+        Registry {
+            connections: DashMap::new(),
+            open_connections: AtomicUsize::new(0),
+            open_by_context: DashMap::new(),
+            protocol_mismatch: AtomicBool::new(false),
+            tasks,
+        }
+    }
+
     /// Counts a new connection task for `key` with handle id `id`; the registration
     /// counts it down when dropped.
     pub fn register(self: &Arc<Self>, key: SecurityContext, id: u64) -> Registration {
@@ -69,6 +84,11 @@ pub(crate) struct Registration {
 }
 
 impl Registration {
+    /// The tracker the connection task must be spawned on (see `Registry::tasks`).
+    pub fn tasks(&self) -> TaskTracker {
+        self.registry.tasks.clone()
+    }
+
     /// Leaves the table: later subscribers of this key get a new connection. Called before
     /// the task stops taking subscriptions, so none queues on a closing connection.
     pub fn leave(&self) {

@@ -236,6 +236,7 @@ impl SseOperationTask {
         );
         let span = tracing::info_span!(parent: None, "upstream", name = %client.settings().name, ctx = %key, sse_op = id);
         let (first_outcome, first) = oneshot::channel();
+        let tasks = registration.tasks();
         let task = SseOperationTask {
             client,
             gate,
@@ -246,7 +247,7 @@ impl SseOperationTask {
             first_outcome: Some(first_outcome),
             shutdown,
         };
-        tokio::spawn(task.run().instrument(span));
+        tasks.spawn(task.run().instrument(span));
         match first.await {
             Ok(Ok(())) => Ok(subscription),
             Ok(Err(error)) => Err(error),

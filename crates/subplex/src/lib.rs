@@ -22,6 +22,7 @@ mod routes;
 mod server;
 pub(crate) mod state;
 pub mod telemetry;
+pub mod tls_reloader;
 mod write_deadline;
 
 pub use config::Config;

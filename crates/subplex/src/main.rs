@@ -187,6 +187,8 @@ A query over HTTP:
     Ok(())
 }
 
+/// Reads the listener's certificate and key again on every SIGHUP. A file that fails is
+/// logged with its key and reason, and the old certificate keeps serving.
 async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

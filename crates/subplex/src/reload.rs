@@ -25,6 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::state::GatewayState;
+use crate::tls_reloader::TlsReloader;
 
 /// Why a reload was refused; the running configuration stays.
 #[derive(Debug, thiserror::Error)]
@@ -42,16 +43,24 @@ pub enum ReloadError {
 pub struct Reloader {
     state: Arc<GatewayState>,
     config_path: PathBuf,
+    /// The listener's certificate under `[server.tls]`: read again on every reload, even
+    /// one whose config file is refused (a renewed certificate does not wait for a fix).
+    tls: Option<Arc<TlsReloader>>,
     /// One reload at a time: two swaps interleaved could each keep an upstream the other
     /// retires.
     running: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Reloader {
-    pub(crate) fn new(state: Arc<GatewayState>, config_path: PathBuf) -> Reloader {
+    pub(crate) fn new(
+        state: Arc<GatewayState>,
+        config_path: PathBuf,
+        tls: Option<Arc<TlsReloader>>,
+    ) -> Reloader {
         Reloader {
             state,
             config_path,
+            tls,
             running: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -69,6 +78,11 @@ impl Reloader {
             .and_then(|config| self.apply(&config));
         if let Err(error) = &result {
             error!("configuration reload refused; the running configuration stays: {error}");
+        }
+        if let Some(tls) = &self.tls {
+            if let Err(error) = tls.reload() {
+                warn!(%error, "tls certificate not reloaded; the previous one keeps serving");
+            }
         }
         result
     }
@@ -200,6 +214,27 @@ pub fn signal_reload(pid_file: &std::path::Path) -> Result<i32, SignalError> {
 
 /// The `[server]` keys whose values differ: none of them can change while serving.
 fn server_keys_changed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static str> {
+    // Destructured so that a new `[server]` key cannot be forgotten here.
+    let ServerConfig {
+        listen: _,
+        max_message_bytes: _,
+        connection_init_timeout: _,
+        keepalive_interval: _,
+        shutdown_grace: _,
+        max_connections: _,
+        client_write_timeout: _,
+        operation_limits: _,
+        cors: _,
+        allowed_origins: _,
+        sse_single_connection: _,
+        multipart_heartbeat_interval: _,
+        tls: _,
+        sse_resume: _,
+    } = old;
+    let tls_files = |tls: &Option<crate::config::tls::ListenerTls>| {
+        tls.as_ref()
+            .map(|tls| (tls.cert_file.clone(), tls.key_file.clone()))
+    };
     let keys = [
         ("server.listen", old.listen != new.listen),
         (
@@ -247,6 +282,9 @@ fn server_keys_changed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static s
             "server.multipart.heartbeat_interval_ms",
             old.multipart_heartbeat_interval != new.multipart_heartbeat_interval,
         ),
+        // The certificate behind unchanged paths is read again on every reload.
+        ("server.tls", tls_files(&old.tls) != tls_files(&new.tls)),
+        ("server.sse", old.sse_resume != new.sse_resume),
     ];
     keys.into_iter()
         .filter_map(|(key, changed)| changed.then_some(key))

@@ -1,5 +1,5 @@
-//! The listener: accepts client connections, serves HTTP/1 and HTTP/2 with upgrades, caps
-//! concurrent connections, and drains on shutdown.
+//! The listener: accepts client connections (over TLS with `[server.tls]`), serves HTTP/1
+//! and HTTP/2 with upgrades, caps concurrent connections, and drains on shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::reload::Reloader;
 use crate::routes;
 use crate::state::{DownstreamStats, GatewayState};
+use crate::tls_reloader::TlsReloader;
 use crate::write_deadline::WriteDeadline;
 
 /// One client connection's place under `server.max_connections`; released when the last
@@ -33,6 +35,8 @@ pub struct Gateway {
     state: Arc<GatewayState>,
     /// Cancelled last, after clients drained, so operations can stop cleanly upstream.
     upstream_shutdown: CancellationToken,
+    /// `[server.tls]`; `None` serves plain TCP.
+    tls_reloader: Option<Arc<TlsReloader>>,
 }
 
 impl Gateway {
@@ -45,18 +49,34 @@ impl Gateway {
         };
         let upstream_shutdown = CancellationToken::new();
         let state = Arc::new(GatewayState::new(&config, &upstream_shutdown)?);
+        let tls_reloader = config
+            .server
+            .tls
+            .clone()
+            .map(|tls| Arc::new(TlsReloader::new(tls)));
         Ok(Gateway {
             listener,
             admin,
             state,
             upstream_shutdown,
+            tls_reloader,
         })
     }
 
     /// Reloads the configuration from `config_path` while the gateway runs (see
     /// [`reload`](crate::reload)); usable after `run` starts.
     pub fn reloader(&self, config_path: impl Into<std::path::PathBuf>) -> Reloader {
-        Reloader::new(self.state.clone(), config_path.into())
+        Reloader::new(
+            self.state.clone(),
+            config_path.into(),
+            self.tls_reloader.clone(),
+        )
+    }
+
+    /// The listener's certificate, to [`reload`](TlsReloader::reload) on SIGHUP; `None`
+    /// without `[server.tls]`.
+    pub fn tls_reloader(&self) -> Option<Arc<TlsReloader>> {
+        self.tls_reloader.clone()
     }
 
     /// Counts of what happened to clients; they stay readable after `run` starts.
@@ -88,6 +108,7 @@ impl Gateway {
             admin,
             state,
             upstream_shutdown,
+            tls_reloader,
         } = self;
         info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         if let Some(admin) = admin {
@@ -110,6 +131,7 @@ impl Gateway {
         let builder = auto::Builder::new(TokioExecutor::new());
         let write_timeout = state.server.client_write_timeout;
         let stats = state.stats.clone();
+        let tls = tls_reloader.clone();
 
         loop {
             // Biased: once shutdown is requested no new connection is accepted.
@@ -137,16 +159,18 @@ impl Gateway {
                 req.extensions_mut().insert(request_permit.clone());
                 async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
             });
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(WriteDeadline::new(stream, write_timeout, stats.clone())),
-                    service,
-                )
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let io = WriteDeadline::new(stream, write_timeout, stats.clone());
+            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+            // The handshake runs in the connection's task: a slow client must not hold up
+            // the accept loop.
             tokio::spawn(async move {
-                if let Err(err) = connection.await {
-                    debug!(%peer, error = %err, "client connection ended with an error");
+                if let Some(io) = client_io(io, tls.as_deref(), peer).await {
+                    let connection = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
+                        .into_owned();
+                    if let Err(err) = watcher.watch(connection).await {
+                        debug!(%peer, error = %err, "client connection ended with an error");
+                    }
                 }
                 drop(permit);
             });
@@ -157,7 +181,9 @@ impl Gateway {
         info!("shutting down: draining clients; new connections get 503 and /readyz says so");
         state.sessions.close();
         let grace = state.server.shutdown_grace;
-        let drain = tokio::time::timeout(grace, async {
+        // One budget for the whole shutdown: clients first, then the upstream goodbyes.
+        let deadline = tokio::time::Instant::now() + grace;
+        let drain = tokio::time::timeout_at(deadline, async {
             tokio::join!(graceful.shutdown(), state.sessions.wait());
         });
         // The listener stays open during the drain so that load balancers polling
@@ -165,7 +191,7 @@ impl Gateway {
         // transient error rather than as "take this instance out".
         let drained = tokio::select! {
             drained = drain => drained,
-            never = answer_while_draining(&listener, &state) => match never {},
+            never = answer_while_draining(&listener, &state, tls_reloader.as_ref()) => match never {},
         };
         drop(listener);
         if drained.is_err() {
@@ -174,7 +200,24 @@ impl Gateway {
                 "clients did not finish within the grace period"
             );
         }
+        // Clients are gone, so their operations were stopped; the connection tasks now
+        // send `complete`/`stop` for whatever is left, `connection_terminate` and a Close.
+        // Waited for: once `run` returns the process may exit, and a task cut short would
+        // leave the upstream to find out by the socket dropping.
         upstream_shutdown.cancel();
+        let routes = state.routes();
+        let upstreams_closed = tokio::time::timeout_at(deadline, async {
+            for upstream in routes.upstreams() {
+                upstream.pool.closed().await;
+            }
+        })
+        .await;
+        if upstreams_closed.is_err() {
+            warn!(
+                grace_ms = grace.as_millis() as u64,
+                "upstream connections did not close within the grace period"
+            );
+        }
         info!("shutdown complete");
     }
 }
@@ -193,6 +236,33 @@ pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, So
     }
 }
 
+/// What a client connection is read and written through: the TCP stream, or TLS over it.
+trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for T {}
+
+/// The client's stream, after the TLS handshake when `[server.tls]` is set; `None` if the
+/// handshake failed (logged at debug: a port scan or a plain-HTTP client is no error of
+/// ours). Boxed so one serving path handles both.
+async fn client_io<IO>(
+    io: IO,
+    tls: Option<&TlsReloader>,
+    peer: SocketAddr,
+) -> Option<Box<dyn ClientIo>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match tls {
+        None => Some(Box::new(io)),
+        Some(tls) => match tls.accept(io).await {
+            Ok(stream) => Some(Box::new(stream)),
+            Err(err) => {
+                debug!(%peer, error = %err, "tls handshake failed");
+                None
+            }
+        },
+    }
+}
+
 /// Accepts connections during the drain and serves each one request: the probes answer,
 /// everything else gets 503 (see `routes::dispatch`). Each connection still takes a place
 /// under `server.max_connections`; without one it is closed at once. Runs until dropped,
@@ -200,6 +270,7 @@ pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, So
 async fn answer_while_draining(
     listener: &TcpListener,
     state: &Arc<GatewayState>,
+    tls: Option<&Arc<TlsReloader>>,
 ) -> std::convert::Infallible {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(false);
@@ -214,11 +285,14 @@ async fn answer_while_draining(
             let state = state.clone();
             async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
         });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
+        let (builder, tls) = (builder.clone(), tls.cloned());
         connections.spawn(async move {
-            let _ = connection.await;
+            if let Some(io) = client_io(stream, tls.as_deref(), peer).await {
+                let _ = builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned()
+                    .await;
+            }
             drop(permit);
         });
         // Reap finished ones so the set does not grow over a long drain.

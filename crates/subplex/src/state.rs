@@ -300,6 +300,8 @@ pub(crate) struct GatewayState {
     pub sessions: TaskTracker,
     /// graphql-sse single-connection streams, reserved or open.
     pub sse_streams: downstream::reservations::Reservations,
+    /// Distinct-mode SSE streams that can be resumed (`[server.sse]`).
+    pub resumable_sse: Arc<downstream::sse::ResumableStreams>,
     /// Places under `server.max_connections`: one per client connection, and one more per
     /// streamed response on HTTP/2, where one connection can carry any number of them.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
@@ -411,6 +413,7 @@ impl GatewayState {
             stats: Arc::new(DownstreamStats::new(&metrics)),
             metrics,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(config.server.max_connections)),
+            resumable_sse: Arc::default(),
             sse_streams: downstream::reservations::Reservations::new(
                 config.server.sse_single_connection.clone(),
             ),

@@ -213,13 +213,11 @@ async fn http_get(addr: &str, path: &str) -> String {
     answer
 }
 
-/// The demo serves ticks over WebSocket and its status page on the admin listener it
-/// turns on, and with debug logging on, neither the Authorization header nor the init
-/// payload's secret reaches the logs, which carry no
-/// colour codes since stderr is a pipe.
-#[tokio::test]
-async fn demo_serves_ticks_and_logs_no_secrets() {
-    let mut child = Command::new(BIN)
+/// `subplex demo` with its parts on free ports (the admin listener too), stdout piped
+/// for its banner.
+fn demo_command() -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args([
             "demo",
             "--listen",
@@ -229,10 +227,89 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
             "--admin-listen",
             "127.0.0.1:0",
         ])
-        .env("SUBPLEX_LOG", "debug")
         .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A graphql-transport-ws WebSocket to the gateway at `addr`, with this `Authorization`.
+async fn connect_ws(
+    addr: &str,
+    authorization: Option<&str>,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut request = format!("ws://{addr}/graphql")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().unwrap(),
+    );
+    if let Some(authorization) = authorization {
+        request
+            .headers_mut()
+            .insert("authorization", authorization.parse().unwrap());
+    }
+    tokio_tungstenite::connect_async(request).await.unwrap().0
+}
+
+/// An SSE `GET` of the (URL-encoded) `query`, read until its first `next` event; the
+/// response, still open, and the text read so far.
+async fn sse_until_first_event(addr: &str, query: &str) -> (reqwest::Response, String) {
+    let mut sse = reqwest::Client::new()
+        .get(format!("http://{addr}/graphql?query={query}"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("event: next") {
+        let chunk = tokio::time::timeout(TIMEOUT, sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("the stream is open");
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    (sse, text)
+}
+
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &tokio::process::Child) {
+    signal(child, "-TERM");
+}
+
+/// Sends a signal to `child` with `kill`, e.g. `"-HUP"`.
+fn signal(child: &tokio::process::Child, which: &str) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args([which, &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The next message on `socket`, as text.
+async fn next_text(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> String {
+    let message = tokio::time::timeout(TIMEOUT, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    message.into_text().unwrap().to_string()
+}
+
+/// The demo serves ticks over WebSocket and its status page on the admin listener it
+/// turns on, and with debug logging on, neither the Authorization header nor the init
+/// payload's secret reaches the logs, which carry no colour codes since stderr is a pipe.
+#[tokio::test]
+async fn demo_serves_ticks_and_logs_no_secrets() {
+    let mut child = demo_command()
+        .env("SUBPLEX_LOG", "debug")
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     // "subplex demo: gateway on http://ADDR/graphql, ..."
@@ -249,18 +326,7 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         }
     };
 
-    let mut request = format!("ws://{addr}/graphql")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    request.headers_mut().insert(
-        "authorization",
-        "Bearer header-secret-1234".parse().unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut socket = connect_ws(&addr, Some("Bearer header-secret-1234")).await;
     socket
         .send(Message::text(
             r#"{"type":"connection_init","payload":{"token":"payload-secret-5678"}}"#,
@@ -275,12 +341,7 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         .unwrap();
     let mut frames = Vec::new();
     while frames.last().map(String::as_str) != Some(r#"{"type":"complete","id":"1"}"#) {
-        let message = tokio::time::timeout(TIMEOUT, socket.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        frames.push(message.into_text().unwrap().to_string());
+        frames.push(next_text(&mut socket).await);
     }
     assert_eq!(
         frames,
@@ -302,12 +363,7 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
     );
 
     // SIGTERM: the gateway drains and exits 0.
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    sigterm(&child);
     let exit = tokio::time::timeout(TIMEOUT, child.wait())
         .await
         .unwrap()
@@ -447,5 +503,324 @@ async fn probe_explains_failures_and_bad_arguments() {
     assert_eq!(
         stderr,
         "subplex probe: --header number 1 is not 'name: value'\n"
+    );
+}
+
+/// SIGTERM with live clients: the WebSocket client gets Close 1001, the SSE stream ends its
+/// operation with an error result and `complete`, and the process exits 0 well within
+/// `shutdown_grace_ms` (10 s by default).
+#[tokio::test]
+async fn sigterm_completes_live_clients_and_exits_0() {
+    let mut child = demo_command().stderr(Stdio::null()).spawn().unwrap();
+    let (addr, _stdout) = banner_address(&mut child, "gateway on http://").await;
+
+    let mut socket = connect_ws(&addr, None).await;
+    for frame in [
+        r#"{"type":"connection_init"}"#,
+        r#"{"type":"subscribe","id":"1","payload":{"query":"subscription { tick(count: 100000, intervalMs: 20) }"}}"#,
+    ] {
+        socket.send(Message::text(frame)).await.unwrap();
+    }
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        frames.push(next_text(&mut socket).await);
+    }
+    assert_eq!(frames[0], r#"{"type":"connection_ack"}"#);
+
+    let (mut sse, mut text) =
+        sse_until_first_event(&addr, "subscription%7Btick(count:100000,intervalMs:20)%7D").await;
+
+    let started = std::time::Instant::now();
+    sigterm(&child);
+
+    let close = loop {
+        match tokio::time::timeout(TIMEOUT, socket.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("the socket ended without a Close: {other:?}"),
+        }
+    };
+    assert_eq!(close, Some(1001));
+    // Reading on sends the answering Close (tungstenite queues it); then the gateway hangs up.
+    assert!(tokio::time::timeout(TIMEOUT, socket.next())
+        .await
+        .unwrap()
+        .is_none_or(|end| end.is_err()));
+    while let Some(chunk) = tokio::time::timeout(TIMEOUT, sse.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(
+        text.ends_with(concat!(
+            "event: next\ndata: {\"errors\":[{\"extensions\":{\"code\":\"SHUTTING_DOWN\"},\"message\":\"the gateway is shutting down\"}]}\n\n",
+            "event: complete\ndata:\n\n"
+        )),
+        "{text:?}"
+    );
+    let exit = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exit took {took:?}, beyond the default shutdown_grace_ms"
+    );
+}
+
+/// A throwaway CA and a certificate it signed for 127.0.0.1: (CA DER, cert PEM, cert DER,
+/// key PEM).
+fn tls_certificate(name: &str) -> (Vec<u8>, String, Vec<u8>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("subplex test CA {name}"));
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    (
+        ca.der().to_vec(),
+        cert.pem(),
+        cert.der().to_vec(),
+        key.serialize_pem(),
+    )
+}
+
+/// The leaf certificate (DER) the TLS server at `addr` presents, trusting `ca_der`.
+async fn served_certificate(addr: &str, ca_der: &[u8]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_der.to_vec().into()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let tls = tokio::time::timeout(
+        TIMEOUT,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(ip.into(), tcp),
+    )
+    .await
+    .unwrap()
+    .expect("the handshake succeeds with the CA's certificate");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// SIGHUP makes the listener read its certificate files again: a new connection gets the
+/// new certificate. A broken file on a later SIGHUP is logged and the last good one stays.
+#[tokio::test]
+async fn sighup_reloads_the_listener_certificate() {
+    let (ca_a, cert_a, der_a, key_a) = tls_certificate("a");
+    let cert_file = config_file(&cert_a);
+    let key_file = config_file(&key_a);
+    let config = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[server.tls]\ncert_file = {:?}\nkey_file = {:?}\n[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\nprotocol = \"graphql-transport-ws\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        cert_file.0.display().to_string(),
+        key_file.0.display().to_string(),
+    ));
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config.0)
+        .env("SUBPLEX_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // "subplex listening on ADDR"
+    let (addr, _stdout) = banner_address(&mut child, "listening on ").await;
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    assert_eq!(served_certificate(&addr, &ca_a).await, der_a);
+
+    let (ca_b, cert_b, der_b, key_b) = tls_certificate("b");
+    std::fs::write(&cert_file.0, cert_b).unwrap();
+    std::fs::write(&key_file.0, key_b).unwrap();
+    signal(&child, "-HUP");
+    wait_for_log(&mut logs, "listener tls certificate reloaded").await;
+    assert_eq!(served_certificate(&addr, &ca_b).await, der_b);
+
+    std::fs::write(&key_file.0, "not a key\n").unwrap();
+    signal(&child, "-HUP");
+    let line = wait_for_log(&mut logs, "tls certificate not reloaded").await;
+    assert!(line.contains("server.tls.key_file"), "{line}");
+    assert_eq!(served_certificate(&addr, &ca_b).await, der_b);
+}
+
+/// Reads log lines until one contains `text`; returns it.
+async fn wait_for_log(
+    logs: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    text: &str,
+) -> String {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let line = logs
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the gateway still logs");
+            if line.contains(text) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {text:?}"))
+}
+
+/// A missing certificate, a file without a certificate, a key that is no key and a key of
+/// another certificate: each refuses to start with file, key and reason.
+#[test]
+fn bad_tls_files_refuse_to_start() {
+    let (_, cert_a, _, key_a) = tls_certificate("a");
+    let (_, _, _, key_b) = tls_certificate("b");
+    let cert = config_file(&cert_a);
+    let key = config_file(&key_a);
+    let other_key = config_file(&key_b);
+    let garbage = config_file("not PEM at all\n");
+    let config = |cert: &str, key: &str| {
+        format!(
+            "[server.tls]\ncert_file = {cert:?}\nkey_file = {key:?}\n[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+        )
+    };
+    let path = |file: &tempfile_path::TempPath| file.0.display().to_string();
+    let cases = [
+        (
+            config("/no/such/cert.pem", &path(&key)),
+            "server.tls.cert_file: cannot read \"/no/such/cert.pem\"".to_owned(),
+        ),
+        (
+            config(&path(&garbage), &path(&key)),
+            format!(
+                "server.tls.cert_file: \"{}\" holds no PEM certificate",
+                path(&garbage)
+            ),
+        ),
+        (
+            config(&path(&cert), &path(&garbage)),
+            format!(
+                "server.tls.key_file: \"{}\" holds no usable PEM private key",
+                path(&garbage)
+            ),
+        ),
+        (
+            config(&path(&cert), &path(&other_key)),
+            format!(
+                "server.tls.key_file: \"{}\" does not go with the certificate of \"{}\"",
+                path(&other_key),
+                path(&cert)
+            ),
+        ),
+    ];
+    for (text, expected) in cases {
+        let (stderr, file) = refused_config(&text);
+        assert!(stderr.contains(&file), "{stderr}");
+        assert!(stderr.contains(&expected), "{expected:?} not in:\n{stderr}");
+        assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    }
+}
+
+/// A graphql-transport-ws upstream that acknowledges, answers each `subscribe` with one
+/// `next` and keeps it open, and reports every message the gateway sends it (the Close
+/// frame as `close <code>`), until the gateway's socket ends.
+async fn recording_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        // The error type is tungstenite's, not ours.
+        #[allow(clippy::result_large_err)]
+        let select = |_: &Request, mut response: Response| {
+            response.headers_mut().insert(
+                "sec-websocket-protocol",
+                "graphql-transport-ws".parse().unwrap(),
+            );
+            Ok(response)
+        };
+        let mut socket = tokio_tungstenite::accept_hdr_async(stream, select)
+            .await
+            .unwrap();
+        while let Some(Ok(message)) = socket.next().await {
+            let text = match message {
+                Message::Text(text) => text.to_string(),
+                Message::Close(frame) => {
+                    format!("close {}", frame.map_or(1005, |f| u16::from(f.code)))
+                }
+                _ => continue,
+            };
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let reply = match frame["type"].as_str() {
+                Some("connection_init") => Some(r#"{"type":"connection_ack"}"#.to_owned()),
+                Some("subscribe") => Some(format!(
+                    r#"{{"type":"next","id":{},"payload":{{"data":{{"tick":1}}}}}}"#,
+                    frame["id"]
+                )),
+                _ => None,
+            };
+            let _ = tx.send(text);
+            if let Some(reply) = reply {
+                let _ = socket.send(Message::text(reply)).await;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// The process does not exit before its upstream connections said goodbye: on SIGTERM
+/// the upstream gets `complete` for the live operation, then a Close 1001, and only then
+/// does the gateway exit 0.
+#[tokio::test]
+async fn sigterm_completes_the_upstream_subscriptions_before_exiting() {
+    let (upstream, mut received) = recording_upstream().await;
+    let config = config_file(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[upstreams.up]\nurl = \"http://{upstream}/graphql\"\nprotocol = \"graphql-transport-ws\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+    ));
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config.0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (addr, _stdout) = banner_address(&mut child, "listening on ").await;
+    let (_sse, _) = sse_until_first_event(&addr, "subscription%7Btick%7D").await;
+
+    sigterm(&child);
+    let exit = tokio::time::timeout(TIMEOUT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    let mut messages = Vec::new();
+    while let Some(message) = tokio::time::timeout(TIMEOUT, received.recv())
+        .await
+        .unwrap()
+    {
+        messages.push(serde_json::from_str(&message).unwrap_or(serde_json::Value::String(message)));
+    }
+    assert_eq!(
+        messages,
+        [
+            serde_json::json!({ "type": "connection_init", "payload": {} }),
+            serde_json::json!({ "type": "subscribe", "id": "1", "payload": { "query": "subscription{tick}" } }),
+            serde_json::json!({ "type": "complete", "id": "1" }),
+            serde_json::json!("close 1001"),
+        ]
     );
 }

@@ -3,7 +3,7 @@
 //!
 //! Every key is documented here; `docs/configuration.md` mirrors these comments.
 
-pub(crate) mod tls;
+pub mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -91,6 +91,43 @@ pub struct RawServer {
     pub sse_single_connection: RawSseSingleConnection,
     /// `[server.multipart]`: Apollo multipart HTTP subscriptions.
     pub multipart: RawMultipart,
+    /// `[server.tls]`: serve HTTPS and `wss://` on `listen`. Default: none (plain TCP).
+    pub tls: Option<RawServerTls>,
+    /// `[server.sse]`: GraphQL over SSE, distinct connections mode (resume).
+    pub sse: RawSse,
+}
+
+/// `[server.sse]`: resuming a distinct-connections SSE stream with `Last-Event-ID`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSse {
+    /// How long an operation whose client was cut waits for the client to come back with
+    /// `Last-Event-ID`; 0 turns resume off (no `id:` fields, no buffer). Default 0.
+    pub resume_window_ms: u64,
+    /// Most recent events kept per stream for a resume. Default 100.
+    pub resume_buffer_events: usize,
+    /// Most bytes of encoded events kept per stream for a resume. Default 262144.
+    pub resume_buffer_bytes: usize,
+}
+
+impl Default for RawSse {
+    fn default() -> Self {
+        RawSse {
+            resume_window_ms: 0,
+            resume_buffer_events: 100,
+            resume_buffer_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[server.tls]`: the listener's certificate. Both files are read again on SIGHUP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// PEM file with the certificate chain, leaf first; relative to the config file.
+    pub cert_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1); relative to the config file.
+    pub key_file: String,
 }
 
 /// `[server.sse_single_connection]`.
@@ -168,6 +205,8 @@ impl Default for RawServer {
             allowed_origins: vec!["*".into()],
             sse_single_connection: RawSseSingleConnection::default(),
             multipart: RawMultipart::default(),
+            tls: None,
+            sse: RawSse::default(),
         }
     }
 }
@@ -335,6 +374,18 @@ pub struct ServerConfig {
     pub allowed_origins: AllowedOrigins,
     pub sse_single_connection: SseSingleConnectionConfig,
     pub multipart_heartbeat_interval: Duration,
+    /// `[server.tls]`, checked at start-up: both files read and the key matching.
+    pub tls: Option<tls::ListenerTls>,
+    /// `[server.sse]` resume; `None` when `resume_window_ms` is 0.
+    pub sse_resume: Option<SseResumeConfig>,
+}
+
+/// Validated `[server.sse]` with resume on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseResumeConfig {
+    pub window: Duration,
+    pub buffer_events: usize,
+    pub buffer_bytes: usize,
 }
 
 /// Validated `server.allowed_origins`.

@@ -16,7 +16,7 @@ use subplex_upstream::{
 
 use super::{
     AllowedOrigins, Config, CorsConfig, RawConfig, RawCors, RawServer, RawUpstream, RouteConfig,
-    ServerConfig, SseSingleConnectionConfig, UpstreamConfig,
+    ServerConfig, SseResumeConfig, SseSingleConnectionConfig, UpstreamConfig,
 };
 
 /// One thing wrong with the config: where and why.
@@ -114,6 +114,34 @@ impl Problems {
     }
 }
 
+/// `[server.sse]`: resume is off with a window of 0; on, both buffer bounds must be > 0.
+fn validate_sse_resume(raw: &RawServer, problems: &mut Problems) -> Option<SseResumeConfig> {
+    let raw = &raw.sse;
+    let window = problems.duration("server.sse.resume_window_ms".into(), raw.resume_window_ms);
+    if window.is_zero() {
+        return None;
+    }
+    Some(SseResumeConfig {
+        window,
+        buffer_events: problems
+            .at_least_one("server.sse.resume_buffer_events", raw.resume_buffer_events),
+        buffer_bytes: problems
+            .at_least_one("server.sse.resume_buffer_bytes", raw.resume_buffer_bytes),
+    })
+}
+
+/// `[server.tls]`: both files must be readable PEM and the key must match the certificate.
+fn validate_listener_tls(
+    raw: &RawServer,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<super::tls::ListenerTls> {
+    let tls = raw.tls.as_ref()?;
+    super::tls::ListenerTls::load(base_dir.join(&tls.cert_file), base_dir.join(&tls.key_file))
+        .map_err(|err| problems.add(format!("server.tls.{}", err.key), err.reason))
+        .ok()
+}
+
 /// Checks a raw config; `file` names it in errors.
 pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut problems = Problems::default();
@@ -173,6 +201,8 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             "server.multipart.heartbeat_interval_ms".into(),
             raw.server.multipart.heartbeat_interval_ms,
         ),
+        tls: validate_listener_tls(&raw.server, base_dir, &mut problems),
+        sse_resume: validate_sse_resume(&raw.server, &mut problems),
     };
 
     let mut upstreams = Vec::new();
@@ -994,6 +1024,37 @@ mod tests {
         ));
         let _ = std::fs::remove_file(&empty);
         assert!(err.contains("holds no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn sse_resume_is_off_by_default_and_its_bounds_are_checked_when_on() {
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        assert_eq!(config.server.sse_resume, None);
+        let on = GOOD.replace(
+            "[upstreams.chat]",
+            "[server.sse]\nresume_window_ms = 5000\n[upstreams.chat]",
+        );
+        let config = Config::parse(&on, "gateway.toml").unwrap();
+        assert_eq!(
+            config.server.sse_resume,
+            Some(crate::config::SseResumeConfig {
+                window: std::time::Duration::from_millis(5000),
+                buffer_events: 100,
+                buffer_bytes: 256 * 1024,
+            })
+        );
+        let err = problems(&GOOD.replace(
+            "[upstreams.chat]",
+            "[server.sse]\nresume_window_ms = 5000\nresume_buffer_events = 0\nresume_buffer_bytes = 0\n[upstreams.chat]",
+        ));
+        assert!(
+            err.contains("server.sse.resume_buffer_events: must be greater than 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.sse.resume_buffer_bytes: must be greater than 0"),
+            "{err}"
+        );
     }
 
     #[test]

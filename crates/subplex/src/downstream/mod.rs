@@ -9,6 +9,7 @@ mod operation;
 pub(crate) mod origins;
 pub(crate) mod reservations;
 pub(crate) mod sse;
+mod sse_resume;
 pub(crate) mod sse_single;
 mod streaming;
 pub(crate) mod ws;

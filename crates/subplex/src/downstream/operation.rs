@@ -245,6 +245,14 @@ async fn next_outcome(
     }
 }
 
+/// How a draining gateway ends an operation on a transport that has no close code for it
+/// (SSE in both modes): a terminal error with [`UpstreamError::ShuttingDown`], which SSE
+/// encodes as a result carrying the error, then `complete`. The client learns why its
+/// operation ended, and every client library ends it cleanly.
+pub(crate) fn shutdown_event() -> Event {
+    Event::Error(UpstreamError::ShuttingDown.to_graphql_errors())
+}
+
 /// An upstream failure as the client sees it: a result carrying the GraphQL error, then
 /// (from the stream) completion. Every client library surfaces that as data plus a clean
 /// end, in every dialect, rather than as a transport error some libraries would retry.

@@ -291,6 +291,19 @@ impl Reservations {
         }
     }
 
+    /// The ids of the stream's operations that have not ended (running, or posted and not
+    /// started yet), sorted: the gateway ends each of them when it drains.
+    pub fn unfinished(&self, token: &str) -> Vec<Arc<str>> {
+        let inner = self.lock();
+        let mut unfinished: Vec<Arc<str>> = inner
+            .streams
+            .get(token)
+            .map(|reservation| reservation.operations.keys().cloned().collect())
+            .unwrap_or_default();
+        unfinished.sort();
+        unfinished
+    }
+
     /// Forgets the stream of `token` when it ends; its token is no longer valid.
     pub fn close(&self, token: &str) {
         self.lock().streams.remove(token);

@@ -2,24 +2,33 @@
 //!
 //! A task owns the upstream subscription and feeds the response body through a small
 //! queue. A client that disconnects drops the body; the task sees the queue close, and
-//! dropping the subscription stops the operation upstream.
+//! dropping the subscription stops the operation upstream. With `[server.sse]` resume on,
+//! the task is `sse_resume::feed` instead, which numbers the events and outlives a cut for
+//! `resume_window_ms` (see `sse_resume.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use http::{header, HeaderValue, Request, Response};
+use http::request::Parts;
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use subplex_protocol::{sse, Event};
+use subplex_protocol::{sse, Event, GraphqlRequest};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use super::hooks;
-use super::streaming::{push, queued_response, read_operation, spawn_feed};
-use crate::responses::ResponseBody;
+use super::operation::shutdown_event;
+pub(crate) use super::sse_resume::ResumableStreams;
+use super::sse_resume::{self, parse_last_event_id};
+use super::streaming::{
+    http_operation, push, queued_response, read_operation, spawn_feed, STREAM_QUEUE,
+};
+use crate::config::SseResumeConfig;
+use crate::responses::{json_error, ResponseBody};
 use crate::state::{GatewayState, Upstream};
 
 pub(crate) async fn handle(
@@ -34,6 +43,9 @@ pub(crate) async fn handle(
         Err(response) => return response,
     };
 
+    if let Some(settings) = state.server.sse_resume.clone() {
+        return resumable(&parts, peer, upstream, request, &state, settings).await;
+    }
     let keepalive = state.server.keepalive_interval;
     let shutdown = state.downstream_shutdown.clone();
     let rx = match spawn_feed(
@@ -48,6 +60,63 @@ pub(crate) async fn handle(
         Ok(rx) => rx,
         Err(refusal) => return hooks::refusal_response(refusal),
     };
+    event_stream_response(rx)
+}
+
+/// A stream with `[server.sse]` resume on: the stream named by `Last-Event-ID`, if it can
+/// be resumed with this request's credentials, or else a fresh one.
+async fn resumable(
+    parts: &Parts,
+    peer: SocketAddr,
+    upstream: Arc<Upstream>,
+    request: GraphqlRequest,
+    state: &Arc<GatewayState>,
+    settings: SseResumeConfig,
+) -> Response<ResponseBody> {
+    let (operation, span) = match http_operation(parts, peer, "sse", upstream, request) {
+        Ok(prepared) => prepared,
+        Err(refusal) => return hooks::refusal_response(refusal),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    let last_event_id = parts
+        .headers
+        .get(sse::LAST_EVENT_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_last_event_id);
+    if let Some((stream, after)) = last_event_id {
+        let key = operation.connect.key;
+        if state
+            .resumable_sse
+            .resume(stream, &key, after, tx.clone())
+            .await
+        {
+            return event_stream_response(rx);
+        }
+        debug!(parent: &span, "stream cannot be resumed; starting a fresh subscription");
+    }
+    let registration = match state.resumable_sse.register(operation.connect.key) {
+        Ok(registration) => registration,
+        Err(_) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "no randomness for a stream id",
+                "INTERNAL_SERVER_ERROR",
+            )
+        }
+    };
+    let keepalive = state.server.keepalive_interval;
+    let shutdown = state.downstream_shutdown.clone();
+    state.sessions.spawn(
+        sse_resume::feed(
+            operation.events(),
+            tx,
+            registration,
+            settings,
+            keepalive,
+            shutdown,
+        )
+        .instrument(span),
+    );
     event_stream_response(rx)
 }
 
@@ -91,7 +160,10 @@ async fn feed(
                 debug!("client left; stopping the operation");
                 return;
             }
-            _ = &mut cancelled => return,
+            _ = &mut cancelled => {
+                push(&tx, sse::encode_event(&shutdown_event())).await;
+                return;
+            }
             event = events.next() => match event {
                 Some(event) => sse::encode_event(&event),
                 None => return,

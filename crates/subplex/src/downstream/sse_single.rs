@@ -30,7 +30,7 @@ use tokio::time::{self, Instant};
 use tracing::{debug, Instrument};
 
 use super::hooks;
-use super::operation::Operation;
+use super::operation::{shutdown_event, Operation};
 use super::reservations::{OpenStream, PendingOperation, Reservations, StreamError};
 use super::sse::event_stream_response;
 use super::streaming::{any_accept, http_client_context, push, read_request, STREAM_QUEUE};
@@ -228,7 +228,16 @@ async fn feed(
                 debug!("client left; stopping the stream's operations");
                 return;
             }
-            _ = &mut cancelled => return,
+            _ = &mut cancelled => {
+                let mut ending = String::new();
+                for id in streams.unfinished(&open.token) {
+                    ending.push_str(&sse::encode_operation_event(&id, &shutdown_event()));
+                }
+                if !ending.is_empty() {
+                    push(&tx, ending).await;
+                }
+                return;
+            }
             _ = open.posted.notified() => {
                 for started in streams.take_pending(&open.token) {
                     debug!(id = %started.id, "operation started");

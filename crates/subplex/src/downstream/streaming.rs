@@ -92,9 +92,23 @@ pub(crate) fn spawn_feed<Feed>(
 where
     Feed: Future<Output = ()> + Send + 'static,
 {
+    let (operation, span) = http_operation(parts, peer, protocol, upstream, request)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
+    state.sessions.spawn(feed(operation, tx).instrument(span));
+    Ok(rx)
+}
+
+/// The one operation of a streamed request, not started yet, and the span its task runs
+/// in; the refusal of the `on_connection_init` hook instead, if it refuses.
+pub(crate) fn http_operation(
+    parts: &Parts,
+    peer: SocketAddr,
+    protocol: &'static str,
+    upstream: Arc<Upstream>,
+    request: GraphqlRequest,
+) -> Result<(Operation, tracing::Span), hooks::InitRefusal> {
     let client = http_client_context(parts, peer, protocol, &upstream);
     let connect = hooks::connect_params(&upstream, &client)?;
-    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
     let span =
         tracing::info_span!("downstream", route = %parts.uri.path(), protocol, ctx = %connect.key);
     let operation = Operation {
@@ -104,8 +118,7 @@ where
         connect,
         upstream,
     };
-    state.sessions.spawn(feed(operation, tx).instrument(span));
-    Ok(rx)
+    Ok((operation, span))
 }
 
 /// The client of an HTTP request (SSE, multipart): no `connection_init`, so the payload
