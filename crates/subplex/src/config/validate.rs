@@ -1144,6 +1144,34 @@ mod tests {
     }
 
     #[test]
+    fn the_settings_fingerprint_covers_the_hook_script_contents() {
+        let script = std::env::temp_dir().join(format!(
+            "subplex-fingerprint-hooks-{}.rhai",
+            std::process::id()
+        ));
+        let text = GOOD.replace(
+            "idle_timeout_ms = 1500",
+            &format!(
+                "idle_timeout_ms = 1500\nhooks = {:?}",
+                script.display().to_string()
+            ),
+        );
+        let fingerprint = |body: &str| {
+            std::fs::write(&script, body).unwrap();
+            Config::parse(&text, "gateway.toml").unwrap().upstreams[0]
+                .settings
+                .fingerprint
+        };
+        let payload = "fn on_connection_init(ctx, payload) {\n    payload\n}\n";
+        let tagged = "fn on_connection_init(ctx, payload) {\n    payload.v = 2;\n    payload\n}\n";
+        let first = fingerprint(payload);
+        assert_eq!(first, fingerprint(payload));
+        // Same file name, new script: a changed upstream.
+        assert_ne!(first, fingerprint(tagged));
+        let _ = std::fs::remove_file(&script);
+    }
+
+    #[test]
     fn config_errors_never_contain_header_values() {
         // Secrets live in requests, not in the config; but a URL with credentials must not
         // be echoed either when it is wrong for another reason.
