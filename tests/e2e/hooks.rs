@@ -10,7 +10,7 @@ use subplex_tests::*;
 /// `payload.headers.Authorization`.
 const HASURA_AUTH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../examples/hooks/hasura-auth.rhai"
+    "/../examples/hooks/auth-header-to-init.rhai"
 );
 const DENY_ANONYMOUS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),

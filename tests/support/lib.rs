@@ -84,8 +84,14 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway from config text; `server.listen` is forced to an ephemeral port.
     pub async fn start(config_toml: &str) -> TestGateway {
+        Self::start_config(Config::parse(config_toml, "test.toml").expect("test config is valid"))
+            .await
+    }
+
+    /// Starts a gateway from a parsed config (whose hook scripts a test can keep to read
+    /// their call counts); `server.listen` is forced to an ephemeral port.
+    pub async fn start_config(mut config: Config) -> TestGateway {
         init_tracing();
-        let mut config = Config::parse(config_toml, "test.toml").expect("test config is valid");
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         let gateway = Gateway::bind(config).await.expect("bind gateway");
         let addr = gateway.local_addr();

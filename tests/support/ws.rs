@@ -15,11 +15,10 @@ use crate::EVENT_TIMEOUT;
 /// The upgrade request for `ws://addr/graphql` offering `subprotocol`.
 fn upgrade_request(
     addr: SocketAddr,
+    path: &str,
     subprotocol: &str,
 ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut request = format!("ws://{addr}/graphql")
-        .into_client_request()
-        .unwrap();
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
     request.headers_mut().insert(
         "sec-websocket-protocol",
         HeaderValue::from_str(subprotocol).unwrap(),
@@ -52,7 +51,17 @@ impl RawClient {
         subprotocol: &str,
         headers: &[(&str, &str)],
     ) -> RawClient {
-        let mut request = upgrade_request(addr, subprotocol);
+        Self::connect_path(addr, "/graphql", subprotocol, headers).await
+    }
+
+    /// Connects to `ws://addr{path}` offering `subprotocol`, with extra headers.
+    pub async fn connect_path(
+        addr: SocketAddr,
+        path: &str,
+        subprotocol: &str,
+        headers: &[(&str, &str)],
+    ) -> RawClient {
+        let mut request = upgrade_request(addr, path, subprotocol);
         for (name, value) in headers {
             request.headers_mut().insert(
                 tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
@@ -83,7 +92,7 @@ impl RawClient {
         let tcp = tokio::net::TcpSocket::new_v4().unwrap();
         tcp.set_recv_buffer_size(4096).unwrap();
         let stream = tcp.connect(addr).await.expect("connect");
-        let request = upgrade_request(addr, subprotocol);
+        let request = upgrade_request(addr, "/graphql", subprotocol);
         let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
             .await
             .expect("upgrade accepted");

@@ -51,6 +51,12 @@ impl RawJson {
     pub fn is_null(&self) -> bool {
         self.0.trim() == "null"
     }
+
+    /// Whether both are the very same text (one clone of the other), not merely equal:
+    /// what a per-event cache compares, in constant time.
+    pub fn is_same(&self, other: &RawJson) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl fmt::Debug for RawJson {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use subplex_hooks::HookScript;
 use subplex_protocol::RawJson;
 use subplex_upstream::http::{HttpClient, HttpSettings};
 use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext};
@@ -26,16 +27,20 @@ pub(crate) struct Upstream {
     pub http: HttpClient,
     /// `subplex_operations_active` for this upstream.
     pub operations_active: Gauge,
+    /// The hook script of each route path served by this upstream (the route's own, else
+    /// the upstream's); `None` for routes without one.
+    pub route_hooks: HashMap<String, Option<Arc<HookScript>>>,
 }
 
 impl Upstream {
     /// The request headers a client's operations keep: those that can matter upstream
     /// (`security_context` and `forward_headers`), plus `cookie` and `origin`, which hooks
     /// read; not the whole header map, which would cost memory per client. Only the keyed
-    /// ones enter the security context. With a hook script every header is kept: a script
-    /// may read any of them, and which it reads is not known before it runs.
-    pub fn client_headers(&self, headers: &HeaderMap) -> HeaderMap {
-        if self.config.hooks.is_some() {
+    /// ones enter the security context. With a hook script on the route, or an
+    /// `init_payload` template, every header is kept: a script may read any of them, and
+    /// which it reads is not known before it runs.
+    pub fn client_headers(&self, path: &str, headers: &HeaderMap) -> HeaderMap {
+        if self.hooks_for(path).is_some() || self.config.init_template.is_some() {
             return headers.clone();
         }
         let mut kept = HeaderMap::new();
@@ -49,6 +54,14 @@ impl Upstream {
             }
         }
         kept
+    }
+
+    /// The hook script for clients of route `path`: the route's own, else the upstream's.
+    pub fn hooks_for(&self, path: &str) -> Option<&Arc<HookScript>> {
+        match self.route_hooks.get(path) {
+            Some(hooks) => hooks.as_ref(),
+            None => self.config.hooks.as_ref(),
+        }
     }
 
     /// The connection parameters for a client with these request headers and this final
@@ -156,7 +169,13 @@ impl GatewayState {
     pub fn new(config: &Config, upstream_shutdown: &CancellationToken) -> std::io::Result<Self> {
         let metrics = Metrics::new();
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
-        for upstream in &config.upstreams {
+        for (index, upstream) in config.upstreams.iter().enumerate() {
+            let route_hooks = config
+                .routes
+                .iter()
+                .filter(|route| route.upstream == index)
+                .map(|route| (route.path.clone(), route.hooks.clone()))
+                .collect();
             let http = HttpClient::new(HttpSettings {
                 name: upstream.settings.name.clone(),
                 url: upstream.http_url.clone(),
@@ -171,6 +190,7 @@ impl GatewayState {
                 pool: ProbingPool::new(upstream.settings.clone(), upstream_shutdown.child_token()),
                 http,
                 operations_active: metrics.operations_active(&upstream.settings.name),
+                route_hooks,
             }));
         }
         let routes = config
