@@ -360,6 +360,30 @@ impl NodeServer {
         }
     }
 
+    /// Waits until the server has reported `count` events named `name` in all; fails the
+    /// test after [`EVENT_TIMEOUT`]. Unlike the counters, event counts only grow, so a
+    /// wait for the n-th end cannot be met by an earlier one.
+    pub async fn wait_for_events(&self, name: &str, count: usize) {
+        let mut changes = self.counters.clone();
+        let waited = tokio::time::timeout(EVENT_TIMEOUT, async {
+            loop {
+                // Marked seen before the check: an event logged after it wakes `changed`.
+                changes.borrow_and_update();
+                if self.events_named(name).len() >= count || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let seen = self.events_named(name).len();
+        assert!(
+            waited.is_ok() && seen >= count,
+            "{:?} server: timed out waiting for {count} {name} events, saw {seen}; stderr: {:?}",
+            self.kind,
+            self.stderr.lock().unwrap()
+        );
+    }
+
     /// Kills the server process at once (SIGKILL), as a crash would.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
