@@ -328,9 +328,7 @@ impl HookScript {
                 &returned,
             ));
         }
-        let text = serde_json::to_string(&returned)
-            .map_err(|err| self.failed(Position::NONE, err.to_string()))?;
-        RawJson::parse(&text)
+        RawJson::serialize(&returned)
             .map(Some)
             .map_err(|err| self.failed(Position::NONE, err.to_string()))
     }
@@ -396,13 +394,9 @@ impl HookScript {
             match map.remove(field) {
                 None => Ok(None),
                 Some(value) if value.is_unit() => Ok(None),
-                Some(value) if value.is_map() => {
-                    let text = serde_json::to_string(&value)
-                        .map_err(|err| self.failed(Position::NONE, err.to_string()))?;
-                    RawJson::parse(&text)
-                        .map(Some)
-                        .map_err(|err| self.failed(Position::NONE, err.to_string()))
-                }
+                Some(value) if value.is_map() => RawJson::serialize(&value)
+                    .map(Some)
+                    .map_err(|err| self.failed(Position::NONE, err.to_string())),
                 Some(_) => Err(wrong(field, "an object map or ()")),
             }
         };

@@ -32,6 +32,12 @@ impl RawJson {
         RawJson(Arc::from(value.to_string()))
     }
 
+    /// Serialises any value as JSON: serde_json's output is valid JSON, so it is kept
+    /// without being parsed again (a hook's result, once per event and client).
+    pub fn serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(RawJson(Arc::from(serde_json::to_string(value)?)))
+    }
+
     /// `{}`: the init payload sent when a client gave none.
     pub fn empty_object() -> Self {
         RawJson(Arc::from("{}"))
