@@ -7,7 +7,7 @@
 //! - `deliver/own_event`: each call gets another event (two alternate), so every call
 //!   parses: the cost for an event only one client receives.
 //! - `deliver/shared_event`: the same event for call after call, as when several clients
-//!   share one upstream event: parsed once, copied per client.
+//!   share one upstream event: parsed for the first two, copied for the others.
 //! - `drop/shared_event`: the event is of another room and dropped.
 //!
 //! Each is measured twice: `on_next` in wall time, `on_next_cpu` in the thread's CPU

@@ -139,10 +139,12 @@ struct CallCounters {
     complete: AtomicU64,
 }
 
-/// The last event `on_next` parsed: the clients that share an upstream event get clones
-/// of one `RawJson` (one allocation of its text), so each of them after the first finds
-/// it here and copies the parsed value instead of parsing the text again.
-type ParsedEvent = Option<(RawJson, Dynamic)>;
+/// The last event `on_next` saw, and its parse once a second client needed it: the
+/// clients that share an upstream event get clones of one `RawJson` (one allocation of
+/// its text), so each of them after the second copies the parsed value instead of
+/// parsing the text again. The parse is kept only from the second client on: an event
+/// for one client alone is parsed once and never copied.
+type ParsedEvent = Option<(RawJson, Option<Dynamic>)>;
 
 /// One compiled script with its sandboxed engine; shared by every client of its upstream
 /// or route.
@@ -342,19 +344,19 @@ impl HookScript {
         self.call(ON_COMPLETE, (ctx.clone(),)).map(drop)
     }
 
-    /// The event as a script value: parsed once per upstream event, copied for each
+    /// The event as a script value: parsed at most twice per upstream event, copied for each
     /// further client that shares it.
     fn parsed_event(&self, payload: &RawJson) -> Result<Dynamic, HookError> {
         // A poisoned lock only means a panic elsewhere mid-update; the cache is a hint.
         let mut last = self.last_event.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((text, parsed)) = last.as_ref() {
-            if text.is_same(payload) {
-                return Ok(parsed.clone());
-            }
-        }
+        let seen_before = match last.as_ref() {
+            Some((text, Some(parsed))) if text.is_same(payload) => return Ok(parsed.clone()),
+            Some((text, None)) => text.is_same(payload),
+            _ => false,
+        };
         let parsed: Dynamic = serde_json::from_str(payload.as_str())
             .map_err(|err| self.failed(Position::NONE, err.to_string()))?;
-        *last = Some((payload.clone(), parsed.clone()));
+        *last = Some((payload.clone(), seen_before.then(|| parsed.clone())));
         Ok(parsed)
     }
 
@@ -810,12 +812,14 @@ mod tests {
         let event = raw(json!({ "data": {} }));
         let red = operation_ctx(&hooks, &json!({ "room": "red" }));
         let blue = operation_ctx(&hooks, &json!({ "room": "blue" }));
-        let first = hooks.on_next(&red, &event).unwrap().unwrap();
-        // The second client of the same event reads the cached parse, not the first
+        // From the third client on, clients read the cached parse, never an earlier
         // client's mutation of it.
-        let second = hooks.on_next(&blue, &event.clone()).unwrap().unwrap();
-        assert_eq!(first.as_str(), r#"{"data":{"seen":"red"}}"#);
-        assert_eq!(second.as_str(), r#"{"data":{"seen":"blue"}}"#);
+        for _ in 0..2 {
+            let first = hooks.on_next(&red, &event).unwrap().unwrap();
+            let second = hooks.on_next(&blue, &event.clone()).unwrap().unwrap();
+            assert_eq!(first.as_str(), r#"{"data":{"seen":"red"}}"#);
+            assert_eq!(second.as_str(), r#"{"data":{"seen":"blue"}}"#);
+        }
     }
 
     #[test]

@@ -15,9 +15,21 @@
 use serde_json::{Map, Value};
 
 /// A parsed template, checked at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct InitTemplate {
     root: Vec<(String, Node)>,
+}
+
+/// Only the top-level keys: a template's literal values can be secrets (an admin token).
+impl std::fmt::Debug for InitTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InitTemplate")
+            .field(
+                "keys",
+                &self.root.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +298,13 @@ mod tests {
             t.apply(&headers, &json!({})),
             json!({ "c": "a=1; b=2", "lit": "{x}" })
         );
+    }
+
+    #[test]
+    fn debug_shows_no_literal_value() {
+        let t = template(json!({ "headers": { "x-hasura-admin-secret": "s3cr3t" } }));
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 
     #[test]
