@@ -447,7 +447,7 @@ impl HookScript {
             }),
             other => {
                 let position = other.position();
-                self.failed(position, other.to_string())
+                self.failed(position, loggable(&other))
             }
         }
     }
@@ -458,6 +458,34 @@ impl HookScript {
             line: position.line(),
             reason,
         }
+    }
+}
+
+/// What a run-time error may say in a log: Rhai's own text for errors that name only the
+/// script's text (a property, a function signature, types) or a limit; a fixed sentence
+/// for the others, whose text can quote a value (`parse_int` of a header quotes the
+/// header, an arithmetic error its operands, a missing index the key).
+fn loggable(err: &EvalAltResult) -> String {
+    use EvalAltResult::*;
+    match err {
+        ErrorVariableNotFound(..)
+        | ErrorPropertyNotFound(..)
+        | ErrorFunctionNotFound(..)
+        | ErrorModuleNotFound(..)
+        | ErrorUnboundThis(..)
+        | ErrorMismatchDataType(..)
+        | ErrorMismatchOutputType(..)
+        | ErrorIndexingType(..)
+        | ErrorFor(..)
+        | ErrorAssignmentToConstant(..)
+        | ErrorNonPureMethodCallOnConstant(..)
+        | ErrorTooManyOperations(..)
+        | ErrorTooManyVariables(..)
+        | ErrorTooManyModules(..)
+        | ErrorStackOverflow(..)
+        | ErrorDataTooLarge(..) => err.to_string(),
+        _ => "a run-time error (its text is not shown: it may quote a header or payload value)"
+            .to_owned(),
     }
 }
 
@@ -858,6 +886,29 @@ mod tests {
             r#"{"a":1}"#
         );
         assert_eq!(hooks.calls().next, 0);
+    }
+
+    #[test]
+    fn a_failure_never_quotes_a_header_value() {
+        let hooks = script(
+            "fn on_connection_init(ctx, payload) {\n    parse_int(ctx.headers.authorization)\n}\n",
+        );
+        let init = json!({});
+        let headers = [("authorization", "Bearer s3cr3t")];
+        let err = hooks
+            .on_connection_init(&client(&headers, &init), &init)
+            .unwrap_err();
+        assert!(
+            matches!(err, HookError::Failed { line: Some(2), .. }),
+            "{err:?}"
+        );
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
+        // Errors about the script's own text keep Rhai's message.
+        let hooks = script("fn on_connection_init(ctx, payload) { no_such_function(1) }");
+        let err = hooks
+            .on_connection_init(&client(&headers, &init), &init)
+            .unwrap_err();
+        assert!(err.to_string().contains("Function not found"), "{err}");
     }
 
     #[test]
