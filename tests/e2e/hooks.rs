@@ -10,7 +10,7 @@ use subplex_tests::*;
 /// `payload.headers.Authorization`.
 const HASURA_AUTH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../examples/hooks/hasura-auth.rhai"
+    "/../examples/hooks/auth-header-to-init.rhai"
 );
 const DENY_ANONYMOUS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -164,4 +164,221 @@ async fn a_throwing_hook_answers_sse_multipart_and_single_connection_clients_403
     let errors: Value = response.json().await.unwrap();
     assert_eq!(errors["errors"][0]["message"], DENIED);
     assert_eq!(server.counters().connections_total, 0);
+}
+
+/// A script written for one test, in its own directory (removed on drop).
+struct ScriptFile {
+    dir: std::path::PathBuf,
+}
+
+impl ScriptFile {
+    fn new(name: &str, source: &str) -> ScriptFile {
+        let dir = std::env::temp_dir().join(format!("subplex-hooks-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hooks.rhai"), source).unwrap();
+        ScriptFile { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.join("hooks.rhai").display().to_string()
+    }
+}
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A gateway in front of `server` whose upstream runs `script` with `[hooks]` keys
+/// `limits`; also returns the compiled script, to read its call counts.
+async fn gateway_with_script(
+    server: &NodeServer,
+    script: &ScriptFile,
+    limits: &str,
+) -> (TestGateway, std::sync::Arc<subplex_hooks::HookScript>) {
+    let text = format!(
+        "[hooks]\n{limits}\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nprotocol = \"graphql-transport-ws\"\nhooks = {:?}\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        server.port,
+        script.path()
+    );
+    let config = subplex::Config::parse(&text, "test.toml").expect("valid");
+    let hooks = config.routes[0]
+        .hooks
+        .clone()
+        .expect("the route has the script");
+    (TestGateway::start_config(config).await, hooks)
+}
+
+const BOOKKEEPING: &str = r#"
+fn on_subscribe(ctx, request) {
+    if ctx.operation_name == "Refused" { throw "refused by name"; }
+    // A cap the upstream sees: no client gets more than three ticks.
+    if type_of(request.variables) == "map" && request.variables.count > 3 {
+        request.variables.count = 3;
+    }
+    request
+}
+fn on_next(ctx, payload) { payload }
+fn on_complete(ctx) { }
+"#;
+
+#[tokio::test]
+async fn on_complete_runs_once_per_operation_on_every_ending_path() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let script = ScriptFile::new("bookkeeping", BOOKKEEPING);
+    let (gateway, hooks) = gateway_with_script(&server, &script, "").await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    let subscribe =
+        |id: &str, payload: Value| json!({ "id": id, "type": "subscribe", "payload": payload });
+
+    // 1. The upstream completes; on_subscribe capped the count it asked for.
+    client
+        .send(subscribe(
+            "1",
+            json!({ "query": "subscription Ticks($count: Int!) { ticks(count: $count, intervalMs: 5) { n } }",
+                    "variables": { "count": 10 } }),
+        ))
+        .await;
+    for n in 1..=3 {
+        assert_eq!(
+            client.recv_json().await,
+            json!({ "id": "1", "type": "next", "payload": { "data": { "ticks": { "n": n } } } })
+        );
+    }
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "id": "1", "type": "complete" })
+    );
+    assert_eq!(
+        server.events_named("subscribe")[0]["variables"],
+        json!({ "count": 3 })
+    );
+    assert_eq!(
+        hooks.calls().complete,
+        1,
+        "before the client saw `complete`"
+    );
+
+    // 2. The client completes a running operation: on_complete runs before the upstream
+    // subscription is dropped, so it has run once the upstream saw the end.
+    let forever = json!({ "query": "subscription { forever(intervalMs: 10) { n } }" });
+    client.send(subscribe("2", forever.clone())).await;
+    assert_eq!(client.recv_json().await["id"], "2");
+    client.send(json!({ "id": "2", "type": "complete" })).await;
+    server.wait_for_events("subscription_end", 2).await;
+    assert_eq!(hooks.calls().complete, 2);
+
+    // 3. on_subscribe refuses: the operation never starts upstream, and still completes.
+    client
+        .send(subscribe(
+            "3",
+            json!({ "query": "subscription Refused { ticks(count: 1) { n } }", "operationName": "Refused" }),
+        ))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "id": "3", "type": "error", "payload": [{ "message": "refused by name", "extensions": { "code": "FORBIDDEN" } }] })
+    );
+    assert_eq!(hooks.calls().complete, 3);
+
+    // 4. The upstream fails the operation.
+    client
+        .send(subscribe(
+            "4",
+            json!({ "query": "subscription { failing { n } }" }),
+        ))
+        .await;
+    // (graphql-ws delivers a throwing `subscribe` as a result with `errors`, then
+    // `complete`.)
+    let failed = client.recv_json().await;
+    assert_eq!(
+        failed["payload"]["errors"][0]["message"], "failing on purpose",
+        "{failed}"
+    );
+    assert_eq!(
+        client.recv_json().await,
+        json!({ "id": "4", "type": "complete" })
+    );
+    assert_eq!(hooks.calls().complete, 4);
+
+    // 5. The client goes away mid-operation.
+    client.send(subscribe("5", forever.clone())).await;
+    assert_eq!(client.recv_json().await["id"], "5");
+    drop(client);
+    server.wait_for_events("subscription_end", 3).await;
+    assert_eq!(hooks.calls().complete, 5);
+
+    // 6. An SSE client goes away mid-operation.
+    let response = reqwest::Client::new()
+        .post(gateway.url())
+        .header("accept", "text/event-stream")
+        .header("content-type", "application/json")
+        .body(forever.to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    subplex_tests::http::read_until(&mut body, |text| text.contains("event: next")).await;
+    drop(body);
+    server.wait_for_events("subscription_end", 4).await;
+    assert_eq!(hooks.calls().complete, 6);
+    assert_eq!(hooks.calls().subscribe, 6, "one on_subscribe per operation");
+    assert_eq!(
+        server.events_named("subscribe").len(),
+        5,
+        "the refused one never went upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_limit_hit_in_on_next_ends_only_that_operation() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    // Work proportional to a variable: one operation stays within the configured
+    // operation limit, the other does not.
+    let script = ScriptFile::new(
+        "limits",
+        "fn on_next(ctx, payload) {\n    for i in 0..ctx.variables.work { }\n    payload\n}\n",
+    );
+    let (gateway, hooks) = gateway_with_script(&server, &script, "max_operations = 1000").await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    let query = "subscription { ticks(count: 3, intervalMs: 20) { n } }";
+    for (id, work) in [("light", 10), ("heavy", 100_000)] {
+        client
+            .send(json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": { "work": work } } }))
+            .await;
+    }
+    let mut light = Vec::new();
+    let mut heavy = Vec::new();
+    while !(light
+        .last()
+        .is_some_and(|m: &Value| m["type"] == "complete")
+        && heavy.last().is_some_and(|m: &Value| m["type"] == "error"))
+    {
+        let message = client.recv_json().await;
+        match message["id"].as_str() {
+            Some("light") => light.push(message),
+            Some("heavy") => heavy.push(message),
+            other => panic!("unexpected message for {other:?}: {message}"),
+        }
+    }
+    assert_eq!(
+        heavy,
+        [
+            json!({ "id": "heavy", "type": "error", "payload": [{ "message": "the operation's hook failed", "extensions": { "code": "INTERNAL_SERVER_ERROR" } }] })
+        ]
+    );
+    let ticks: Vec<Value> = (1..=3)
+        .map(|n| json!({ "id": "light", "type": "next", "payload": { "data": { "ticks": { "n": n } } } }))
+        .chain([json!({ "id": "light", "type": "complete" })])
+        .collect();
+    assert_eq!(light, ticks);
+    // The connection and the gateway carry on.
+    client
+        .send(json!({ "id": "again", "type": "subscribe", "payload": { "query": query, "variables": { "work": 1 } } }))
+        .await;
+    assert_eq!(client.recv_json().await["type"], "next");
+    assert!(hooks.calls().next >= 5);
 }

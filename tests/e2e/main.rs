@@ -2,6 +2,7 @@
 //! real client libraries as clients. One binary, one module per area.
 
 mod browser;
+mod hook_examples;
 mod hooks;
 mod legacy_ws;
 mod matrix;

@@ -90,8 +90,14 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway from config text; `server.listen` is forced to an ephemeral port.
     pub async fn start(config_toml: &str) -> TestGateway {
+        Self::start_config(Config::parse(config_toml, "test.toml").expect("test config is valid"))
+            .await
+    }
+
+    /// Starts a gateway from a parsed config (whose hook scripts a test can keep to read
+    /// their call counts); `server.listen` is forced to an ephemeral port.
+    pub async fn start_config(mut config: Config) -> TestGateway {
         init_tracing();
-        let mut config = Config::parse(config_toml, "test.toml").expect("test config is valid");
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         if config.admin_listen.is_some() {
             config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -363,6 +369,30 @@ impl NodeServer {
                 self.stderr.lock().unwrap()
             ),
         }
+    }
+
+    /// Waits until the server has reported `count` events named `name` in all; fails the
+    /// test after [`EVENT_TIMEOUT`]. Unlike the counters, event counts only grow, so a
+    /// wait for the n-th end cannot be met by an earlier one.
+    pub async fn wait_for_events(&self, name: &str, count: usize) {
+        let mut changes = self.counters.clone();
+        let waited = tokio::time::timeout(EVENT_TIMEOUT, async {
+            loop {
+                // Marked seen before the check: an event logged after it wakes `changed`.
+                changes.borrow_and_update();
+                if self.events_named(name).len() >= count || changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let seen = self.events_named(name).len();
+        assert!(
+            waited.is_ok() && seen >= count,
+            "{:?} server: timed out waiting for {count} {name} events, saw {seen}; stderr: {:?}",
+            self.kind,
+            self.stderr.lock().unwrap()
+        );
     }
 
     /// Kills the server process at once (SIGKILL), as a crash would.

@@ -15,11 +15,10 @@ use crate::EVENT_TIMEOUT;
 /// The upgrade request for `ws://addr/graphql` offering `subprotocol`.
 fn upgrade_request(
     addr: SocketAddr,
+    path: &str,
     subprotocol: &str,
 ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut request = format!("ws://{addr}/graphql")
-        .into_client_request()
-        .unwrap();
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
     request.headers_mut().insert(
         "sec-websocket-protocol",
         HeaderValue::from_str(subprotocol).unwrap(),
@@ -52,7 +51,17 @@ impl RawClient {
         subprotocol: &str,
         headers: &[(&str, &str)],
     ) -> RawClient {
-        let mut request = upgrade_request(addr, subprotocol);
+        Self::connect_path(addr, "/graphql", subprotocol, headers).await
+    }
+
+    /// Connects to `ws://addr{path}` offering `subprotocol`, with extra headers.
+    pub async fn connect_path(
+        addr: SocketAddr,
+        path: &str,
+        subprotocol: &str,
+        headers: &[(&str, &str)],
+    ) -> RawClient {
+        let mut request = upgrade_request(addr, path, subprotocol);
         for (name, value) in headers {
             request.headers_mut().insert(
                 tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
@@ -74,15 +83,13 @@ impl RawClient {
         RawClient { socket }
     }
 
-    /// Connects like [`RawClient::connect`] over a socket whose receive buffer is tiny, so
-    /// that once the client stops reading the gateway's writes stall after a few KiB.
     /// Connects over TLS (`wss://addr/graphql`), trusting what `tls` trusts.
     pub async fn connect_tls(
         addr: SocketAddr,
         subprotocol: &str,
         tls: std::sync::Arc<rustls::ClientConfig>,
     ) -> RawClient {
-        let mut request = upgrade_request(addr, subprotocol);
+        let mut request = upgrade_request(addr, "/graphql", subprotocol);
         *request.uri_mut() = format!("wss://{addr}/graphql").parse().unwrap();
         let (socket, _) = tokio_tungstenite::connect_async_tls_with_config(
             request,
@@ -95,6 +102,8 @@ impl RawClient {
         RawClient { socket }
     }
 
+    /// Connects like [`RawClient::connect`] over a socket whose receive buffer is tiny, so
+    /// that once the client stops reading the gateway's writes stall after a few KiB.
     pub async fn connect_with_small_receive_buffer(
         addr: SocketAddr,
         subprotocol: &str,
@@ -102,7 +111,7 @@ impl RawClient {
         let tcp = tokio::net::TcpSocket::new_v4().unwrap();
         tcp.set_recv_buffer_size(4096).unwrap();
         let stream = tcp.connect(addr).await.expect("connect");
-        let request = upgrade_request(addr, subprotocol);
+        let request = upgrade_request(addr, "/graphql", subprotocol);
         let (socket, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream))
             .await
             .expect("upgrade accepted");

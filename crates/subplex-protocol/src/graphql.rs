@@ -32,6 +32,12 @@ impl RawJson {
         RawJson(Arc::from(value.to_string()))
     }
 
+    /// Serialises any value as JSON: serde_json's output is valid JSON, so it is kept
+    /// without being parsed again (a hook's result, once per event and client).
+    pub fn serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        Ok(RawJson(Arc::from(serde_json::to_string(value)?)))
+    }
+
     /// `{}`: the init payload sent when a client gave none.
     pub fn empty_object() -> Self {
         RawJson(Arc::from("{}"))
@@ -50,6 +56,12 @@ impl RawJson {
     /// Whether the value is JSON `null`.
     pub fn is_null(&self) -> bool {
         self.0.trim() == "null"
+    }
+
+    /// Whether both are the very same text (one clone of the other), not merely equal:
+    /// what a per-event cache compares, in constant time.
+    pub fn is_same(&self, other: &RawJson) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
 

@@ -72,6 +72,11 @@ impl SettingsFingerprint {
         }
         SettingsFingerprint(*hasher.finalize().as_bytes())
     }
+
+    /// This fingerprint with more parts folded in.
+    pub fn with<'a>(&'a self, parts: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        SettingsFingerprint::of(std::iter::once(&self.0[..]).chain(parts))
+    }
 }
 
 impl fmt::Debug for SettingsFingerprint {

@@ -155,6 +155,7 @@ async fn demo(
     raw.routes.push(RawRoute {
         path: "/graphql".into(),
         upstream: "demo".into(),
+        hooks: None,
     });
     let config = subplex::config::validate(raw, "(demo)")?;
     let gateway = Gateway::bind(config)

@@ -111,7 +111,7 @@ async fn dispatch(
         Transport::Sse => downstream::sse::handle(req, upstream, state, peer).await,
         Transport::Multipart => downstream::multipart::handle(req, upstream, state, peer).await,
         Transport::PlainHttp => match *req.method() {
-            Method::GET | Method::POST => downstream::http::forward(req, upstream, &state).await,
+            Method::GET | Method::POST => downstream::http::forward(req, upstream, &state, peer).await,
             _ => method_not_allowed(
                 "use GET or POST (with Accept: text/event-stream for subscriptions), or a WebSocket",
                 "GET, POST",

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use http::HeaderMap;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use subplex_hooks::HookScript;
 use subplex_protocol::RawJson;
 use subplex_upstream::http::{HttpClient, HttpSettings};
 use subplex_upstream::{ConnectParams, ProbingPool, SecurityContext, UpstreamError};
@@ -42,6 +43,9 @@ pub(crate) struct Upstream {
     route_tokens: Mutex<HashMap<String, CancellationToken>>,
     /// Events, latency, reconnects and hook errors of this upstream.
     pub metrics: Arc<UpstreamMetrics>,
+    /// The hook script of each route path served by this upstream (the route's own, else
+    /// the upstream's); `None` for routes without one.
+    pub route_hooks: HashMap<String, Option<Arc<HookScript>>>,
 }
 
 impl Upstream {
@@ -49,6 +53,7 @@ impl Upstream {
     /// cannot be built (the TLS settings were refused).
     fn new(
         config: &UpstreamConfig,
+        route_hooks: HashMap<String, Option<Arc<HookScript>>>,
         upstream_shutdown: &CancellationToken,
         metrics: &Metrics,
     ) -> std::io::Result<Upstream> {
@@ -71,6 +76,7 @@ impl Upstream {
             http,
             operations_active: metrics.operations_active(&config.settings.name),
             metrics: upstream_metrics,
+            route_hooks,
             config,
             retired: CancellationToken::new(),
             pool_shutdown,
@@ -130,10 +136,11 @@ impl Upstream {
     /// The request headers a client's operations keep: those that can matter upstream
     /// (`security_context` and `forward_headers`), plus `cookie` and `origin`, which hooks
     /// read; not the whole header map, which would cost memory per client. Only the keyed
-    /// ones enter the security context. With a hook script every header is kept: a script
-    /// may read any of them, and which it reads is not known before it runs.
-    pub fn client_headers(&self, headers: &HeaderMap) -> HeaderMap {
-        if self.config.hooks.is_some() {
+    /// ones enter the security context. With a hook script on the route, or an
+    /// `init_payload` template, every header is kept: a script may read any of them, and
+    /// which it reads is not known before it runs.
+    pub fn client_headers(&self, path: &str, headers: &HeaderMap) -> HeaderMap {
+        if self.hooks_for(path).is_some() || self.config.init_template.is_some() {
             return headers.clone();
         }
         let mut kept = HeaderMap::new();
@@ -147,6 +154,14 @@ impl Upstream {
             }
         }
         kept
+    }
+
+    /// The hook script for clients of route `path`: the route's own, else the upstream's.
+    pub fn hooks_for(&self, path: &str) -> Option<&Arc<HookScript>> {
+        match self.route_hooks.get(path) {
+            Some(hooks) => hooks.as_ref(),
+            None => self.config.hooks.as_ref(),
+        }
     }
 
     /// The connection parameters for a client with these request headers and this final
@@ -252,14 +267,29 @@ impl RouteTable {
     ) -> std::io::Result<RouteTable> {
         let old = previous.upstreams();
         let mut upstreams: Vec<Arc<Upstream>> = Vec::with_capacity(config.upstreams.len());
-        for upstream in &config.upstreams {
+        for (index, upstream) in config.upstreams.iter().enumerate() {
             let same = old.iter().find(|old| {
                 old.config.settings.name == upstream.settings.name
                     && old.config.settings.fingerprint == upstream.settings.fingerprint
             });
             upstreams.push(match same {
                 Some(same) => Arc::clone(same),
-                None => Arc::new(Upstream::new(upstream, upstream_shutdown, metrics)?),
+                None => {
+                    // A route's own script is in the upstream's fingerprint, so a kept
+                    // upstream's scripts are current too.
+                    let route_hooks = config
+                        .routes
+                        .iter()
+                        .filter(|route| route.upstream == index)
+                        .map(|route| (route.path.clone(), route.hooks.clone()))
+                        .collect();
+                    Arc::new(Upstream::new(
+                        upstream,
+                        route_hooks,
+                        upstream_shutdown,
+                        metrics,
+                    )?)
+                }
             });
         }
         let routes = config

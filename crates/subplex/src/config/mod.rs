@@ -33,6 +33,9 @@ pub struct RawConfig {
     /// `[admin]`: the admin listener (status page, metrics).
     #[serde(default)]
     pub admin: RawAdmin,
+    /// `[hooks]`: the sandbox limits of every hook script.
+    #[serde(default)]
+    pub hooks: RawHooks,
 }
 
 /// `[admin]`: a second listener for operators, off by default. It serves the status page
@@ -52,6 +55,40 @@ impl Default for RawAdmin {
         RawAdmin {
             enabled: false,
             listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// `[hooks]`: what one hook call may use at most. A call past a limit fails: only that
+/// client or operation is refused, and the gateway logs the script and line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHooks {
+    /// Rhai operations (roughly, expressions evaluated) per call. Default 100000
+    /// (a runaway loop stops after about 4 ms).
+    pub max_operations: u64,
+    /// Nested function calls. Default 32.
+    pub max_call_depth: usize,
+    /// Nesting of expressions, in the script's text and at run time. Default 64.
+    pub max_expr_depth: usize,
+    /// Bytes of any one string. Default 65536.
+    pub max_string_size: usize,
+    /// Elements of any one array. Default 10000.
+    pub max_array_size: usize,
+    /// Entries of any one object map. Default 10000.
+    pub max_map_size: usize,
+}
+
+impl Default for RawHooks {
+    fn default() -> Self {
+        let limits = subplex_hooks::Limits::default();
+        RawHooks {
+            max_operations: limits.max_operations,
+            max_call_depth: limits.max_call_depth,
+            max_expr_depth: limits.max_expr_depth,
+            max_string_size: limits.max_string_size,
+            max_array_size: limits.max_array_size,
+            max_map_size: limits.max_map_size,
         }
     }
 }
@@ -272,6 +309,9 @@ pub struct RawUpstream {
     /// Rhai hook script for this upstream's clients (see docs/hooks.md); relative to the
     /// config file. Compiled at start-up. Default: none.
     pub hooks: Option<String>,
+    /// The `connection_init` payload template (see docs/hooks.md): its keys are set in the
+    /// client's payload, `{header.NAME}` and `{init.FIELD}` filled in. Default: none.
+    pub init_payload: Option<toml::Table>,
     /// `[upstreams.<name>.reconnect]`: what happens when the upstream connection fails in a
     /// retryable way.
     #[serde(default)]
@@ -347,6 +387,9 @@ pub struct RawRoute {
     pub path: String,
     /// Name of an `[upstreams.<name>]` table.
     pub upstream: String,
+    /// Rhai hook script for this route's clients, in place of the upstream's `hooks`;
+    /// relative to the config file. Default: the upstream's.
+    pub hooks: Option<String>,
 }
 
 /// The validated configuration the gateway runs with.
@@ -452,6 +495,8 @@ pub struct UpstreamConfig {
     pub http_tls: Arc<rustls::ClientConfig>,
     /// The compiled `hooks` script, shared by every client of this upstream.
     pub hooks: Option<Arc<subplex_hooks::HookScript>>,
+    /// The parsed `init_payload` template.
+    pub init_template: Option<subplex_hooks::InitTemplate>,
 }
 
 /// Validated `[[routes]]`: `upstream` indexes [`Config::upstreams`].
@@ -459,6 +504,8 @@ pub struct UpstreamConfig {
 pub struct RouteConfig {
     pub path: String,
     pub upstream: usize,
+    /// The script this route's clients run: the route's own `hooks`, else the upstream's.
+    pub hooks: Option<Arc<subplex_hooks::HookScript>>,
 }
 
 impl Config {

@@ -15,8 +15,8 @@ use subplex_upstream::{
 };
 
 use super::{
-    AllowedOrigins, Config, CorsConfig, RawConfig, RawCors, RawServer, RawUpstream, RouteConfig,
-    ServerConfig, SseResumeConfig, SseSingleConnectionConfig, UpstreamConfig,
+    AllowedOrigins, Config, CorsConfig, RawConfig, RawCors, RawHooks, RawServer, RawUpstream,
+    RouteConfig, ServerConfig, SseResumeConfig, SseSingleConnectionConfig, UpstreamConfig,
 };
 
 /// One thing wrong with the config: where and why.
@@ -205,10 +205,11 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         sse_resume: validate_sse_resume(&raw.server, &mut problems),
     };
 
+    let limits = validate_hook_limits(&raw.hooks, &mut problems);
     let mut upstreams = Vec::new();
     let mut upstream_index = HashMap::new();
     for (name, upstream) in &raw.upstreams {
-        if let Some(config) = validate_upstream(name, upstream, base_dir, &mut problems) {
+        if let Some(config) = validate_upstream(name, upstream, base_dir, limits, &mut problems) {
             upstream_index.insert(name.clone(), upstreams.len());
             upstreams.push(config);
         }
@@ -258,10 +259,20 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                 ),
             );
         }
+        let route_hooks = route.hooks.as_ref().and_then(|file| {
+            load_hooks(
+                base_dir,
+                file,
+                limits,
+                format!("{key}.hooks"),
+                &mut problems,
+            )
+        });
         match upstream_index.get(&route.upstream) {
             Some(&upstream) => routes.push(RouteConfig {
                 path: route.path.clone(),
                 upstream,
+                hooks: route_hooks.or_else(|| upstreams[upstream].hooks.clone()),
             }),
             None if raw.upstreams.contains_key(&route.upstream) => {} // Reported under upstreams.
             None => {
@@ -281,6 +292,23 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
                 );
             }
         }
+    }
+
+    // What an upstream's clients run is part of its settings: the `[hooks]` limits and
+    // the scripts of routes with their own. A reload that changes either rebuilds the
+    // upstream, so no client keeps a connection set up under the old scripts.
+    let limits_text = format!("{limits:?}");
+    for upstream in &mut upstreams {
+        upstream.settings.fingerprint =
+            upstream.settings.fingerprint.with([limits_text.as_bytes()]);
+    }
+    for route in &raw.routes {
+        let (Some(file), Some(&index)) = (&route.hooks, upstream_index.get(&route.upstream)) else {
+            continue;
+        };
+        let script = std::fs::read(base_dir.join(file)).unwrap_or_default();
+        let fingerprint = &mut upstreams[index].settings.fingerprint;
+        *fingerprint = fingerprint.with([route.path.as_bytes(), &script]);
     }
 
     let admin_listen = validate_admin(&raw.admin, server.listen, &mut problems);
@@ -327,6 +355,85 @@ fn validate_admin(
         );
     }
     Some(listen)
+}
+
+/// Reads and compiles a `hooks` script named at `key`.
+fn load_hooks(
+    base_dir: &Path,
+    file: &str,
+    limits: Limits,
+    key: String,
+    problems: &mut Problems,
+) -> Option<Arc<subplex_hooks::HookScript>> {
+    match subplex_hooks::HookScript::load(&base_dir.join(file), limits) {
+        Ok(script) => Some(Arc::new(script)),
+        Err(reason) => {
+            problems.add(key, reason.to_string());
+            None
+        }
+    }
+}
+
+/// The most operations one hook call may be allowed: a call runs on a worker thread of
+/// the gateway, and ten million operations take about half a second there.
+const MAX_HOOK_OPERATIONS: u64 = 10_000_000;
+
+/// `[hooks]`: each limit must be at least 1 and at most a bound that keeps one call from
+/// stalling a worker thread or exhausting memory.
+fn validate_hook_limits(raw: &RawHooks, problems: &mut Problems) -> Limits {
+    let mut bounded = |field: &str, value: u64, max: u64, why: &str| -> u64 {
+        let key = format!("hooks.{field}");
+        if value == 0 {
+            problems.add(key, "must be greater than 0");
+            1
+        } else if value > max {
+            problems.add(key, format!("must be at most {max} ({why})"));
+            max
+        } else {
+            value
+        }
+    };
+    let memory = "one value of a script must stay small";
+    let depth = "deeper nesting could overflow the stack of a worker thread";
+    let size = |value: u64| value as usize;
+    Limits {
+        max_operations: bounded(
+            "max_operations",
+            raw.max_operations,
+            MAX_HOOK_OPERATIONS,
+            "a call must not stall a worker thread for more than about half a second",
+        ),
+        max_call_depth: size(bounded(
+            "max_call_depth",
+            raw.max_call_depth as u64,
+            256,
+            depth,
+        )),
+        max_expr_depth: size(bounded(
+            "max_expr_depth",
+            raw.max_expr_depth as u64,
+            256,
+            depth,
+        )),
+        max_string_size: size(bounded(
+            "max_string_size",
+            raw.max_string_size as u64,
+            16 * 1024 * 1024,
+            memory,
+        )),
+        max_array_size: size(bounded(
+            "max_array_size",
+            raw.max_array_size as u64,
+            1_000_000,
+            memory,
+        )),
+        max_map_size: size(bounded(
+            "max_map_size",
+            raw.max_map_size as u64,
+            1_000_000,
+            memory,
+        )),
+    }
 }
 
 /// An IP address with a port, or a host name that resolves to one (`localhost:4000`).
@@ -442,6 +549,7 @@ fn validate_upstream(
     name: &str,
     raw: &RawUpstream,
     base_dir: &Path,
+    limits: Limits,
     problems: &mut Problems,
 ) -> Option<UpstreamConfig> {
     let key = |field: &str| format!("upstreams.{name}.{field}");
@@ -597,11 +705,17 @@ fn validate_upstream(
         }
     };
 
-    let hooks = raw.hooks.as_ref().and_then(|file| {
-        match subplex_hooks::HookScript::load(&base_dir.join(file), Limits::default()) {
-            Ok(script) => Some(Arc::new(script)),
-            Err(reason) => {
-                problems.add(key("hooks"), reason.to_string());
+    let hooks = raw
+        .hooks
+        .as_ref()
+        .and_then(|file| load_hooks(base_dir, file, limits, key("hooks"), problems));
+    let init_template = raw.init_payload.as_ref().and_then(|table| {
+        // TOML tables are JSON-compatible except dates, which serialise as strings.
+        let json = serde_json::to_value(table).unwrap_or_default();
+        match subplex_hooks::InitTemplate::parse(&json) {
+            Ok(template) => Some(template),
+            Err(err) => {
+                problems.add(format!("{}.{}", key("init_payload"), err.key), err.reason);
                 None
             }
         }
@@ -642,6 +756,7 @@ fn validate_upstream(
         max_response_bytes: raw.max_response_bytes,
         http_tls: tls.http,
         hooks,
+        init_template,
     })
 }
 
@@ -1000,6 +1115,57 @@ mod tests {
             err.contains("upstreams.chat.hooks: cannot read no-such-hooks.rhai: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hook_limits_init_templates_and_route_hooks_are_checked_with_their_keys() {
+        let err = problems(
+            &(GOOD
+                .replace(
+                    "idle_timeout_ms = 1500",
+                    "idle_timeout_ms = 1500\ninit_payload = { headers = { Authorization = \"{header.authorization\" }, x = \"{env.HOME}\" }",
+                )
+                .replace("upstream = \"chat\"", "upstream = \"chat\"\nhooks = \"no-such-route.rhai\"")
+                + "\n[hooks]\nmax_operations = 0\nmax_call_depth = 100000\n"),
+        );
+        for expected in [
+            "hooks.max_operations: must be greater than 0",
+            "hooks.max_call_depth: must be at most 256",
+            "upstreams.chat.init_payload.headers.Authorization: \"{header.authorization\": a `{` without its `}`",
+            "routes[0].hooks: cannot read no-such-route.rhai: ",
+        ] {
+            assert!(err.contains(expected), "{expected}\n{err}");
+        }
+        let err = problems(&GOOD.replace(
+            "idle_timeout_ms = 1500",
+            "init_payload = { x = \"{env.HOME}\" }",
+        ));
+        assert!(
+            err.contains(
+                "upstreams.chat.init_payload.x: \"{env.HOME}\": `{env.HOME}` is not a placeholder"
+            ),
+            "{err}"
+        );
+        let err = problems(&format!("{GOOD}\n[hooks]\nmax_stack = 1\n"));
+        assert!(err.contains("unknown field `max_stack`"), "{err}");
+    }
+
+    #[test]
+    fn a_route_script_overrides_the_upstreams_and_limits_reach_the_scripts() {
+        let dir = std::env::temp_dir().join(format!("subplex-route-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("up.rhai"), "fn on_next(ctx, p) { p }").unwrap();
+        std::fs::write(dir.join("route.rhai"), "fn on_subscribe(ctx, r) { r }").unwrap();
+        let text = format!(
+            "{}\n[[routes]]\npath = \"/own\"\nupstream = \"chat\"\nhooks = \"route.rhai\"\n",
+            GOOD.replace("idle_timeout_ms = 1500", "hooks = \"up.rhai\"")
+        );
+        let file = dir.join("gateway.toml");
+        let config = Config::parse(&text, &file.display().to_string()).unwrap();
+        let script = |i: usize| config.routes[i].hooks.as_ref().unwrap().file().to_owned();
+        assert!(script(0).ends_with("up.rhai"), "{}", script(0));
+        assert!(script(1).ends_with("route.rhai"), "{}", script(1));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

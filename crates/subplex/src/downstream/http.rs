@@ -1,6 +1,7 @@
 //! Queries and mutations over plain HTTP, forwarded to the upstream's `url` through the
 //! upstream's [`HttpClient`](subplex_upstream::http::HttpClient).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,6 +10,8 @@ use http::{header, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use subplex_upstream::http::HttpRequest;
 
+use super::hooks;
+use super::streaming::http_client_context;
 use crate::responses::{full, json_error, read_body, refuse_get_mutation, ResponseBody};
 use crate::state::{GatewayState, Upstream};
 
@@ -19,8 +22,12 @@ pub(crate) async fn forward(
     req: Request<Incoming>,
     upstream: Arc<Upstream>,
     state: &GatewayState,
+    peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
+    if let Some(refusal) = refused_by_hook(&parts, peer, &upstream) {
+        return refusal;
+    }
     // A GET that does not read as a GraphQL request (a persisted-query extension, say) is
     // the upstream's to judge; one that reads as a mutation is refused here.
     if let Ok(request) = subplex_protocol::sse::request_from_query(parts.uri.query().unwrap_or(""))
@@ -34,6 +41,24 @@ pub(crate) async fn forward(
         Err(response) => return response,
     };
     forward_body(parts, body, upstream).await
+}
+
+/// The answer to a request the route's `on_connection_init` refuses (403, or 500 when
+/// the script fails), as for SSE and multipart. Plain HTTP has no `connection_init`: the
+/// hook runs with `{}` only to decide, and its payload goes nowhere.
+pub(crate) fn refused_by_hook(
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+    upstream: &Upstream,
+) -> Option<Response<ResponseBody>> {
+    let script = upstream.hooks_for(parts.uri.path())?;
+    if !script.has_connection_init() {
+        return None;
+    }
+    let client = http_client_context(parts, peer, "http", upstream);
+    hooks::connect_params(upstream, &client)
+        .err()
+        .map(hooks::refusal_response)
 }
 
 /// Forwards a request whose body was already read.

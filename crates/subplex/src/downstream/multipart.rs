@@ -51,6 +51,9 @@ pub(crate) async fn handle(
         subplex_protocol::operation_type(&request.query, request.operation_name.as_deref())
             == Some(OperationType::Subscription);
     if !subscription && any_accept(&parts.headers, multipart::accepts_json) {
+        if let Some(refusal) = super::http::refused_by_hook(&parts, peer, &upstream) {
+            return refusal;
+        }
         return super::http::forward_body(parts, body, upstream).await;
     }
 

@@ -3,8 +3,9 @@
 //! An [`Operation`] is what a downstream session hands to the upstream layer: the client's
 //! id and request, who the client is ([`ClientContext`]: transport, path, peer, the request
 //! headers that matter, its own init payload), and the connection parameters it reaches the
-//! upstream with. It is the place hooks plug into: `on_subscribe` will rewrite `request`
-//! before [`Operation::events`] starts it, `on_next` will see each event.
+//! upstream with. It is the place hooks plug into (`hooks::OperationHooks`): `on_subscribe`
+//! rewrites `request` before the operation starts, `on_next` sees each result for this
+//! client, `on_complete` runs once when it ends.
 //!
 //! Its events are a stream: it subscribes through the pool (waiting for an
 //! upstream connection if there is none yet), then yields the upstream's events, and
@@ -23,6 +24,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
@@ -30,6 +32,7 @@ use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::hooks::{self, ClientHooks, OperationHooks};
 use crate::state::Upstream;
 
 /// Who a client is, as each of its operations sees it. Shared by every operation of one
@@ -46,6 +49,16 @@ pub(crate) struct ClientContext {
     pub headers: HeaderMap,
     /// The client's own `connection_init` payload; `{}` for transports without one.
     pub init_payload: RawJson,
+    /// The route's hook script, if it has one (see [`ClientContext::with_hooks`]).
+    pub hooks: Option<ClientHooks>,
+}
+
+impl ClientContext {
+    /// The client with its route's hook script attached.
+    pub(crate) fn with_hooks(mut self, upstream: &Upstream) -> ClientContext {
+        self.hooks = hooks::client_hooks(upstream, &self);
+        self
+    }
 }
 
 /// One client operation: the unit a downstream session hands to the upstream layer.
@@ -66,9 +79,7 @@ impl Operation {
     /// The operation's events, ending after its terminal event. An upstream failure
     /// becomes an error result followed by `complete` (see [`failure_result`]).
     pub(crate) fn events(self) -> impl Stream<Item = Event> + Send + 'static {
-        self.log_start();
-        let watch = RouteWatch::new(&self.upstream, &self.client);
-        events(self.upstream, self.connect, self.request, watch)
+        events(self.outcomes())
     }
 
     /// The operation's events, or the upstream failure that ends it, for transports that
@@ -78,7 +89,16 @@ impl Operation {
     ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
         self.log_start();
         let watch = RouteWatch::new(&self.upstream, &self.client);
-        outcomes(self.upstream, self.connect, self.request, watch)
+        // Only operations whose route has operation hooks pay for them.
+        match OperationHooks::for_operation(&self.upstream, &self.client, &self.request) {
+            None => Either::Left(outcomes(self.upstream, self.connect, self.request, watch)),
+            Some(hooks) => {
+                let (upstream, connect) = (self.upstream, self.connect);
+                Either::Right(hooks.outcomes(self.request, move |request| {
+                    outcomes(upstream, connect, request, watch)
+                }))
+            }
+        }
     }
 
     /// One debug line per operation; never headers, payloads or variables.
@@ -151,12 +171,9 @@ impl Drop for Running {
 }
 
 fn events(
-    upstream: Arc<Upstream>,
-    params: ConnectParams,
-    request: GraphqlRequest,
-    watch: RouteWatch,
+    outcomes: impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static,
 ) -> impl Stream<Item = Event> + Send + 'static {
-    outcomes(upstream, params, request, watch).flat_map(|outcome| {
+    outcomes.flat_map(|outcome| {
         let (first, second) = match outcome {
             Ok(event) => (event, None),
             Err(error) => (failure_result(&error), Some(Event::Complete)),

@@ -356,6 +356,7 @@ mod tests {
                 peer: ([127, 0, 0, 1], 1).into(),
                 headers: Default::default(),
                 init_payload: RawJson::empty_object(),
+                hooks: None,
             }),
             params: ConnectParams {
                 key: key(user),

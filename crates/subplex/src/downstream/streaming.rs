@@ -129,13 +129,17 @@ pub(crate) fn http_client_context(
     transport: &'static str,
     upstream: &Upstream,
 ) -> Arc<ClientContext> {
-    Arc::new(ClientContext {
-        transport,
-        path: parts.uri.path().to_owned(),
-        peer,
-        headers: upstream.client_headers(&parts.headers),
-        init_payload: RawJson::empty_object(),
-    })
+    Arc::new(
+        ClientContext {
+            transport,
+            path: parts.uri.path().to_owned(),
+            peer,
+            headers: upstream.client_headers(parts.uri.path(), &parts.headers),
+            init_payload: RawJson::empty_object(),
+            hooks: None,
+        }
+        .with_hooks(upstream),
+    )
 }
 
 /// Whether any `Accept` header value passes `test`.

@@ -471,13 +471,17 @@ impl DownstreamSession {
         let Some(details) = self.client.take() else {
             return Ok(());
         };
-        let client = Arc::new(ClientContext {
-            transport: self.subprotocol.wire_name(),
-            path: details.path,
-            peer: details.peer,
-            headers: details.headers,
-            init_payload: payload.unwrap_or_else(RawJson::empty_object),
-        });
+        let client = Arc::new(
+            ClientContext {
+                transport: self.subprotocol.wire_name(),
+                path: details.path,
+                peer: details.peer,
+                headers: details.headers,
+                init_payload: payload.unwrap_or_else(RawJson::empty_object),
+                hooks: None,
+            }
+            .with_hooks(&self.upstream),
+        );
         // The hook's payload, not the client's, goes upstream and into the key.
         let params = hooks::connect_params(&self.upstream, &client)?;
         debug!(ctx = %params.key, "client initialised");

@@ -72,7 +72,7 @@ pub(crate) fn upgrade(
     let client = ClientDetails {
         path: req.uri().path().to_owned(),
         peer,
-        headers: upstream.client_headers(headers),
+        headers: upstream.client_headers(req.uri().path(), headers),
     };
     let permit = req.extensions_mut().remove::<ConnectionPermit>();
     let on_upgrade = hyper::upgrade::on(&mut req);
