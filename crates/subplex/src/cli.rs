@@ -45,6 +45,8 @@ pub enum Command {
     },
     /// Find out which protocol a GraphQL server speaks, and show the evidence.
     Probe(ProbeArgs),
+    /// Print the JSON Schema of the configuration file (gateway.schema.json).
+    Schema,
 }
 
 /// `subplex probe`.

@@ -72,6 +72,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             upstream_only,
             admin_listen,
         } => demo(listen, upstream_listen, upstream_only, admin_listen).await,
+        Command::Schema => {
+            let _ = write!(std::io::stdout(), "{}", subplex::config::json_schema());
+            Ok(())
+        }
         Command::Probe(args) => {
             let report = probe_command::run(&args).await?;
             // Not println!: piped into `head`, a closed stdout is not a reason to panic.

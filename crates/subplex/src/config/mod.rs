@@ -18,10 +18,12 @@ use subplex_upstream::UpstreamSettings;
 
 pub use validate::{validate, ConfigError, Problem};
 
-/// The whole file.
-#[derive(Debug, Deserialize)]
+/// The whole file: `gateway.toml`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "subplex gateway.toml")]
 pub struct RawConfig {
+    /// `[server]`: the listener clients connect to.
     #[serde(default)]
     pub server: RawServer,
     /// Upstream GraphQL servers by name.
@@ -37,7 +39,7 @@ pub struct RawConfig {
 
 /// `[admin]`: a second listener for operators, off by default. It serves the status page
 /// (`/status`, `/status.json`) and `/metrics`, read-only, and nothing else.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     /// Serve the admin listener. Default false.
@@ -57,7 +59,7 @@ impl Default for RawAdmin {
 }
 
 /// `[server]`: the downstream listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
     /// Address to listen on. Default `127.0.0.1:4000`.
@@ -94,7 +96,7 @@ pub struct RawServer {
 }
 
 /// `[server.sse_single_connection]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSseSingleConnection {
     /// A reserved stream token not used to open its stream within this expires. Default 10000.
@@ -116,7 +118,7 @@ impl Default for RawSseSingleConnection {
 }
 
 /// `[server.multipart]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMultipart {
     /// Interval of heartbeat `{}` parts while a subscription is idle. Default 5000 (Apollo's).
@@ -132,7 +134,7 @@ impl Default for RawMultipart {
 }
 
 /// `[server.cors]`. WebSocket upgrades are not subject to CORS.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCors {
     /// Origins allowed to read responses, exactly as browsers send them
@@ -173,7 +175,7 @@ impl Default for RawServer {
 }
 
 /// `[upstreams.<name>]`: one GraphQL server.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// HTTP URL of the GraphQL endpoint (queries and mutations over HTTP go here). Required.
@@ -241,7 +243,7 @@ pub struct RawUpstream {
 /// `[upstreams.<name>.reconnect]`: backoff and give-up window after a retryable failure
 /// (a restart, a reset, a keep-alive timeout). Operations survive the outage; clients
 /// notice nothing unless it outlasts `give_up_after_ms`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawReconnect {
     /// Delay before the first redial. Doubles per failed attempt, with jitter (each delay
@@ -300,7 +302,7 @@ fn default_subscriber_queue() -> usize {
 }
 
 /// `[[routes]]`: a path served by an upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Exact request path, starting with `/`.
@@ -407,6 +409,15 @@ pub struct UpstreamConfig {
 pub struct RouteConfig {
     pub path: String,
     pub upstream: usize,
+}
+
+/// The JSON Schema of `gateway.toml`, derived from the raw structs above (their doc
+/// comments become descriptions): `gateway.schema.json` at the repository root, which
+/// `subplex schema` prints.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawConfig);
+    // Serialising a schema (plain JSON values) cannot fail.
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 impl Config {
