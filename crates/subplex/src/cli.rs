@@ -47,6 +47,14 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Print the JSON Schema of the configuration file (gateway.schema.json).
     Schema,
+    /// Ask a running gateway's /healthz; exit 0 if it answers 200 (a container
+    /// HEALTHCHECK: images without curl).
+    Healthcheck {
+        /// The gateway's address. Default: the configuration's server.listen, with an
+        /// unspecified IP (0.0.0.0, [::]) replaced by loopback.
+        #[arg(long)]
+        address: Option<SocketAddr>,
+    },
 }
 
 /// `subplex probe`.

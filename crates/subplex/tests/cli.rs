@@ -214,7 +214,7 @@ async fn http_get(addr: &str, path: &str) -> String {
 }
 
 /// The demo serves ticks over WebSocket and its status page on the admin listener it
-/// turns on, and with debug logging on, neither the Authorization header nor the init
+/// turns on, `subplex healthcheck` finds it healthy (and nothing else), and with debug logging on, neither the Authorization header nor the init
 /// payload's secret reaches the logs, which carry no
 /// colour codes since stderr is a pipe.
 #[tokio::test]
@@ -300,6 +300,27 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         status.contains(r#""events_in":3,"events_out":3"#),
         "{status}"
     );
+
+    // The container HEALTHCHECK: 0 against the gateway, 1 where nothing answers.
+    let healthy = Command::new(BIN)
+        .args(["healthcheck", "--address", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&healthy.stdout),
+        format!("{addr}: healthy\n")
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let unhealthy = Command::new(BIN)
+        .args(["healthcheck", "--address", &nobody])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(unhealthy.status.code(), Some(1), "{unhealthy:?}");
 
     // SIGTERM: the gateway drains and exits 0.
     let pid = child.id().unwrap().to_string();
