@@ -20,6 +20,7 @@ mod routes;
 mod server;
 pub(crate) mod state;
 pub mod telemetry;
+mod trace;
 mod write_deadline;
 
 pub use config::Config;

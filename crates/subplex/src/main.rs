@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    telemetry::shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if let Some(config_error) = err.downcast_ref::<ConfigError>() {

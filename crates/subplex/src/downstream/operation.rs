@@ -26,6 +26,7 @@ use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
 use tracing::debug;
 
 use crate::state::Upstream;
+use crate::trace::OperationSpan;
 
 /// Who a client is, as each of its operations sees it. Shared by every operation of one
 /// connection (WebSocket) or stream (SSE single connection mode).
@@ -62,7 +63,8 @@ impl Operation {
     /// becomes an error result followed by `complete` (see [`failure_result`]).
     pub(crate) fn events(self) -> impl Stream<Item = Event> + Send + 'static {
         self.log_start();
-        events(self.upstream, self.connect, self.request)
+        let span = OperationSpan::start(&self);
+        events(self.upstream, self.connect, self.request, span)
     }
 
     /// The operation's events, or the upstream failure that ends it, for transports that
@@ -71,7 +73,8 @@ impl Operation {
         self,
     ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
         self.log_start();
-        outcomes(self.upstream, self.connect, self.request)
+        let span = OperationSpan::start(&self);
+        outcomes(self.upstream, self.connect, self.request, span)
     }
 
     /// One debug line per operation; never headers, payloads or variables.
@@ -101,20 +104,25 @@ enum Stage {
 }
 
 /// An operation counted in `subplex_operations_active` until the stage moves on to `Done`
-/// or the stream is dropped; it also leads to the upstream's other metrics. One pointer,
-/// like the gauge handle it replaces: idle operations are many, and each byte counts.
-struct Running(Arc<Upstream>);
+/// or the stream is dropped; it also leads to the upstream's other metrics, and carries
+/// the operation's trace span. One pointer without the `otlp` feature (the span is then
+/// zero-sized), like the gauge handle it replaces: idle operations are many, and each
+/// byte counts.
+struct Running {
+    upstream: Arc<Upstream>,
+    span: OperationSpan,
+}
 
 impl Running {
-    fn start(upstream: Arc<Upstream>) -> Running {
+    fn start(upstream: Arc<Upstream>, span: OperationSpan) -> Running {
         upstream.operations_active.inc();
-        Running(upstream)
+        Running { upstream, span }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.operations_active.dec();
+        self.upstream.operations_active.dec();
     }
 }
 
@@ -122,8 +130,9 @@ fn events(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
+    span: OperationSpan,
 ) -> impl Stream<Item = Event> + Send + 'static {
-    outcomes(upstream, params, request).flat_map(|outcome| {
+    outcomes(upstream, params, request, span).flat_map(|outcome| {
         let (first, second) = match outcome {
             Ok(event) => (event, None),
             Err(error) => (failure_result(&error), Some(Event::Complete)),
@@ -136,9 +145,10 @@ fn outcomes(
     upstream: Arc<Upstream>,
     params: ConnectParams,
     request: GraphqlRequest,
+    span: OperationSpan,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
     let start = Stage::Start {
-        running: Running::start(upstream),
+        running: Running::start(upstream, span),
         params,
         request,
     };
@@ -147,18 +157,29 @@ fn outcomes(
             Stage::Start {
                 params,
                 request,
-                running,
+                mut running,
             } => {
                 // Boxed: this stream's future is as large as its largest await, and the
                 // subscribe future (which may probe the upstream) takes kilobytes, while an
                 // operation then waits on `recv` for its whole life. Unboxed, every idle
                 // operation kept that space: 30 KiB instead of 20 per idle subscription
                 // (`subplex-bench --scenarios idle`).
-                let subscribing = Box::pin(running.0.pool.subscribe(&params, request));
+                let upstream = &running.upstream;
+                let subscribing = Box::pin(
+                    running
+                        .span
+                        .subscribing(upstream, upstream.pool.subscribe(&params, request)),
+                );
                 match subscribing.await {
-                    Ok(subscription) => next_outcome(subscription, running).await,
+                    Ok(subscription) => {
+                        running
+                            .span
+                            .upstream_protocol(running.upstream.pool.current_protocol());
+                        next_outcome(subscription, running).await
+                    }
                     Err(error) => {
                         debug!(%error, "operation could not start upstream");
+                        running.span.end(error.code());
                         Some((Err(error), Stage::Done))
                     }
                 }
@@ -171,21 +192,34 @@ fn outcomes(
 
 async fn next_outcome(
     mut subscription: Subscription,
-    running: Running,
+    mut running: Running,
 ) -> Option<(Result<Event, UpstreamError>, Stage)> {
     match subscription.recv().await? {
         Ok(event) => {
             // The session writes what this stream yields at once, in the same task: the
             // event is handed to its client now.
-            running.0.metrics.delivered(subscription.last_read_at());
-            let next = if event.is_terminal() {
-                Stage::Done
-            } else {
-                Stage::Active(subscription, running)
+            running
+                .upstream
+                .metrics
+                .delivered(subscription.last_read_at());
+            running.span.event();
+            let next = match event {
+                Event::Next(_) => Stage::Active(subscription, running),
+                Event::Complete => {
+                    running.span.end("complete");
+                    Stage::Done
+                }
+                Event::Error(_) => {
+                    running.span.end("error");
+                    Stage::Done
+                }
             };
             Some((Ok(event), next))
         }
-        Err(error) => Some((Err(error), Stage::Done)),
+        Err(error) => {
+            running.span.end(error.code());
+            Some((Err(error), Stage::Done))
+        }
     }
 }
 
