@@ -97,10 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let listen = config.server.listen;
     let gateway = Gateway::bind(config)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .context("cannot start the gateway")?;
     println!("subplex listening on {}", gateway.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -144,7 +143,7 @@ async fn demo(
     let config = subplex::config::validate(raw, "(demo)")?;
     let gateway = Gateway::bind(config)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .context("cannot start the gateway")?;
     let addr = gateway.local_addr();
     let admin = gateway
         .admin_addr()

@@ -147,6 +147,37 @@ fn unknown_key_and_missing_file_exit_64() {
 }
 
 /// Runs `subplex check` on a file of the repository; returns its stdout.
+/// An address already taken, on the main or the admin listener: exit 1, naming the key.
+#[test]
+fn a_taken_address_names_its_key_and_exits_1() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap();
+    for (config, key) in [
+        (format!("[server]\nlisten = \"{address}\"\n"), "server.listen"),
+        (
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = true\nlisten = \"{address}\"\n"),
+            "admin.listen",
+        ),
+    ] {
+        let file = config_file(&format!(
+            "{config}[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+        ));
+        let output = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&file.0)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "subplex: cannot start the gateway: {key} {address}: "
+            )),
+            "{stderr}"
+        );
+    }
+}
+
 fn check_passes(repo_path: &str) -> String {
     let config = format!("{}/../../{repo_path}", env!("CARGO_MANIFEST_DIR"));
     let output = std::process::Command::new(BIN)
