@@ -11,6 +11,8 @@ mod multiplexing;
 mod observability;
 mod operations;
 mod origins;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod probe;
 mod sessions;
 mod shutdown;

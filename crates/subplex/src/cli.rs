@@ -51,6 +51,16 @@ pub enum Command {
     /// Make the gateway whose process id is in --pid-file reload its configuration file
     /// (sends it SIGHUP). The outcome is in that gateway's log.
     Reload,
+    /// Print the JSON Schema of the configuration file (gateway.schema.json).
+    Schema,
+    /// Ask a running gateway's /healthz; exit 0 if it answers 200 (a container
+    /// HEALTHCHECK: images without curl).
+    Healthcheck {
+        /// The gateway's address. Default: the configuration's server.listen, with an
+        /// unspecified IP (0.0.0.0, [::]) replaced by loopback.
+        #[arg(long)]
+        address: Option<SocketAddr>,
+    },
 }
 
 /// `subplex probe`.

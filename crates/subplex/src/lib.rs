@@ -23,6 +23,7 @@ mod server;
 pub(crate) mod state;
 pub mod telemetry;
 pub mod tls_reloader;
+mod trace;
 mod write_deadline;
 
 pub use config::Config;

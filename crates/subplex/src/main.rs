@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    telemetry::shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if err.downcast_ref::<ReloadUsage>().is_some() {
@@ -84,6 +86,19 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
             upstream_only,
             admin_listen,
         } => demo(listen, upstream_listen, upstream_only, admin_listen).await,
+        Command::Healthcheck { address } => {
+            let address = match address {
+                Some(address) => address,
+                None => loopback(Config::load(&cli.config)?.server.listen),
+            };
+            healthcheck(address).await?;
+            println!("{address}: healthy");
+            Ok(())
+        }
+        Command::Schema => {
+            let _ = write!(std::io::stdout(), "{}", subplex::config::json_schema());
+            Ok(())
+        }
         Command::Probe(args) => {
             let report = probe_command::run(&args).await?;
             // Not println!: piped into `head`, a closed stdout is not a reason to panic.
@@ -101,10 +116,9 @@ async fn run(mut cli: Cli) -> anyhow::Result<()> {
 struct ReloadUsage;
 
 async fn serve(config: Config, cli: &Cli) -> anyhow::Result<()> {
-    let listen = config.server.listen;
     let gateway = Gateway::bind(config)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .context("cannot start the gateway")?;
     let _pid_file = match &cli.pid_file {
         Some(path) => Some(
             reload::PidFile::create(path.clone())
@@ -160,7 +174,7 @@ async fn demo(
     let config = subplex::config::validate(raw, "(demo)")?;
     let gateway = Gateway::bind(config)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+        .context("cannot start the gateway")?;
     let addr = gateway.local_addr();
     let admin = gateway
         .admin_addr()
@@ -188,8 +202,48 @@ A query over HTTP:
     Ok(())
 }
 
-/// Reads the listener's certificate and key again on every SIGHUP. A file that fails is
-/// logged with its key and reason, and the old certificate keeps serving.
+/// `address` with an unspecified IP (a listener on every interface) replaced by loopback,
+/// which reaches the same listener from inside its host or container.
+fn loopback(mut address: std::net::SocketAddr) -> std::net::SocketAddr {
+    if address.ip().is_unspecified() {
+        address.set_ip(match address.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    address
+}
+
+/// GET /healthz on `address`, within 3 seconds; an error unless the answer is 200.
+async fn healthcheck(address: std::net::SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(
+                format!("GET /healthz HTTP/1.1\r\nhost: {address}\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(3), ask)
+        .await
+        .with_context(|| format!("{address}: no answer from /healthz within 3 s"))?
+        .with_context(|| format!("{address}: /healthz could not be asked"))?;
+    let status_line = String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if !status_line.starts_with("HTTP/1.1 200 ") {
+        anyhow::bail!("{address}: /healthz answered {status_line:?}");
+    }
+    Ok(())
+}
+
 async fn cancel_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

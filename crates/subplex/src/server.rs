@@ -40,11 +40,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the listener of `config.server.listen`.
+    /// Binds the listener of `config.server.listen`, and the admin listener when enabled;
+    /// the error names the key whose address could not be bound.
     pub async fn bind(config: Config) -> std::io::Result<Gateway> {
-        let listener = TcpListener::bind(config.server.listen).await?;
+        let listen = config.server.listen;
+        let listener = TcpListener::bind(listen).await.map_err(|err| {
+            std::io::Error::new(err.kind(), format!("server.listen {listen}: {err}"))
+        })?;
         let admin = match config.admin_listen {
-            Some(address) => Some(TcpListener::bind(address).await?),
+            Some(address) => Some(TcpListener::bind(address).await.map_err(|err| {
+                std::io::Error::new(err.kind(), format!("admin.listen {address}: {err}"))
+            })?),
             None => None,
         };
         let upstream_shutdown = CancellationToken::new();

@@ -146,6 +146,37 @@ fn unknown_key_and_missing_file_exit_64() {
     );
 }
 
+/// An address already taken, on the main or the admin listener: exit 1, naming the key.
+#[test]
+fn a_taken_address_names_its_key_and_exits_1() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = held.local_addr().unwrap();
+    for (config, key) in [
+        (format!("[server]\nlisten = \"{address}\"\n"), "server.listen"),
+        (
+            format!("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nenabled = true\nlisten = \"{address}\"\n"),
+            "admin.listen",
+        ),
+    ] {
+        let file = config_file(&format!(
+            "{config}[upstreams.up]\nurl = \"http://127.0.0.1:9/graphql\"\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+        ));
+        let output = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&file.0)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "subplex: cannot start the gateway: {key} {address}: "
+            )),
+            "{stderr}"
+        );
+    }
+}
+
 /// Runs `subplex check` on a file of the repository; returns its stdout.
 fn check_passes(repo_path: &str) -> String {
     let config = format!("{}/../../{repo_path}", env!("CARGO_MANIFEST_DIR"));
@@ -303,8 +334,9 @@ async fn next_text(
 }
 
 /// The demo serves ticks over WebSocket and its status page on the admin listener it
-/// turns on, and with debug logging on, neither the Authorization header nor the init
-/// payload's secret reaches the logs, which carry no colour codes since stderr is a pipe.
+/// turns on, `subplex healthcheck` finds it healthy (and nothing else), and with debug
+/// logging on, neither the Authorization header nor the init payload's secret reaches the
+/// logs, which carry no colour codes since stderr is a pipe.
 #[tokio::test]
 async fn demo_serves_ticks_and_logs_no_secrets() {
     let mut child = demo_command()
@@ -361,6 +393,27 @@ async fn demo_serves_ticks_and_logs_no_secrets() {
         status.contains(r#""events_in":3,"events_out":3"#),
         "{status}"
     );
+
+    // The container HEALTHCHECK: 0 against the gateway, 1 where nothing answers.
+    let healthy = Command::new(BIN)
+        .args(["healthcheck", "--address", &addr])
+        .output()
+        .await
+        .unwrap();
+    assert!(healthy.status.success(), "{healthy:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&healthy.stdout),
+        format!("{addr}: healthy\n")
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let unhealthy = Command::new(BIN)
+        .args(["healthcheck", "--address", &nobody])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(unhealthy.status.code(), Some(1), "{unhealthy:?}");
 
     // SIGTERM: the gateway drains and exits 0.
     sigterm(&child);

@@ -18,10 +18,12 @@ use subplex_upstream::UpstreamSettings;
 
 pub use validate::{validate, ConfigError, Problem};
 
-/// The whole file.
-#[derive(Debug, Deserialize)]
+/// The whole file: `gateway.toml`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "subplex gateway.toml")]
 pub struct RawConfig {
+    /// `[server]`: the listener clients connect to.
     #[serde(default)]
     pub server: RawServer,
     /// Upstream GraphQL servers by name.
@@ -40,7 +42,7 @@ pub struct RawConfig {
 
 /// `[admin]`: a second listener for operators, off by default. It serves the status page
 /// (`/status`, `/status.json`) and `/metrics`, read-only, and nothing else.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     /// Serve the admin listener. Default false.
@@ -61,7 +63,7 @@ impl Default for RawAdmin {
 
 /// `[hooks]`: what one hook call may use at most. A call past a limit fails: only that
 /// client or operation is refused, and the gateway logs the script and line.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHooks {
     /// Rhai operations (roughly, expressions evaluated) per call. Default 100000
@@ -94,7 +96,7 @@ impl Default for RawHooks {
 }
 
 /// `[server]`: the downstream listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
     /// Address to listen on. Default `127.0.0.1:4000`.
@@ -135,7 +137,7 @@ pub struct RawServer {
 }
 
 /// `[server.sse]`: resuming a distinct-connections SSE stream with `Last-Event-ID`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSse {
     /// How long an operation whose client was cut waits for the client to come back with
@@ -158,7 +160,7 @@ impl Default for RawSse {
 }
 
 /// `[server.tls]`: the listener's certificate. Both files are read again on SIGHUP.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawServerTls {
     /// PEM file with the certificate chain, leaf first; relative to the config file.
@@ -168,7 +170,7 @@ pub struct RawServerTls {
 }
 
 /// `[server.sse_single_connection]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSseSingleConnection {
     /// A reserved stream token not used to open its stream within this expires. Default 10000.
@@ -190,7 +192,7 @@ impl Default for RawSseSingleConnection {
 }
 
 /// `[server.multipart]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMultipart {
     /// Interval of heartbeat `{}` parts while a subscription is idle. Default 5000 (Apollo's).
@@ -206,7 +208,7 @@ impl Default for RawMultipart {
 }
 
 /// `[server.cors]`. WebSocket upgrades are not subject to CORS.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCors {
     /// Origins allowed to read responses, exactly as browsers send them
@@ -250,7 +252,7 @@ impl Default for RawServer {
 
 /// `[upstreams.<name>]`: one GraphQL server. `Serialize` feeds the settings fingerprint
 /// (`UpstreamSettings::fingerprint`), which tells a config reload whether it changed.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     /// HTTP URL of the GraphQL endpoint (queries and mutations over HTTP go here). Required.
@@ -311,6 +313,7 @@ pub struct RawUpstream {
     pub hooks: Option<String>,
     /// The `connection_init` payload template (see docs/hooks.md): its keys are set in the
     /// client's payload, `{header.NAME}` and `{init.FIELD}` filled in. Default: none.
+    #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub init_payload: Option<toml::Table>,
     /// `[upstreams.<name>.reconnect]`: what happens when the upstream connection fails in a
     /// retryable way.
@@ -321,7 +324,7 @@ pub struct RawUpstream {
 /// `[upstreams.<name>.reconnect]`: backoff and give-up window after a retryable failure
 /// (a restart, a reset, a keep-alive timeout). Operations survive the outage; clients
 /// notice nothing unless it outlasts `give_up_after_ms`.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawReconnect {
     /// Delay before the first redial. Doubles per failed attempt, with jitter (each delay
@@ -380,7 +383,7 @@ fn default_subscriber_queue() -> usize {
 }
 
 /// `[[routes]]`: a path served by an upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Exact request path, starting with `/`.
@@ -506,6 +509,15 @@ pub struct RouteConfig {
     pub upstream: usize,
     /// The script this route's clients run: the route's own `hooks`, else the upstream's.
     pub hooks: Option<Arc<subplex_hooks::HookScript>>,
+}
+
+/// The JSON Schema of `gateway.toml`, derived from the raw structs above (their doc
+/// comments become descriptions): `gateway.schema.json` at the repository root, which
+/// `subplex schema` prints.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(RawConfig);
+    // Serialising a schema (plain JSON values) cannot fail.
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 impl Config {

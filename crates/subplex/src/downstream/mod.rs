@@ -5,7 +5,7 @@
 mod hooks;
 pub(crate) mod http;
 pub(crate) mod multipart;
-mod operation;
+pub(crate) mod operation;
 pub(crate) mod origins;
 pub(crate) mod reservations;
 pub(crate) mod sse;

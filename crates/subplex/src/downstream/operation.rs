@@ -34,6 +34,7 @@ use tracing::debug;
 
 use super::hooks::{self, ClientHooks, OperationHooks};
 use crate::state::Upstream;
+use crate::trace::OperationSpan;
 
 /// Who a client is, as each of its operations sees it. Shared by every operation of one
 /// connection (WebSocket) or stream (SSE single connection mode).
@@ -89,13 +90,20 @@ impl Operation {
     ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
         self.log_start();
         let watch = RouteWatch::new(&self.upstream, &self.client);
+        let span = OperationSpan::start(&self);
         // Only operations whose route has operation hooks pay for them.
         match OperationHooks::for_operation(&self.upstream, &self.client, &self.request) {
-            None => Either::Left(outcomes(self.upstream, self.connect, self.request, watch)),
+            None => Either::Left(outcomes(
+                self.upstream,
+                self.connect,
+                self.request,
+                watch,
+                span,
+            )),
             Some(hooks) => {
                 let (upstream, connect) = (self.upstream, self.connect);
                 Either::Right(hooks.outcomes(self.request, move |request| {
-                    outcomes(upstream, connect, request, watch)
+                    outcomes(upstream, connect, request, watch, span)
                 }))
             }
         }
@@ -153,20 +161,25 @@ enum Stage {
 }
 
 /// An operation counted in `subplex_operations_active` until the stage moves on to `Done`
-/// or the stream is dropped; it also leads to the upstream's other metrics. One pointer,
-/// like the gauge handle it replaces: idle operations are many, and each byte counts.
-struct Running(Arc<Upstream>);
+/// or the stream is dropped; it also leads to the upstream's other metrics, and carries
+/// the operation's trace span. One pointer without the `otlp` feature (the span is then
+/// zero-sized), like the gauge handle it replaces: idle operations are many, and each
+/// byte counts.
+struct Running {
+    upstream: Arc<Upstream>,
+    span: OperationSpan,
+}
 
 impl Running {
-    fn start(upstream: Arc<Upstream>) -> Running {
+    fn start(upstream: Arc<Upstream>, span: OperationSpan) -> Running {
         upstream.operations_active.inc();
-        Running(upstream)
+        Running { upstream, span }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.operations_active.dec();
+        self.upstream.operations_active.dec();
     }
 }
 
@@ -187,9 +200,10 @@ fn outcomes(
     params: ConnectParams,
     request: GraphqlRequest,
     watch: RouteWatch,
+    span: OperationSpan,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
     let start = Stage::Start {
-        running: Running::start(upstream),
+        running: Running::start(upstream, span),
         params,
         request,
         watch,
@@ -199,7 +213,7 @@ fn outcomes(
             Stage::Start {
                 params,
                 request,
-                running,
+                mut running,
                 watch,
             } => {
                 // Boxed: this stream's future is as large as its largest await, and the
@@ -207,7 +221,12 @@ fn outcomes(
                 // operation then waits on `recv` for its whole life. Unboxed, every idle
                 // operation kept that space: 30 KiB instead of 20 per idle subscription
                 // (`subplex-bench --scenarios idle`).
-                let subscribing = Box::pin(running.0.pool.subscribe(&params, request));
+                let upstream = &running.upstream;
+                let subscribing = Box::pin(
+                    running
+                        .span
+                        .subscribing(upstream, upstream.pool.subscribe(&params, request)),
+                );
                 // Biased: a reload that ended the route wins over whatever the retired
                 // pool reports as it shuts down.
                 let subscribed = tokio::select! {
@@ -216,9 +235,15 @@ fn outcomes(
                     subscribed = subscribing => subscribed,
                 };
                 match subscribed {
-                    Ok(subscription) => next_outcome(subscription, running, watch).await,
+                    Ok(subscription) => {
+                        running
+                            .span
+                            .upstream_protocol(running.upstream.pool.current_protocol());
+                        next_outcome(subscription, running, watch).await
+                    }
                     Err(error) => {
                         debug!(%error, "operation could not start upstream");
+                        running.span.end(error.code());
                         Some((Err(error), Stage::Done))
                     }
                 }
@@ -233,7 +258,7 @@ fn outcomes(
 
 async fn next_outcome(
     mut subscription: Subscription,
-    running: Running,
+    mut running: Running,
     watch: RouteWatch,
 ) -> Option<(Result<Event, UpstreamError>, Stage)> {
     // Biased as above. Events already queued are not delivered once the route ended: the
@@ -242,6 +267,7 @@ async fn next_outcome(
         biased;
         error = watch.ended() => {
             debug!(%error, "config reload ended the operation");
+            running.span.end(error.code());
             return Some((Err(error), Stage::Done));
         }
         received = subscription.recv() => received,
@@ -250,15 +276,28 @@ async fn next_outcome(
         Ok(event) => {
             // The session writes what this stream yields at once, in the same task: the
             // event is handed to its client now.
-            running.0.metrics.delivered(subscription.last_read_at());
-            let next = if event.is_terminal() {
-                Stage::Done
-            } else {
-                Stage::Active(subscription, running, watch)
+            running
+                .upstream
+                .metrics
+                .delivered(subscription.last_read_at());
+            running.span.event();
+            let next = match event {
+                Event::Next(_) => Stage::Active(subscription, running, watch),
+                Event::Complete => {
+                    running.span.end("complete");
+                    Stage::Done
+                }
+                Event::Error(_) => {
+                    running.span.end("error");
+                    Stage::Done
+                }
             };
             Some((Ok(event), next))
         }
-        Err(error) => Some((Err(error), Stage::Done)),
+        Err(error) => {
+            running.span.end(error.code());
+            Some((Err(error), Stage::Done))
+        }
     }
 }
 
