@@ -2,6 +2,7 @@
 //! real client libraries as clients. One binary, one module per area.
 
 mod browser;
+mod dedup;
 mod hooks;
 mod legacy_ws;
 mod matrix;

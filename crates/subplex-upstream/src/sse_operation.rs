@@ -231,7 +231,10 @@ impl SseOperationTask {
             client.settings().subscriber_queue,
             client.settings().subscriber_queue_bytes,
             unsubscribe,
-            id,
+            subscription::Leave {
+                operation: id,
+                subscriber: id,
+            },
         );
         let span = tracing::info_span!(parent: None, "upstream", name = %client.settings().name, ctx = %key, sse_op = id);
         let (first_outcome, first) = oneshot::channel();

@@ -9,8 +9,9 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::UpstreamError;
 
-/// The receiving end of one upstream operation. Dropping it before the operation ended
-/// stops the operation upstream (`complete` / `stop`).
+/// One client's end of an upstream operation. Dropping it before the operation ended
+/// takes the client off the operation; the last client to leave stops it upstream
+/// (`complete` / `stop`).
 #[derive(Debug)]
 pub struct Subscription {
     events: mpsc::Receiver<Event>,
@@ -18,10 +19,18 @@ pub struct Subscription {
     failure: Arc<OnceLock<UpstreamError>>,
     /// Payload bytes in `events`, shared with the [`Subscriber`].
     queued_bytes: Arc<AtomicUsize>,
-    /// Where to say "stop" on drop, and which upstream operation.
-    unsubscribe: mpsc::UnboundedSender<u64>,
-    upstream_id: u64,
+    /// Where to say "I left" on drop, and who is leaving which upstream operation.
+    unsubscribe: mpsc::UnboundedSender<Leave>,
+    leave: Leave,
     ended: bool,
+}
+
+/// A subscriber leaving an upstream operation, which may be shared by several clients
+/// (deduplication): the operation stops upstream when its last subscriber left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leave {
+    pub operation: u64,
+    pub subscriber: u64,
 }
 
 /// The connection task's end of a [`Subscription`].
@@ -65,8 +74,9 @@ impl Subscriber {
         self.events.closed().await
     }
 
-    /// Ends the subscription with an error instead of a terminal event.
-    pub fn fail(self, error: UpstreamError) {
+    /// Ends the subscription with an error instead of a terminal event, once the caller
+    /// drops this subscriber.
+    pub fn fail(&self, error: UpstreamError) {
         let _ = self.failure.set(error);
     }
 }
@@ -76,8 +86,8 @@ impl Subscriber {
 pub(crate) fn channel(
     capacity: usize,
     byte_limit: usize,
-    unsubscribe: mpsc::UnboundedSender<u64>,
-    upstream_id: u64,
+    unsubscribe: mpsc::UnboundedSender<Leave>,
+    leave: Leave,
 ) -> (Subscriber, Subscription) {
     let (tx, rx) = mpsc::channel(capacity);
     let failure = Arc::new(OnceLock::new());
@@ -94,7 +104,7 @@ pub(crate) fn channel(
             failure,
             queued_bytes,
             unsubscribe,
-            upstream_id,
+            leave,
             ended: false,
         },
     )
@@ -137,7 +147,7 @@ impl Drop for Subscription {
             // Unbounded on purpose: each subscription sends at most this one message, so the
             // queue never holds more than the live subscription count, and a drop must not
             // block or be lost (a lost stop leaks the operation upstream).
-            let _ = self.unsubscribe.send(self.upstream_id);
+            let _ = self.unsubscribe.send(self.leave);
         }
     }
 }
@@ -155,7 +165,11 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
         let (unsubscribe, _stops) = mpsc::unbounded_channel();
-        let (subscriber, mut subscription) = channel(8, 100, unsubscribe, 1);
+        let leave = Leave {
+            operation: 1,
+            subscriber: 1,
+        };
+        let (subscriber, mut subscription) = channel(8, 100, unsubscribe, leave);
         // A first event larger than the byte limit still gets through an empty queue.
         subscriber.try_send(next(150)).unwrap();
         assert!(matches!(

@@ -567,6 +567,7 @@ fn validate_upstream(
     settings.max_message_bytes = raw.max_message_bytes;
     settings.subscriber_queue = raw.subscriber_queue;
     settings.subscriber_queue_bytes = raw.subscriber_queue_bytes;
+    settings.dedup = raw.dedup;
     settings.reconnect = reconnect;
     Some(UpstreamConfig {
         settings,
