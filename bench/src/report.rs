@@ -73,7 +73,11 @@ fn fanout_table(results: &[FanoutResult]) -> String {
             Box::new(|r| r.upstream_connections.to_string()),
         ),
         (
-            "events expected",
+            "upstream subscriptions",
+            Box::new(|r| r.upstream_subscriptions.to_string()),
+        ),
+        (
+            "events expected by clients",
             Box::new(|r| r.events_expected.to_string()),
         ),
         (

@@ -129,7 +129,9 @@ pub struct FanoutResult {
     pub system: SystemKind,
     /// Connections the emitter accepted during the scenario.
     pub upstream_connections: u64,
-    /// subscribers × rate × duration.
+    /// Subscriptions the emitter served: 1 for subplex (deduplicated), else subscribers.
+    pub upstream_subscriptions: usize,
+    /// Events the clients should receive: subscribers × rate × duration.
     pub events_expected: u64,
     pub events_sent: u64,
     pub events_delivered: u64,
@@ -389,7 +391,10 @@ async fn fanout(harness: &Harness, kind: SystemKind) -> anyhow::Result<FanoutRes
     let system = harness.start_system(kind, &emitter, "fanout", n).await?;
     let load = Load::start(&system.url(), n, args.connect_concurrency)?;
     load.wait_subscribed(SUBSCRIBE_TIMEOUT).await?;
-    wait_upstream_subscriptions(&mut emitter, n).await?;
+    let upstream_subscriptions = kind.upstream_subscriptions(n);
+    wait_upstream_subscriptions(&mut emitter, upstream_subscriptions).await?;
+    // Each upstream event reaches this many clients.
+    let fan_out = (n / upstream_subscriptions) as u64;
 
     let events_per_subscription = args.rate * args.duration;
     let gateway_cpu = optional_cpu_seconds(system.pid)?;
@@ -402,6 +407,7 @@ async fn fanout(harness: &Harness, kind: SystemKind) -> anyhow::Result<FanoutRes
     // Wait for the ticker to finish and delivery to settle: everything sent arrived, or
     // nothing new arrived for DRAIN_QUIET (events the gateway dropped never will).
     let events_expected = n as u64 * events_per_subscription;
+    let upstream_events_expected = upstream_subscriptions as u64 * events_per_subscription;
     let mut problems = Vec::new();
     let ticks_end = started + Duration::from_secs(args.duration);
     let mut last_progress = (load.events(), Instant::now());
@@ -414,7 +420,8 @@ async fn fanout(harness: &Harness, kind: SystemKind) -> anyhow::Result<FanoutRes
         }
         // `ticking` goes false when the last tick is queued, possibly before every
         // connection wrote it: "all sent and all delivered" or a quiet spell ends the wait.
-        let all_delivered = stats.events_sent >= events_expected && delivered >= stats.events_sent;
+        let all_delivered = stats.events_sent >= upstream_events_expected
+            && delivered >= stats.events_sent * fan_out;
         if !stats.ticking && (all_delivered || last_progress.1.elapsed() >= DRAIN_QUIET) {
             break;
         }
@@ -443,27 +450,28 @@ async fn fanout(harness: &Harness, kind: SystemKind) -> anyhow::Result<FanoutRes
     let elapsed_s = last_event_ns.saturating_sub(start_ns) as f64 / 1e9;
     let delivered = clients.events;
     check_clients(&clients, &mut problems);
-    if stats.events_sent < events_expected {
+    if stats.events_sent < upstream_events_expected {
         // Two causes: subscriptions stopped upstream before the end (cut off, failed), or
         // a connection fell TICK_QUEUE ticks behind because its reader was too slow.
         let ended_early = stats.subscriptions_total as i64 - stats.subscriptions_active;
         problems.push(format!(
-            "the upstream sent {} of {events_expected} expected events ({ended_early} \
+            "the upstream sent {} of {upstream_events_expected} expected events ({ended_early} \
              subscriptions ended early upstream; {} connection-ticks skipped because a \
              connection was not read fast enough)",
             stats.events_sent, stats.connection_ticks_skipped
         ));
     }
-    if delivered < stats.events_sent {
+    if delivered < stats.events_sent * fan_out {
         problems.push(format!(
-            "{} of {} events sent never reached a client",
-            stats.events_sent - delivered,
-            stats.events_sent
+            "{} of {} events due to clients never reached one",
+            stats.events_sent * fan_out - delivered,
+            stats.events_sent * fan_out
         ));
     }
     let result = FanoutResult {
         system: kind,
         upstream_connections: stats.connections_total,
+        upstream_subscriptions,
         events_expected,
         events_sent: stats.events_sent,
         events_delivered: delivered,
@@ -516,7 +524,7 @@ async fn idle(harness: &Harness, kind: SystemKind) -> anyhow::Result<IdleResult>
 
     let load = Load::start(&system.url(), n, args.connect_concurrency)?;
     load.wait_subscribed(SUBSCRIBE_TIMEOUT).await?;
-    wait_upstream_subscriptions(&mut emitter, n).await?;
+    wait_upstream_subscriptions(&mut emitter, kind.upstream_subscriptions(n)).await?;
     time::sleep(Duration::from_millis(args.settle_ms)).await;
     let memory_after = proc_stats::memory(pid)?;
     let stats = emitter.stats().await?;

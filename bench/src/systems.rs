@@ -49,6 +49,18 @@ pub enum SystemKind {
     Direct,
 }
 
+impl SystemKind {
+    /// Upstream subscriptions the emitter serves when `clients` clients each start the
+    /// same tick subscription: subplex deduplicates identical operations of one security
+    /// context (`dedup`, on by default in the generated config), the others forward each.
+    pub fn upstream_subscriptions(self, clients: usize) -> usize {
+        match self {
+            SystemKind::Subplex => 1,
+            SystemKind::Baseline | SystemKind::BaselineTuned | SystemKind::Direct => clients,
+        }
+    }
+}
+
 impl fmt::Display for SystemKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -36,9 +36,18 @@ fn example_config(file: &str, replacements: &[(&str, &str)]) -> Config {
 
 async fn yoga_example_gateway() -> (NodeServer, TestGateway) {
     let server = NodeServer::start(Upstream::Yoga).await;
+    // Every test here runs all its clients at once on one finite stream, and each must
+    // see it from the first tick: without deduplication, as a late joiner of a shared
+    // operation would get only the rest of it.
     let config = example_config(
         "hooks-yoga.toml",
-        &[("127.0.0.1:4001", &format!("127.0.0.1:{}", server.port))],
+        &[
+            ("127.0.0.1:4001", &format!("127.0.0.1:{}", server.port)),
+            (
+                "protocol = \"graphql-transport-ws\"\n",
+                "protocol = \"graphql-transport-ws\"\ndedup = false\n",
+            ),
+        ],
     );
     (server, TestGateway::start_config(config).await)
 }
@@ -405,8 +414,9 @@ async fn deny_anonymous_on_one_route_refuses_there_only_and_on_plain_http_too() 
 /// upstream address, or that example's payload made by an `init_payload` template
 /// instead of the script.
 fn hasura_example(port: u16, template_instead_of_script: bool) -> Config {
-    let url = format!("http://127.0.0.1:{port}/graphql");
-    let mut replacements = vec![("http://127.0.0.1:8080/v1/graphql", url.as_str())];
+    // As in `yoga_example_gateway`: each client runs its own finite stream.
+    let url = format!("\"http://127.0.0.1:{port}/graphql\"\ndedup = false");
+    let mut replacements = vec![("\"http://127.0.0.1:8080/v1/graphql\"", url.as_str())];
     if template_instead_of_script {
         replacements.push((
             "hooks = \"hooks/auth-header-to-init.rhai\"",

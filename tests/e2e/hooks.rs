@@ -23,10 +23,12 @@ const TICKS: &str = "subscription { ticks(count: 3, intervalMs: 20) { n user } }
 /// A gateway in front of `server` with `script` as the upstream's hook and neither keyed
 /// nor forwarded headers: the identity can reach the upstream only through the hook.
 async fn gateway_with_hook(server: &NodeServer, script: &str) -> TestGateway {
+    // `dedup = false`: clients of one token run the same finite subscription at once, and
+    // each must see all of it (a late joiner of a shared operation would not).
     TestGateway::for_upstream(
         server.port,
         "graphql-transport-ws",
-        &format!("security_context = []\nforward_headers = []\nhooks = {script:?}"),
+        &format!("security_context = []\nforward_headers = []\nhooks = {script:?}\ndedup = false"),
     )
     .await
 }

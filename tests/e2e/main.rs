@@ -1,7 +1,9 @@
 //! End-to-end tests: the gateway in-process, real Node GraphQL servers as upstreams and
 //! real client libraries as clients. One binary, one module per area.
 
+mod backpressure;
 mod browser;
+mod dedup;
 mod hook_examples;
 mod hooks;
 mod legacy_ws;

@@ -602,7 +602,9 @@ async fn sse_client_classifies_failures() {
 async fn a_probe_is_redone_when_the_server_behind_the_url_changes_protocol() {
     let mut yoga = NodeServer::start(Upstream::Yoga).await;
     let port = yoga.port;
-    let gateway = TestGateway::for_upstream(port, "auto", "").await;
+    // `dedup = false`: two clients of one context run the same finite subscription at
+    // once, and each must see all of it.
+    let gateway = TestGateway::for_upstream(port, "auto", "dedup = false").await;
     let query = "subscription { ticks(count: 2) { n user } }";
     // Header credentials: they reach every protocol, SSE included.
     let client = |kind: &str| {

@@ -37,7 +37,7 @@ fn authorized(http: &Client, method: Method, url: &str) -> reqwest::RequestBuild
 async fn shutdown_completes_every_transport_and_the_upstream_subscriptions() {
     let yoga = NodeServer::start(Upstream::Yoga).await;
     let gateway = TestGateway::start(&format!(
-        "[server]\nshutdown_grace_ms = {}\n\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nprotocol = \"graphql-transport-ws\"\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        "[server]\nshutdown_grace_ms = {}\n\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nprotocol = \"graphql-transport-ws\"\n# One upstream subscription per client, each to be completed.\ndedup = false\n\n[[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
         GRACE.as_millis(),
         yoga.port
     ))

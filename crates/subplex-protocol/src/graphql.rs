@@ -195,6 +195,16 @@ impl GraphqlRequest {
 
 /// Appends `value` as a JSON string literal.
 pub(crate) fn push_json_string(out: &mut String, value: &str) {
+    // The fan-out path frames every event with its operation id, and ids almost never
+    // need escaping: append those as they are instead of allocating a serialised copy.
+    // serde_json escapes exactly `"`, `\` and control characters, so the output is the
+    // same either way.
+    if !value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push('"');
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     // Serialising a str into a String cannot fail.
     out.push_str(&serde_json::to_string(value).unwrap_or_default());
 }
@@ -257,6 +267,24 @@ mod tests {
             extensions: None,
         };
         assert_eq!(GraphqlRequest::decode(&req.encode()).unwrap(), req);
+    }
+
+    #[test]
+    fn json_strings_match_serde_json_with_or_without_escapes() {
+        for value in [
+            "1",
+            "op-7",
+            "ünïcödé",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{1}",
+            "",
+        ] {
+            let mut out = String::new();
+            push_json_string(&mut out, value);
+            assert_eq!(out, serde_json::to_string(value).unwrap(), "{value:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - [`multipart`]: Apollo's multipart HTTP subscriptions (Apollo Router, Apollo Client).
 //! - [`sse_client`]: the same protocol from the client side, toward an SSE upstream.
 //! - [`probe`]: the rules that fingerprint a WebSocket server's dialect by behaviour.
+//! - [`normalised_request`]: a request's text with formatting removed, the key under which
+//!   identical operations share one upstream operation.
 //! - [`Event`]: the dialect-neutral result every downstream encoder frames from.
 //! - [`UpstreamFrame`]: what a gateway acting as a *client* makes of a server frame, in
 //!   either WebSocket dialect, and [`client`]: the rules such a client follows (waiting
@@ -30,6 +32,7 @@ mod graphql;
 pub mod legacy_ws;
 mod limits;
 pub mod multipart;
+mod normalise;
 pub mod probe;
 pub mod sse;
 pub mod sse_client;
@@ -42,5 +45,6 @@ pub use error::DecodeError;
 pub use event::Event;
 pub use graphql::{graphql_errors, GraphqlRequest, RawJson, RequestError};
 pub use limits::OperationLimits;
+pub use normalise::normalised_request;
 pub use subprotocol::Subprotocol;
 pub use upstream_frame::UpstreamFrame;

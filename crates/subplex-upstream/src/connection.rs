@@ -7,10 +7,18 @@
 //! operation; subscribers notice nothing. Only when the outage outlasts
 //! `give_up_after_ms`, or the failure is permanent, do they get the error.
 //!
+//! Operations whose requests are equal once normalised ([`RequestKey`]) run as one upstream
+//! operation with several subscribers (deduplication, `dedup = true`): a client that joins
+//! a running operation gets its events from then on, and the upstream operation stops
+//! when its last subscriber leaves, whichever way it leaves. Each subscriber has its own
+//! queue and gets each event separately, so whatever the gateway does per client (hooks,
+//! framing) still runs per client.
+//!
 //! The reader never waits for a client: events are handed over with `try_send`, and a
-//! subscriber whose queue is full is cut off (slow-consumer policy).
+//! subscriber whose queue is full is cut off (slow-consumer policy), alone: the others of
+//! the same operation keep it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
@@ -26,7 +34,8 @@ use crate::error::ConnectCause;
 use crate::handle::{Command, SubscribeRefused, UpstreamHandle};
 use crate::reconnect::{Backoff, Retry};
 use crate::registry::Registration;
-use crate::subscription::{self, Subscriber};
+use crate::request_key::RequestKey;
+use crate::subscription::{self, Leave, Subscriber};
 use crate::ws::WsLink;
 use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
 
@@ -42,10 +51,34 @@ pub(crate) struct Dial {
     pub init_payload: RawJson,
 }
 
-/// One live operation: enough to start it again on a new socket.
+/// One live upstream operation: enough to start it again on a new socket, and everyone
+/// it is for.
 struct Operation {
     request: GraphqlRequest,
-    subscriber: Subscriber,
+    /// Its entry in `UpstreamConnection::shared`, when deduplication is on.
+    dedup_key: Option<RequestKey>,
+    /// By subscriber id, in the order they joined. Most operations have one.
+    subscribers: Vec<(u64, Subscriber)>,
+}
+
+impl Operation {
+    /// Hands `event` to every subscriber. A subscriber whose queue is full is failed with
+    /// `slow` and dropped; one whose [`Subscription`] is gone is dropped too (its leave is
+    /// queued and will find nothing). Returns how many were cut as too slow.
+    fn fan_out(&mut self, event: &Event, slow: impl Fn() -> UpstreamError) -> usize {
+        let mut cut = 0;
+        self.subscribers
+            .retain(|(_, subscriber)| match subscriber.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    subscriber.fail(slow());
+                    cut += 1;
+                    false
+                }
+            });
+        cut
+    }
 }
 
 pub(crate) struct UpstreamConnection {
@@ -53,12 +86,16 @@ pub(crate) struct UpstreamConnection {
     registration: Registration,
     dial: Dial,
     commands: mpsc::Receiver<Command>,
-    unsubscribe_tx: mpsc::UnboundedSender<u64>,
-    unsubscribes: mpsc::UnboundedReceiver<u64>,
+    unsubscribe_tx: mpsc::UnboundedSender<Leave>,
+    unsubscribes: mpsc::UnboundedReceiver<Leave>,
     /// Ordered so a resubscribe replays operations in the order clients started them.
     /// Ids are this task's, stable across reconnects (each socket is a new id space).
     operations: BTreeMap<u64, Operation>,
+    /// The running operation of each deduplication key.
+    shared: HashMap<RequestKey, u64>,
     next_operation: u64,
+    /// Subscriber ids, unique on this connection.
+    next_subscriber: u64,
     shutdown: CancellationToken,
 }
 
@@ -94,7 +131,9 @@ impl UpstreamConnection {
             unsubscribe_tx,
             unsubscribes,
             operations: BTreeMap::new(),
+            shared: HashMap::new(),
             next_operation: 1,
+            next_subscriber: 1,
             shutdown,
         };
         tasks.spawn(connection.run().instrument(span));
@@ -228,7 +267,9 @@ impl UpstreamConnection {
         }
         let error = error.unwrap_or(UpstreamError::ShuttingDown);
         for (_, operation) in std::mem::take(&mut self.operations) {
-            operation.subscriber.fail(error.clone());
+            for (_, subscriber) in &operation.subscribers {
+                subscriber.fail(error.clone());
+            }
         }
     }
 
@@ -245,12 +286,12 @@ impl UpstreamConnection {
                 biased;
                 _ = self.shutdown.cancelled() => return Err(Ending::Shutdown),
                 _ = time::sleep_until(when) => return Ok(()),
-                Some(id) = self.unsubscribes.recv() => {
-                    self.operations.remove(&id);
+                Some(leave) = self.unsubscribes.recv() => {
+                    self.leave(leave);
                 }
                 command = self.commands.recv() => match command {
-                    Some(Command::Subscribe { request, reply }) => {
-                        self.add_operation(request, reply);
+                    Some(Command::Subscribe { request, dedup_key, reply }) => {
+                        self.add_subscriber(request, dedup_key, reply);
                     }
                     None => return Err(Ending::Shutdown),
                 },
@@ -261,46 +302,100 @@ impl UpstreamConnection {
     /// Takes the subscribes queued while no socket was up, and applies the stops.
     fn take_pending(&mut self) {
         self.apply_unsubscribes();
-        while let Ok(Command::Subscribe { request, reply }) = self.commands.try_recv() {
-            self.add_operation(request, reply);
+        while let Ok(Command::Subscribe {
+            request,
+            dedup_key,
+            reply,
+        }) = self.commands.try_recv()
+        {
+            self.add_subscriber(request, dedup_key, reply);
         }
     }
 
-    /// Removes operations whose subscribers left while no socket could be told.
+    /// Applies the leaves that arrived while no socket could be told.
     fn apply_unsubscribes(&mut self) {
-        while let Ok(id) = self.unsubscribes.try_recv() {
-            self.operations.remove(&id);
+        while let Ok(leave) = self.unsubscribes.try_recv() {
+            self.leave(leave);
         }
     }
 
-    /// Registers a new operation and hands its subscription to the caller; `None` if the
-    /// caller already gave up (client left).
-    fn add_operation(
+    /// Takes a subscriber off its operation. Returns the operation's id if it was the last
+    /// one: the operation is gone and must be stopped upstream.
+    fn leave(&mut self, leave: Leave) -> Option<u64> {
+        let operation = self.operations.get_mut(&leave.operation)?;
+        operation
+            .subscribers
+            .retain(|(id, _)| *id != leave.subscriber);
+        if !operation.subscribers.is_empty() {
+            return None;
+        }
+        self.remove_operation(leave.operation);
+        Some(leave.operation)
+    }
+
+    /// Forgets operation `id`, and its deduplication entry, so a later identical request
+    /// starts a new upstream operation.
+    fn remove_operation(&mut self, id: u64) -> Option<Operation> {
+        let operation = self.operations.remove(&id)?;
+        if let Some(key) = operation.dedup_key {
+            self.shared.remove(&key);
+        }
+        Some(operation)
+    }
+
+    /// Adds a subscriber for `request`: to the running operation with the same
+    /// `dedup_key` if there is one, else to a new operation. Hands the subscription to the
+    /// caller. Returns the id of a new operation, which the caller must start upstream;
+    /// `None` if it joined a running one, or if the caller already gave up (client left).
+    fn add_subscriber(
         &mut self,
         request: GraphqlRequest,
+        dedup_key: Option<RequestKey>,
         reply: oneshot::Sender<Result<Subscription, SubscribeRefused>>,
     ) -> Option<u64> {
-        let id = self.next_operation;
-        self.next_operation += 1;
+        let running = dedup_key.and_then(|key| self.shared.get(&key).copied());
+        // A new id even if the caller turns out to be gone: its dropped subscription's
+        // leave then names an id no other operation will have.
+        let operation_id = running.unwrap_or_else(|| {
+            self.next_operation += 1;
+            self.next_operation - 1
+        });
+        let subscriber_id = self.next_subscriber;
+        self.next_subscriber += 1;
         let (subscriber, subscription) = subscription::channel(
             self.settings.subscriber_queue,
             self.settings.subscriber_queue_bytes,
-            self.settings.stats.clone(),
             self.unsubscribe_tx.clone(),
-            id,
+            Leave {
+                operation: operation_id,
+                subscriber: subscriber_id,
+            },
         );
         if reply.send(Ok(subscription)).is_err() {
             return None;
         }
-        debug!(op = id, "operation started");
+        if let Some(operation) = running.and_then(|id| self.operations.get_mut(&id)) {
+            operation.subscribers.push((subscriber_id, subscriber));
+            debug!(
+                op = operation_id,
+                subscribers = operation.subscribers.len(),
+                "operation joined"
+            );
+            return None;
+        }
+        debug!(op = operation_id, "operation started");
+        if let Some(key) = dedup_key {
+            self.shared.insert(key, operation_id);
+        }
         self.operations.insert(
-            id,
+            operation_id,
             Operation {
                 request,
-                subscriber,
+                dedup_key,
+                subscribers: vec![(subscriber_id, subscriber)],
             },
         );
-        Some(id)
+        Some(operation_id)
     }
 
     async fn serve(&mut self, link: &mut WsLink) -> Ending {
@@ -348,17 +443,19 @@ impl UpstreamConnection {
                         return Ending::Failed(error);
                     }
                 }
-                Some(id) = self.unsubscribes.recv() => {
-                    if self.operations.remove(&id).is_some() {
-                        debug!(op = id, "operation stopped by its subscriber");
+                Some(leave) = self.unsubscribes.recv() => {
+                    // Stopped at once, not at the operation's next event: a stream that
+                    // sends nothing more must not stay open upstream.
+                    if let Some(id) = self.leave(leave) {
+                        debug!(op = id, "operation stopped: its last subscriber left");
                         if let Err(error) = link.unsubscribe(id).await {
                             return Ending::Failed(error);
                         }
                     }
                 }
                 command = self.commands.recv() => match command {
-                    Some(Command::Subscribe { request, reply }) => {
-                        if let Some(id) = self.add_operation(request, reply) {
+                    Some(Command::Subscribe { request, dedup_key, reply }) => {
+                        if let Some(id) = self.add_subscriber(request, dedup_key, reply) {
                             if let Err(error) = link.subscribe(id, &self.operations[&id].request).await {
                                 return Ending::Failed(error);
                             }
@@ -420,30 +517,29 @@ impl UpstreamConnection {
         event: Event,
     ) -> Result<(), UpstreamError> {
         let terminal = event.is_terminal();
-        let Some(operation) = self.operations.get(&id) else {
+        let Some(operation) = self.operations.get_mut(&id) else {
             return Ok(()); // Already stopped on our side; the upstream's late events race it.
         };
-        match operation.subscriber.try_send(event) {
-            Ok(()) => {
-                if terminal {
-                    self.operations.remove(&id);
-                }
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Ok(()), // Its stop is queued.
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let error = self.settings.slow_consumer();
-                self.settings.stats.slow_consumer_cut();
-                warn!(op = id, %error, "subscriber too slow; cutting it off");
-                if let Some(operation) = self.operations.remove(&id) {
-                    operation.subscriber.fail(error);
-                }
-                if terminal {
-                    return Ok(());
-                }
-                link.unsubscribe(id).await
-            }
+        let settings = &self.settings;
+        // Once per upstream event, however many clients share the operation.
+        settings.stats.event_in();
+        let cut = operation.fan_out(&event, || settings.slow_consumer());
+        if cut > 0 {
+            settings.stats.slow_consumers_cut(cut);
+            let error = settings.slow_consumer();
+            let left = operation.subscribers.len();
+            warn!(op = id, cut, left, %error, "subscriber too slow; cutting it off");
         }
+        if terminal {
+            self.remove_operation(id);
+            return Ok(());
+        }
+        if operation.subscribers.is_empty() {
+            // Everyone was cut or had left: stop it now rather than wait for the leaves.
+            self.remove_operation(id);
+            return link.unsubscribe(id).await;
+        }
+        Ok(())
     }
 
     async fn close_link(&mut self, link: &mut WsLink, ending: &Ending) {

@@ -3,6 +3,7 @@
 use subplex_protocol::GraphqlRequest;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::request_key::RequestKey;
 use crate::{Subscription, UpstreamError};
 
 /// A request to the connection task.
@@ -10,6 +11,8 @@ use crate::{Subscription, UpstreamError};
 pub(crate) enum Command {
     Subscribe {
         request: GraphqlRequest,
+        /// Set when deduplication is on; computed by the caller, off the connection task.
+        dedup_key: Option<RequestKey>,
         reply: oneshot::Sender<Result<Subscription, SubscribeRefused>>,
     },
 }
@@ -32,16 +35,21 @@ pub(crate) struct UpstreamHandle {
 }
 
 impl UpstreamHandle {
-    /// Asks the connection to start `request`. Waits while the connection's first dial is
-    /// under way; during a later outage the operation is taken at once and starts with
-    /// the next socket.
+    /// Asks the connection to start `request`, or to join the running operation with the
+    /// same `dedup_key`. Waits while the connection's first dial is under way; during a
+    /// later outage the operation is taken at once and starts with the next socket.
     pub async fn subscribe(
         &self,
         request: GraphqlRequest,
+        dedup_key: Option<RequestKey>,
     ) -> Result<Subscription, SubscribeRefused> {
         let (reply, response) = oneshot::channel();
         self.commands
-            .send(Command::Subscribe { request, reply })
+            .send(Command::Subscribe {
+                request,
+                dedup_key,
+                reply,
+            })
             .await
             .map_err(|_| SubscribeRefused::Closing)?;
         response.await.unwrap_or(Err(SubscribeRefused::Closing))

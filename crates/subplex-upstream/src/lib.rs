@@ -6,8 +6,9 @@
 //!   [`SecurityContext`] to the one connection task serving every subscription with that
 //!   context; over GraphQL over SSE it runs one task per operation.
 //! - [`UpstreamConnection`](connection): the task that owns a security context's
-//!   operations (each with its request), one socket at a time: it remaps operation ids,
-//!   fans events out to [`Subscription`]s, and after a retryable failure reconnects with
+//!   operations (each with its request), one socket at a time: it runs identical
+//!   requests as one upstream operation (deduplication), remaps operation ids, fans
+//!   events out to [`Subscription`]s, and after a retryable failure reconnects with
 //!   backoff ([`ReconnectSettings`]) and resubscribes them.
 //! - [`SseClient`](sse::SseClient): GraphQL over SSE toward an upstream, one HTTP request
 //!   per operation.
@@ -29,6 +30,7 @@ pub mod probe;
 mod probing_pool;
 mod reconnect;
 mod registry;
+mod request_key;
 mod security_context;
 mod settings;
 pub mod sse;

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::connection::{Dial, UpstreamConnection};
 use crate::handle::{SubscribeRefused, UpstreamHandle};
 use crate::registry::Registry;
+use crate::request_key::RequestKey;
 use crate::sse::SseClient;
 use crate::sse_operation::{SseGate, SseOperationTask};
 use crate::{SecurityContext, Subscription, UpstreamError, UpstreamProtocol, UpstreamSettings};
@@ -121,9 +122,16 @@ impl Pool {
             )
             .await;
         }
+        // Keyed on the request as it reaches the pool, i.e. after any rewrite by the
+        // gateway (hooks): the key must describe what the upstream actually runs.
+        let dedup_key = self
+            .settings
+            .dedup
+            .then(|| RequestKey::for_subscription(&request))
+            .flatten();
         for _ in 0..MAX_CLOSING_RETRIES {
             let handle = self.handle_for(params);
-            match handle.subscribe(request.clone()).await {
+            match handle.subscribe(request.clone(), dedup_key).await {
                 Ok(subscription) => return Ok(subscription),
                 Err(SubscribeRefused::Failed(error)) => return Err(error),
                 Err(SubscribeRefused::Closing) => self.registry.remove(&params.key, handle.id),

@@ -109,6 +109,9 @@ pub struct UpstreamSettings {
     /// Payload bytes buffered per subscriber (beyond its first queued event) before the
     /// slow-consumer policy cuts it off.
     pub subscriber_queue_bytes: usize,
+    /// Run operations of one security context whose normalised requests are equal as one
+    /// upstream operation (WebSocket upstreams).
+    pub dedup: bool,
     /// TLS for `wss://` URLs: trusted roots and protocol versions. `None` refuses `wss://`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Backoff and give-up window after a retryable failure.
@@ -154,6 +157,7 @@ impl UpstreamSettings {
             max_message_bytes: 1024 * 1024,
             subscriber_queue: 128,
             subscriber_queue_bytes: 1024 * 1024,
+            dedup: true,
             tls: None,
             reconnect: ReconnectSettings::default(),
             fingerprint: SettingsFingerprint::default(),

@@ -230,9 +230,11 @@ impl SseOperationTask {
         let (subscriber, subscription) = subscription::channel(
             client.settings().subscriber_queue,
             client.settings().subscriber_queue_bytes,
-            client.settings().stats.clone(),
             unsubscribe,
-            id,
+            subscription::Leave {
+                operation: id,
+                subscriber: id,
+            },
         );
         let span = tracing::info_span!(parent: None, "upstream", name = %client.settings().name, ctx = %key, sse_op = id);
         let (first_outcome, first) = oneshot::channel();
@@ -399,6 +401,7 @@ impl SseOperationTask {
                 None => return Attempt::Over,
             };
             let terminal = event.is_terminal();
+            self.client.settings().stats.event_in();
             match self.subscriber.try_send(event) {
                 Ok(()) if terminal => return Attempt::Over,
                 Ok(()) => {}

@@ -43,6 +43,11 @@ impl UpstreamStats {
     }
 
     pub(crate) fn slow_consumer_cut(&self) {
-        self.slow_consumer_cuts.fetch_add(1, Ordering::Relaxed);
+        self.slow_consumers_cut(1);
+    }
+
+    pub(crate) fn slow_consumers_cut(&self, count: usize) {
+        self.slow_consumer_cuts
+            .fetch_add(count as u64, Ordering::Relaxed);
     }
 }

@@ -8,10 +8,11 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
 
-use crate::{UpstreamError, UpstreamStats};
+use crate::UpstreamError;
 
-/// The receiving end of one upstream operation. Dropping it before the operation ended
-/// stops the operation upstream (`complete` / `stop`).
+/// One client's end of an upstream operation. Dropping it before the operation ended
+/// takes the client off the operation; the last client to leave stops it upstream
+/// (`complete` / `stop`).
 #[derive(Debug)]
 pub struct Subscription {
     /// Each event with the instant its frame was read from the upstream.
@@ -20,12 +21,20 @@ pub struct Subscription {
     failure: Arc<OnceLock<UpstreamError>>,
     /// Payload bytes in `events`, shared with the [`Subscriber`].
     queued_bytes: Arc<AtomicUsize>,
-    /// Where to say "stop" on drop, and which upstream operation.
-    unsubscribe: mpsc::UnboundedSender<u64>,
-    upstream_id: u64,
+    /// Where to say "I left" on drop, and who is leaving which upstream operation.
+    unsubscribe: mpsc::UnboundedSender<Leave>,
+    leave: Leave,
     ended: bool,
     /// When the frame of the event `recv` returned last was read from the upstream.
     last_read_at: Option<Instant>,
+}
+
+/// A subscriber leaving an upstream operation, which may be shared by several clients
+/// (deduplication): the operation stops upstream when its last subscriber left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Leave {
+    pub operation: u64,
+    pub subscriber: u64,
 }
 
 /// The connection task's end of a [`Subscription`].
@@ -35,8 +44,6 @@ pub(crate) struct Subscriber {
     pub failure: Arc<OnceLock<UpstreamError>>,
     queued_bytes: Arc<AtomicUsize>,
     byte_limit: usize,
-    /// Counts each event handed over (`events_in`).
-    stats: Arc<UpstreamStats>,
 }
 
 /// The payload bytes an event holds while it waits in a queue.
@@ -56,7 +63,6 @@ impl Subscriber {
     /// Called right after the event's frame was read and decoded, with no wait in
     /// between, so the instant taken here is the frame's read time.
     pub fn try_send(&self, event: Event) -> Result<(), TrySendError<Event>> {
-        self.stats.event_in();
         let size = payload_bytes(&event);
         // Only this side adds, so the check cannot be overtaken; the receiver only
         // subtracts, which can only make room.
@@ -81,8 +87,9 @@ impl Subscriber {
         self.events.closed().await
     }
 
-    /// Ends the subscription with an error instead of a terminal event.
-    pub fn fail(self, error: UpstreamError) {
+    /// Ends the subscription with an error instead of a terminal event, once the caller
+    /// drops this subscriber.
+    pub fn fail(&self, error: UpstreamError) {
         let _ = self.failure.set(error);
     }
 }
@@ -92,9 +99,8 @@ impl Subscriber {
 pub(crate) fn channel(
     capacity: usize,
     byte_limit: usize,
-    stats: Arc<UpstreamStats>,
-    unsubscribe: mpsc::UnboundedSender<u64>,
-    upstream_id: u64,
+    unsubscribe: mpsc::UnboundedSender<Leave>,
+    leave: Leave,
 ) -> (Subscriber, Subscription) {
     let (tx, rx) = mpsc::channel(capacity);
     let failure = Arc::new(OnceLock::new());
@@ -105,14 +111,13 @@ pub(crate) fn channel(
             failure: failure.clone(),
             queued_bytes: queued_bytes.clone(),
             byte_limit,
-            stats,
         },
         Subscription {
             events: rx,
             failure,
             queued_bytes,
             unsubscribe,
-            upstream_id,
+            leave,
             ended: false,
             last_read_at: None,
         },
@@ -163,7 +168,7 @@ impl Drop for Subscription {
             // Unbounded on purpose: each subscription sends at most this one message, so the
             // queue never holds more than the live subscription count, and a drop must not
             // block or be lost (a lost stop leaks the operation upstream).
-            let _ = self.unsubscribe.send(self.upstream_id);
+            let _ = self.unsubscribe.send(self.leave);
         }
     }
 }
@@ -181,8 +186,11 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
         let (unsubscribe, _stops) = mpsc::unbounded_channel();
-        let stats = Arc::new(UpstreamStats::default());
-        let (subscriber, mut subscription) = channel(8, 100, stats.clone(), unsubscribe, 1);
+        let leave = Leave {
+            operation: 1,
+            subscriber: 1,
+        };
+        let (subscriber, mut subscription) = channel(8, 100, unsubscribe, leave);
         // A first event larger than the byte limit still gets through an empty queue.
         subscriber.try_send(next(150)).unwrap();
         assert!(matches!(
@@ -204,6 +212,5 @@ mod tests {
         assert_eq!(subscription.recv().await, Some(Ok(Event::Complete)));
         assert_eq!(subscription.queued_bytes.load(Ordering::Relaxed), 0);
         // Every event offered was counted in, refused ones too.
-        assert_eq!(stats.events_in(), 6);
     }
 }

@@ -169,6 +169,7 @@ async fn dial_unbounded(request: DialRequest<'_>) -> Result<Dialed, DialError> {
     let selected = header("sec-websocket-protocol").filter(|s| !s.is_empty());
 
     let config = WebSocketConfig::default()
+        .read_buffer_size(UPSTREAM_READ_BUFFER)
         .max_message_size(Some(request.max_message_bytes))
         .max_frame_size(Some(request.max_message_bytes));
     // Bytes after the head are the server's first frames (a server may send its first
@@ -178,6 +179,13 @@ async fn dial_unbounded(request: DialRequest<'_>) -> Result<Dialed, DialError> {
         WebSocketStream::from_partially_read(stream, leftover, Role::Client, Some(config)).await;
     Ok(Dialed { socket, selected })
 }
+
+/// Read buffer of an upstream WebSocket. tungstenite zero-fills the free part of its read
+/// buffer before every read attempt, so its default 128 KiB costs a 128 KiB memset per
+/// poll and stays resident per security context. With deduplication an upstream socket
+/// carries one frame per distinct operation and event; 16 KiB holds a burst of ~100
+/// small events per read, and larger frames are still read whole, in several reads.
+const UPSTREAM_READ_BUFFER: usize = 16 * 1024;
 
 /// The upgrade request: request line, `Host`, the WebSocket headers, the offered
 /// subprotocols and the forwarded headers.

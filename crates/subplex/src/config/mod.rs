@@ -298,6 +298,10 @@ pub struct RawUpstream {
     /// slow client's subscription is cut off. Default 1 MiB.
     #[serde(default = "default_subscriber_queue_bytes")]
     pub subscriber_queue_bytes: usize,
+    /// Operations of one security context with the same normalised request share one
+    /// upstream operation (WebSocket upstreams). Default true.
+    #[serde(default = "default_dedup")]
+    pub dedup: bool,
     /// Largest response body read from the upstream for a query or mutation forwarded over
     /// plain HTTP. Default 16 MiB.
     #[serde(default = "default_max_response_bytes")]
@@ -380,6 +384,9 @@ fn default_max_response_bytes() -> usize {
 }
 fn default_subscriber_queue() -> usize {
     128
+}
+fn default_dedup() -> bool {
+    true
 }
 
 /// `[[routes]]`: a path served by an upstream.

@@ -745,6 +745,7 @@ fn validate_upstream(
     settings.max_message_bytes = raw.max_message_bytes;
     settings.subscriber_queue = raw.subscriber_queue;
     settings.subscriber_queue_bytes = raw.subscriber_queue_bytes;
+    settings.dedup = raw.dedup;
     settings.reconnect = reconnect;
     settings.fingerprint = settings_fingerprint(name, raw, ca_file.as_deref(), base_dir);
     Some(UpstreamConfig {

@@ -39,6 +39,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
 /// `complete`/`stop` drops it (and with it the upstream subscription) at once.
 type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Event)> + Send>>>;
 
+/// Events written before one flush at most. A burst (many operations, or a queue that
+/// filled while the socket was slow) goes out in few syscalls, and the bound keeps one
+/// batch from holding the loop away from the client's own frames for long.
+const MAX_EVENTS_PER_FLUSH: usize = 64;
+
 /// The rules of the session's dialect.
 enum Rules {
     TransportWs(transport_ws::server::ServerRules),
@@ -173,7 +178,7 @@ impl DownstreamSession {
                     self.on_client_message(&mut socket, message).await
                 }
                 Some((id, event)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.on_event(&mut socket, id, event).await
+                    self.on_events(&mut socket, id, event).await
                 }
                 _ = &mut init_deadline, if self.rules.awaiting_init() => {
                     self.init_timeout(&mut socket).await
@@ -518,26 +523,51 @@ impl DownstreamSession {
         }
     }
 
-    async fn on_event<S: ClientIo>(
+    /// Writes `event` and every other event ready now (up to [`MAX_EVENTS_PER_FLUSH`]),
+    /// then flushes once: one syscall for a burst instead of one per frame, and no wait
+    /// when only one event is ready.
+    async fn on_events<S: ClientIo>(
         &mut self,
         socket: &mut WebSocketStream<S>,
         id: Arc<str>,
         event: Event,
     ) -> Flow {
-        if !self.operations.contains_key(&id) {
-            return Flow::Continue; // Aborted streams yield nothing; this is a safety net.
+        let mut next = Some((id, event));
+        let mut fed = 0;
+        while let Some((id, event)) = next.take() {
+            if let Some(frame) = self.frame_for(&id, &event) {
+                let flow = bounded(&self.writes, socket.feed(Message::text(frame))).await;
+                if !matches!(flow, Flow::Continue) {
+                    return flow;
+                }
+                fed += 1;
+            }
+            if fed < MAX_EVENTS_PER_FLUSH {
+                // Polled with this task's waker (not a no-op one): a stream found empty
+                // here still wakes the session when its next event arrives.
+                next = poll_immediate(self.streams.next()).await.flatten();
+            }
+        }
+        if fed == 0 {
+            return Flow::Continue;
+        }
+        bounded(&self.writes, socket.flush()).await
+    }
+
+    /// The frame for `event` of operation `id` in the session's dialect; `None` if the
+    /// operation is gone (aborted streams yield nothing; this is a safety net).
+    fn frame_for(&mut self, id: &Arc<str>, event: &Event) -> Option<String> {
+        if !self.operations.contains_key(id) {
+            return None;
         }
         if event.is_terminal() {
-            self.operations.remove(&id);
-            self.rules.finished(&id);
+            self.operations.remove(id);
+            self.rules.finished(id);
         }
-        let frame = match self.subprotocol {
-            Subprotocol::GraphqlTransportWs => {
-                transport_ws::ServerMessage::encode_event(&id, &event)
-            }
-            Subprotocol::GraphqlWs => legacy_ws::ServerMessage::encode_event(&id, &event),
-        };
-        send(socket, &self.writes, frame).await
+        Some(match self.subprotocol {
+            Subprotocol::GraphqlTransportWs => transport_ws::ServerMessage::encode_event(id, event),
+            Subprotocol::GraphqlWs => legacy_ws::ServerMessage::encode_event(id, event),
+        })
     }
 }
 
@@ -576,15 +606,23 @@ async fn send<S: ClientIo>(
     write(socket, bound, Message::text(frame)).await
 }
 
-/// Writes one message within `bound`. The common case, a socket with room, completes on
-/// the first poll and arms no timer; only a write that has to wait gets the deadline and
-/// watches the shutdown token.
+/// Writes one message within `bound`.
 async fn write<S: ClientIo>(
     socket: &mut WebSocketStream<S>,
     bound: &WriteBound,
     message: Message,
 ) -> Flow {
-    let mut write = std::pin::pin!(socket.send(message));
+    bounded(bound, socket.send(message)).await
+}
+
+/// Runs a write (`send`, `feed` or `flush`) within `bound`. The common case, a socket with
+/// room, completes on the first poll and arms no timer; only a write that has to wait
+/// gets the deadline and watches the shutdown token.
+async fn bounded(
+    bound: &WriteBound,
+    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
+) -> Flow {
+    let mut write = std::pin::pin!(write);
     let result = match poll_immediate(&mut write).await {
         Some(result) => result,
         None => tokio::select! {
