@@ -647,3 +647,59 @@ async fn open_ws(
     socket.send(Message::text(subscribe.encode())).await?;
     Ok(socket)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(delivery: Delivery) -> Option<String> {
+        match delivery {
+            Delivery::Result(data) => Some(data),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn sse_next_events_carry_their_data() {
+        let event = "event: next\ndata: {\"data\":{\"tick\":{\"n\":1,\"t\":2}}}\n\n";
+        assert_eq!(
+            result(sse_delivery(event)).as_deref(),
+            Some(r#"{"data":{"tick":{"n":1,"t":2}}}"#)
+        );
+        // Several data lines join with a newline.
+        assert_eq!(
+            result(sse_delivery("event: next\ndata: {\"a\":\ndata: 1}\n\n")).as_deref(),
+            Some("{\"a\":\n1}")
+        );
+    }
+
+    #[test]
+    fn sse_comments_complete_and_error() {
+        assert!(matches!(sse_delivery(":\n\n"), Delivery::Nothing));
+        assert!(matches!(
+            sse_delivery("event: complete\ndata:\n\n"),
+            Delivery::Complete
+        ));
+        assert!(matches!(
+            sse_delivery("event: error\ndata: {}\n\n"),
+            Delivery::Error
+        ));
+    }
+
+    #[test]
+    fn clients_spread_over_contexts_and_keys() {
+        let spec = LoadSpec {
+            url: "ws://127.0.0.1:1/graphql".into(),
+            clients: 4,
+            concurrency: 1,
+            transport: Transport::Ws,
+            contexts: 2,
+            distinct: true,
+        };
+        assert_eq!(spec.authorization(0), spec.authorization(2));
+        assert_ne!(spec.authorization(0), spec.authorization(1));
+        let request = spec.request(3);
+        assert_eq!(request.query, tick::KEYED_QUERY);
+        assert_eq!(request.variables.unwrap().as_str(), r#"{"key":3}"#);
+    }
+}

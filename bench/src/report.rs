@@ -323,11 +323,17 @@ pub fn markdown(report: &Report, chart: Option<&str>) -> String {
     out
 }
 
-/// Replaces the text between the result markers of `path` with the report.
+/// Replaces the text between the result markers of `path` with the report. Paths inside
+/// the repository are written relative to it: the page is committed, the checkout's
+/// location is nobody's business.
 pub fn write_markdown(report: &Report, path: &Path, chart: Option<&str>) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let updated = replace_between_markers(&text, &markdown(report, chart)).with_context(|| {
+    let mut body = markdown(report, chart);
+    if let Some(root) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
+        body = body.replace(&format!("{}/", root.display()), "");
+    }
+    let updated = replace_between_markers(&text, &body).with_context(|| {
         format!(
             "{}: no `{START_MARKER}` … `{END_MARKER}` section to write the results into",
             path.display()
