@@ -22,7 +22,13 @@
 //! |----------------|------------------------------|
 //! | (on start)     | `READY <address>`            |
 //! | `start <n>`    | `OK` — each subscription gets `n` events from now |
+//! | `prime`        | `OK` — each subscription gets one priming event (`n` = 0) now |
 //! | `stats`        | `STATS <EmitterStats JSON>`  |
+//!
+//! Priming proves that every client is attached end to end before the measured events
+//! start: a gateway that shares one upstream subscription among its clients (as subplex
+//! with deduplication, Hive Router and the floor do) shows the upstream only one
+//! subscription, so counting upstream subscriptions cannot tell when all clients joined.
 //!
 //! It exits when stdin closes (the parent ended) or after `--max-seconds`.
 
@@ -68,6 +74,9 @@ const SPREAD_TICKS_PER_SECOND: u64 = 1000;
 /// Ticks a connection may fall behind before it skips some (counted in
 /// [`EmitterStats::connection_ticks_skipped`]). Far more than a healthy run needs.
 const TICK_QUEUE: usize = 4096;
+
+/// The tick sequence value that means "send every subscription a priming event".
+const PRIME: u64 = u64::MAX;
 
 /// Largest client message accepted; bench clients send tiny ones.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -174,35 +183,17 @@ pub async fn main(args: EmitterArgs) -> anyhow::Result<()> {
         next_connection: AtomicU64::new(0),
         listeners: Mutex::new((0..slots).map(|_| HashMap::new()).collect()),
     });
-    let mut stdout = tokio::io::stdout();
-    stdout
-        .write_all(format!("READY {}\n", listener.local_addr()?).as_bytes())
-        .await?;
-    stdout.flush().await?;
-
-    let accept = accept_loop(listener, shared.clone());
-    let control = control_loop(shared, args.rate);
+    crate::helper::announce_ready(&listener).await?;
+    let control = control_loop(shared.clone(), args.rate);
+    let accept = crate::helper::accept_loop("emitter", &listener, |stream| {
+        tokio::spawn(serve(stream, shared.clone()));
+    });
     tokio::select! {
         () = accept => Ok(()),
         result = control => result,
         () = time::sleep(Duration::from_secs(args.max_seconds)) => {
             eprintln!("emitter: --max-seconds reached; exiting");
             Ok(())
-        }
-    }
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(serve(stream, shared.clone()));
-            }
-            Err(err) => {
-                // Usually EMFILE; retrying at once would spin.
-                eprintln!("emitter: accept failed: {err}");
-                time::sleep(Duration::from_millis(50)).await;
-            }
         }
     }
 }
@@ -221,6 +212,10 @@ async fn control_loop(shared: Arc<Shared>, rate: u64) -> anyhow::Result<()> {
                 }
                 shared.counters.ticking.store(true, Ordering::Relaxed);
                 ticker = Some(tokio::spawn(run_ticker(shared.clone(), rate, count)));
+                "OK".to_owned()
+            }
+            ["prime"] => {
+                prime(&shared);
                 "OK".to_owned()
             }
             ["stats"] => format!(
@@ -261,6 +256,19 @@ async fn run_ticker(shared: Arc<Shared>, rate: u64, count: u64) {
         }
     }
     shared.counters.ticking.store(false, Ordering::Relaxed);
+}
+
+/// Hands every connection with subscriptions a priming tick, in every slot.
+fn prime(shared: &Shared) {
+    let listeners = shared.listeners();
+    let mut primed = std::collections::HashSet::new();
+    for ticks in listeners.iter().flat_map(|slot| slot.iter()) {
+        // A connection registered in several slots gets one priming tick; a full queue
+        // means it is far behind anyway and the harness primes again.
+        if primed.insert(*ticks.0) {
+            let _ = ticks.1.try_send(PRIME);
+        }
+    }
 }
 
 /// One subscription on a connection.
@@ -353,14 +361,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     // The error type is tungstenite's, not ours.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
-        let offered = request
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim() == "graphql-transport-ws");
-        if offered {
+        if crate::helper::offers_subprotocol(request) {
             response.headers_mut().insert(
                 "sec-websocket-protocol",
                 HeaderValue::from_static("graphql-transport-ws"),
@@ -411,9 +412,13 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             }
             // Never `None`: `subscriptions` holds a sender.
             Some(seq) = ticks.recv() => {
-                let slot = (seq % shared.slots) as usize;
-                let group = &mut subscriptions.by_slot[slot];
-                if emit(&mut ws, group, counters).await.is_err() {
+                let sent = if seq == PRIME {
+                    emit_priming(&mut ws, &subscriptions.by_slot).await
+                } else {
+                    let slot = (seq % shared.slots) as usize;
+                    emit(&mut ws, &mut subscriptions.by_slot[slot], counters).await
+                };
+                if sent.is_err() {
                     break None;
                 }
             }
@@ -467,6 +472,18 @@ fn on_text(
             payload: graphql_errors(&message, "TOO_MANY_OPERATIONS"),
         }),
     })
+}
+
+/// Writes one priming event (`n` = 0, not counted) for every subscription, then flushes.
+async fn emit_priming(
+    ws: &mut WebSocketStream<TcpStream>,
+    by_slot: &[HashMap<String, Subscription>],
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    for subscription in by_slot.iter().flat_map(HashMap::values) {
+        let frame = subscription.frame.encode(tick::PRIMING_N, tick::now_ns());
+        ws.feed(Message::text(frame)).await?;
+    }
+    ws.flush().await
 }
 
 /// Writes one event for every subscription of a slot, then flushes once.

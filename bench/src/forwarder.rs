@@ -13,13 +13,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
@@ -44,7 +41,7 @@ pub struct ForwarderArgs {
     pub max_seconds: u64,
 }
 
-const SUBPROTOCOL: &str = "graphql-transport-ws";
+use crate::helper::{self, SUBPROTOCOL};
 
 /// Runs the forwarder until stdin closes or `max_seconds` pass.
 pub async fn main(args: ForwarderArgs) -> anyhow::Result<()> {
@@ -56,41 +53,15 @@ pub async fn main(args: ForwarderArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("forwarder: cannot listen on {}", args.listen))?;
-    let mut stdout = tokio::io::stdout();
-    stdout
-        .write_all(format!("READY {}\n", listener.local_addr()?).as_bytes())
-        .await?;
-    stdout.flush().await?;
-
     let upstream: Arc<str> = Arc::from(args.upstream);
     let config = args
         .read_buffer_bytes
         .map(|bytes| WebSocketConfig::default().read_buffer_size(bytes));
-    let accept = async {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    tokio::spawn(proxy(stream, upstream.clone(), config));
-                }
-                Err(err) => {
-                    eprintln!("forwarder: accept failed: {err}");
-                    time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+    let serve = |stream| {
+        tokio::spawn(proxy(stream, upstream.clone(), config));
     };
-    let stdin_closed = async {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(_)) = lines.next_line().await {}
-    };
-    tokio::select! {
-        () = accept => {}
-        () = stdin_closed => {}
-        () = time::sleep(Duration::from_secs(args.max_seconds)) => {
-            eprintln!("forwarder: --max-seconds reached; exiting");
-        }
-    }
-    Ok(())
+    let alongside = std::future::pending();
+    helper::serve_until_released("forwarder", listener, args.max_seconds, serve, alongside).await
 }
 
 /// One client: accept it, dial the upstream on its behalf, then pipe until either side ends.
@@ -101,14 +72,7 @@ async fn proxy(client: TcpStream, upstream: Arc<str>, config: Option<WebSocketCo
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| {
         authorization = request.headers().get(header::AUTHORIZATION).cloned();
-        let offered = request
-            .headers()
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim() == SUBPROTOCOL);
-        if offered {
+        if helper::offers_subprotocol(request) {
             response.headers_mut().insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(SUBPROTOCOL),

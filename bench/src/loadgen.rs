@@ -1,8 +1,12 @@
-//! The load generator: N graphql-transport-ws clients in this process, one task each.
+//! The load generator: N clients in this process, one task each, over graphql-transport-ws
+//! or GraphQL over SSE (distinct connections mode).
 //!
-//! Every client connects with the same `Authorization` header and the same init payload
-//! (so subplex puts them all in one security context, on one upstream connection),
-//! subscribes once to the tick stream, and then reads until told to stop. For each event
+//! By default every client connects with the same `Authorization` header and the same init
+//! payload (so a gateway puts them all in one security context, on one upstream
+//! connection) and the same request; a [`LoadSpec`] can spread them over several security
+//! contexts or give each its own variables. Each client subscribes once to the tick stream
+//! and then reads until told to stop. Priming events (`n` = 0) mark a client as attached
+//! end to end and are not measured. For each event
 //! it records the latency (its receive time minus the emitter's send timestamp) and
 //! checks the sequence number: `n` must be exactly one more than the previous one, so
 //! loss, duplication and reordering are all visible.
@@ -35,9 +39,65 @@ use crate::tick::{self, Tick};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The credentials every client presents: identical, so they share a security context.
-const AUTHORIZATION: &str = "Bearer subplex-bench";
-const INIT_PAYLOAD: &str = r#"{"authorization":"Bearer subplex-bench"}"#;
+/// The credentials of security context `k`: clients with the same `k` present identical
+/// ones, so they share a security context.
+fn authorization(context: usize) -> String {
+    format!("Bearer subplex-bench-{context}")
+}
+
+/// How clients talk to the system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// graphql-transport-ws.
+    Ws,
+    /// GraphQL over SSE, distinct connections mode: one POST per subscription.
+    Sse,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Ws => "WebSocket",
+            Transport::Sse => "SSE",
+        })
+    }
+}
+
+/// What the clients of one scenario run do.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// `ws://…` for [`Transport::Ws`], `http://…` for [`Transport::Sse`].
+    pub url: String,
+    pub clients: usize,
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    pub transport: Transport,
+    /// Clients are spread round-robin over this many security contexts.
+    pub contexts: usize,
+    /// Each client subscribes with its own `key` variable ([`tick::KEYED_QUERY`]).
+    pub distinct: bool,
+}
+
+impl LoadSpec {
+    fn authorization(&self, index: usize) -> String {
+        authorization(index % self.contexts.max(1))
+    }
+
+    fn request(&self, index: usize) -> GraphqlRequest {
+        if self.distinct {
+            let mut request = GraphqlRequest::new(tick::KEYED_QUERY);
+            request.operation_name = Some("KeyedTick".into());
+            // A number always parses as JSON.
+            request.variables = RawJson::parse(&format!(r#"{{"key":{index}}}"#)).ok();
+            request
+        } else {
+            let mut request = GraphqlRequest::new(tick::QUERY);
+            request.operation_name = Some("Tick".into());
+            request
+        }
+    }
+}
 
 /// Connect, init and subscribe must finish within this per client.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,8 +116,12 @@ const SLOW_CONSUMER_CODE: &str = "SLOW_CONSUMER";
 /// State the clients share with the harness while they run.
 #[derive(Debug)]
 struct Shared {
-    /// Clients that sent their `subscribe`.
+    /// Clients that sent their `subscribe` (WebSocket) or got the response head (SSE).
     subscribed: AtomicUsize,
+    /// When the last client subscribed, ns since the epoch.
+    last_subscribed_ns: AtomicU64,
+    /// Clients that received a priming event.
+    primed: AtomicUsize,
     /// Clients that gave up before subscribing.
     failed: AtomicUsize,
     /// Tick events received by all clients.
@@ -85,6 +149,7 @@ struct ClientReport {
     completed: bool,
     /// The server closed or dropped the connection before the harness stopped the client.
     disconnected: bool,
+    primed: bool,
 }
 
 /// The clients of one scenario run.
@@ -119,29 +184,40 @@ pub struct LoadSummary {
 }
 
 impl Load {
-    /// Starts `clients` clients against `url`, at most `concurrency` handshakes at a time
-    /// (a burst of thousands of SYNs would overflow the listen backlog and measure
+    /// Starts the clients of `spec`, at most `spec.concurrency` handshakes at a time (a
+    /// burst of thousands of SYNs would overflow the listen backlog and measure
     /// retransmission timers instead of the gateway).
-    pub fn start(url: &str, clients: usize, concurrency: usize) -> anyhow::Result<Load> {
+    pub fn start(spec: LoadSpec) -> anyhow::Result<Load> {
+        let clients = spec.clients;
         let histograms = (0..HISTOGRAM_SHARDS)
             .map(|_| Histogram::new_with_bounds(LATENCY_MIN_NS, LATENCY_MAX_NS, 3).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()
             .context("latency histogram")?;
         let shared = Arc::new(Shared {
             subscribed: AtomicUsize::new(0),
+            last_subscribed_ns: AtomicU64::new(0),
+            primed: AtomicUsize::new(0),
             failed: AtomicUsize::new(0),
             events: AtomicU64::new(0),
             last_event_ns: AtomicU64::new(0),
             histograms,
         });
         let stop = CancellationToken::new();
-        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-        let url: Arc<str> = Arc::from(url);
+        let permits = Arc::new(Semaphore::new(spec.concurrency.max(1)));
+        // One HTTP client for every SSE subscriber: HTTP/1.1 without pipelining, so each
+        // concurrent request gets a connection of its own.
+        let http = reqwest::Client::builder()
+            .http1_only()
+            .pool_max_idle_per_host(0)
+            .build()
+            .context("HTTP client")?;
+        let spec = Arc::new(spec);
         let mut tasks = JoinSet::new();
         for index in 0..clients {
             tasks.spawn(client(
                 index,
-                url.clone(),
+                spec.clone(),
+                http.clone(),
                 shared.clone(),
                 permits.clone(),
                 stop.clone(),
@@ -176,6 +252,16 @@ impl Load {
             }
             time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Clients that received a priming event.
+    pub fn primed(&self) -> usize {
+        self.shared.primed.load(Ordering::Relaxed)
+    }
+
+    /// When the last client subscribed (ns since the epoch), 0 before the first.
+    pub fn last_subscribed_ns(&self) -> u64 {
+        self.shared.last_subscribed_ns.load(Ordering::Relaxed)
     }
 
     /// Tick events received so far by all clients.
@@ -234,7 +320,8 @@ impl Load {
 
 async fn client(
     index: usize,
-    url: Arc<str>,
+    spec: Arc<LoadSpec>,
+    http: reqwest::Client,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     stop: CancellationToken,
@@ -243,15 +330,15 @@ async fn client(
     let opened = {
         // Closed only if the semaphore is dropped, which it is not while clients run.
         let _permit = permits.acquire_owned().await;
-        let handshake = time::timeout(HANDSHAKE_TIMEOUT, open(&url));
+        let handshake = time::timeout(HANDSHAKE_TIMEOUT, Connection::open(&spec, &http, index));
         let timed_out = || anyhow::anyhow!("not subscribed within {:?}", HANDSHAKE_TIMEOUT);
         tokio::select! {
             () = stop.cancelled() => Err(anyhow::anyhow!("stopped before subscribing")),
             opened = handshake => opened.unwrap_or_else(|_| Err(timed_out())),
         }
     };
-    let mut socket = match opened {
-        Ok(socket) => socket,
+    let mut connection = match opened {
+        Ok(connection) => connection,
         Err(err) => {
             report.connect_error = Some(format!("client {index}: {err:#}"));
             shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -259,31 +346,27 @@ async fn client(
         }
     };
     shared.subscribed.fetch_add(1, Ordering::Relaxed);
+    shared
+        .last_subscribed_ns
+        .fetch_max(tick::now_ns(), Ordering::Relaxed);
 
     let shard = &shared.histograms[index % HISTOGRAM_SHARDS];
     let mut batch = Vec::with_capacity(LATENCY_BATCH);
     loop {
-        let message = tokio::select! {
+        let delivery = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            message = socket.next() => message,
+            delivery = connection.next() => delivery,
         };
         let received_ns = tick::now_ns();
-        let text = match message {
-            Some(Ok(Message::Text(text))) => text,
-            // tungstenite answers WebSocket pings itself.
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-            Some(Ok(Message::Binary(_))) => {
-                report.errors += 1;
-                continue;
-            }
-            Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                report.disconnected = true;
-                break;
-            }
-        };
-        match ServerMessage::decode(text.as_str(), MAX_MESSAGE_BYTES) {
-            Ok(ServerMessage::Next { payload, .. }) => match Tick::decode(payload.as_str()) {
+        match delivery {
+            Delivery::Result(payload) => match Tick::decode(&payload) {
+                Some(tick) if tick.n == tick::PRIMING_N => {
+                    if !report.primed {
+                        report.primed = true;
+                        shared.primed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Some(tick) => {
                     report.on_tick(tick, received_ns, &mut batch);
                     shared.events.fetch_add(1, Ordering::Relaxed);
@@ -295,28 +378,23 @@ async fn client(
                     }
                 }
                 // An errors-only result: how subplex ends a subscription it cut off.
-                None if payload.as_str().contains(SLOW_CONSUMER_CODE) => {
+                None if payload.contains(SLOW_CONSUMER_CODE) => {
                     report.cut_off_slow_consumer = true;
                 }
                 None => report.errors += 1,
             },
-            Ok(ServerMessage::Error { .. }) => report.errors += 1,
-            Ok(ServerMessage::Complete { .. }) => report.completed = true,
-            Ok(ServerMessage::Ping { .. }) => {
-                let pong = ClientMessage::Pong { payload: None }.encode();
-                if socket.send(Message::text(pong)).await.is_err() {
-                    report.disconnected = true;
-                    break;
-                }
+            Delivery::Error => report.errors += 1,
+            Delivery::Complete => report.completed = true,
+            Delivery::Nothing => {}
+            Delivery::Closed => {
+                report.disconnected = true;
+                break;
             }
-            Ok(ServerMessage::Pong { .. } | ServerMessage::ConnectionAck { .. }) => {}
-            Err(_) => report.errors += 1,
         }
     }
     record(shard, &mut batch);
     if !report.disconnected {
-        // Bounded: a gateway that stopped reading must not hold up the harness.
-        let _ = time::timeout(Duration::from_secs(2), socket.close(None)).await;
+        connection.close().await;
     }
     report
 }
@@ -350,17 +428,187 @@ fn record(shard: &Mutex<Histogram<u64>>, batch: &mut Vec<u64>) {
     batch.clear();
 }
 
-/// Connects, initialises and subscribes.
-async fn open(url: &str) -> anyhow::Result<Socket> {
-    let mut request = url.into_client_request()?;
-    let headers = request.headers_mut();
+/// What a connection delivered.
+enum Delivery {
+    /// A `next` payload: a GraphQL result, as JSON text.
+    Result(String),
+    /// An `error` message, a binary frame, or something that does not parse.
+    Error,
+    Complete,
+    /// Pings, acknowledgements, keep-alive comments.
+    Nothing,
+    /// The server closed or dropped the connection.
+    Closed,
+}
+
+/// A subscribed client connection, over either transport.
+enum Connection {
+    Ws(Box<Socket>),
+    Sse(SseStream),
+}
+
+/// A GraphQL over SSE response being read, with the bytes of an incomplete event.
+struct SseStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Connection {
+    /// Connects, initialises and subscribes client `index`.
+    async fn open(spec: &LoadSpec, http: &reqwest::Client, index: usize) -> anyhow::Result<Self> {
+        let authorization = spec.authorization(index);
+        let request = spec.request(index);
+        Ok(match spec.transport {
+            Transport::Ws => {
+                Connection::Ws(Box::new(open_ws(&spec.url, &authorization, request).await?))
+            }
+            Transport::Sse => {
+                Connection::Sse(open_sse(http, &spec.url, &authorization, request).await?)
+            }
+        })
+    }
+
+    async fn next(&mut self) -> Delivery {
+        match self {
+            Connection::Ws(socket) => next_ws(socket).await,
+            Connection::Sse(stream) => stream.next().await,
+        }
+    }
+
+    /// Ends the connection; bounded, so a gateway that stopped reading cannot hold up the
+    /// harness.
+    async fn close(self) {
+        if let Connection::Ws(mut socket) = self {
+            let _ = time::timeout(Duration::from_secs(2), Socket::close(&mut socket, None)).await;
+        }
+        // An SSE stream ends when its response is dropped.
+    }
+}
+
+async fn next_ws(socket: &mut Socket) -> Delivery {
+    let text = match socket.next().await {
+        Some(Ok(Message::Text(text))) => text,
+        // tungstenite answers WebSocket pings itself.
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+            return Delivery::Nothing
+        }
+        Some(Ok(Message::Binary(_))) => return Delivery::Error,
+        Some(Ok(Message::Close(_)) | Err(_)) | None => return Delivery::Closed,
+    };
+    match ServerMessage::decode(text.as_str(), MAX_MESSAGE_BYTES) {
+        Ok(ServerMessage::Next { payload, .. }) => Delivery::Result(payload.as_str().to_owned()),
+        Ok(ServerMessage::Error { .. }) | Err(_) => Delivery::Error,
+        Ok(ServerMessage::Complete { .. }) => Delivery::Complete,
+        Ok(ServerMessage::Ping { .. }) => {
+            let pong = ClientMessage::Pong { payload: None }.encode();
+            match socket.send(Message::text(pong)).await {
+                Ok(()) => Delivery::Nothing,
+                Err(_) => Delivery::Closed,
+            }
+        }
+        Ok(ServerMessage::Pong { .. } | ServerMessage::ConnectionAck { .. }) => Delivery::Nothing,
+    }
+}
+
+impl SseStream {
+    async fn next(&mut self) -> Delivery {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                return sse_delivery(&event);
+            }
+            match self.response.chunk().await {
+                // Line ends may be CRLF; the event boundary is then "\r\n\r\n".
+                Ok(Some(chunk)) => self
+                    .buffer
+                    .push_str(&String::from_utf8_lossy(&chunk).replace('\r', "")),
+                Ok(None) | Err(_) => return Delivery::Closed,
+            }
+        }
+    }
+}
+
+/// One SSE event block (lines up to the blank line) as a delivery.
+fn sse_delivery(event: &str) -> Delivery {
+    let mut kind = "message";
+    let mut data = String::new();
+    for line in event.lines() {
+        if let Some(value) = line.strip_prefix("event:") {
+            kind = value.trim();
+        } else if let Some(value) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(value.strip_prefix(' ').unwrap_or(value));
+        }
+    }
+    match kind {
+        "next" | "message" if !data.is_empty() => Delivery::Result(data),
+        "complete" => Delivery::Complete,
+        "error" => Delivery::Error,
+        // Comments (keep-alives) and empty events.
+        _ => Delivery::Nothing,
+    }
+}
+
+/// POSTs the subscription and reads the response head.
+async fn open_sse(
+    http: &reqwest::Client,
+    url: &str,
+    authorization: &str,
+    request: GraphqlRequest,
+) -> anyhow::Result<SseStream> {
+    let body = serde_json::json!({
+        "query": request.query,
+        "operationName": request.operation_name,
+        "variables": request
+            .variables
+            .map(|v| serde_json::from_str::<serde_json::Value>(v.as_str()))
+            .transpose()?,
+    });
+    let response = http
+        .post(url)
+        .header("accept", subplex_protocol::sse_client::ACCEPT)
+        .header("content-type", "application/json")
+        .header("authorization", authorization)
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if !content_type
+        .as_deref()
+        .is_some_and(subplex_protocol::sse_client::is_event_stream)
+        || status != 200
+    {
+        let text = response.text().await.unwrap_or_default();
+        bail!("SSE subscribe answered {status} {content_type:?}: {text:.200}");
+    }
+    Ok(SseStream {
+        response,
+        buffer: String::new(),
+    })
+}
+
+/// Connects, initialises and subscribes over graphql-transport-ws.
+async fn open_ws(
+    url: &str,
+    authorization: &str,
+    request: GraphqlRequest,
+) -> anyhow::Result<Socket> {
+    let mut handshake = url.into_client_request()?;
+    let headers = handshake.headers_mut();
     headers.insert(
         "sec-websocket-protocol",
         HeaderValue::from_static("graphql-transport-ws"),
     );
-    headers.insert("authorization", HeaderValue::from_static(AUTHORIZATION));
+    headers.insert("authorization", HeaderValue::from_str(authorization)?);
     let (mut socket, response) = tokio_tungstenite::connect_async_with_config(
-        request,
+        handshake,
         Some(crate::harness_socket_config()),
         true,
     )
@@ -369,8 +617,9 @@ async fn open(url: &str) -> anyhow::Result<Socket> {
     if protocol.map(HeaderValue::as_bytes) != Some(b"graphql-transport-ws") {
         bail!("server did not accept graphql-transport-ws (got {protocol:?})");
     }
+    let init_payload = serde_json::json!({ "authorization": authorization }).to_string();
     let init = ClientMessage::ConnectionInit {
-        payload: Some(RawJson::parse(INIT_PAYLOAD)?),
+        payload: Some(RawJson::parse(&init_payload)?),
     };
     socket.send(Message::text(init.encode())).await?;
     loop {
@@ -393,8 +642,64 @@ async fn open(url: &str) -> anyhow::Result<Socket> {
     }
     let subscribe = ClientMessage::Subscribe {
         id: "1".into(),
-        payload: GraphqlRequest::new(tick::QUERY),
+        payload: request,
     };
     socket.send(Message::text(subscribe.encode())).await?;
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(delivery: Delivery) -> Option<String> {
+        match delivery {
+            Delivery::Result(data) => Some(data),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn sse_next_events_carry_their_data() {
+        let event = "event: next\ndata: {\"data\":{\"tick\":{\"n\":1,\"t\":2}}}\n\n";
+        assert_eq!(
+            result(sse_delivery(event)).as_deref(),
+            Some(r#"{"data":{"tick":{"n":1,"t":2}}}"#)
+        );
+        // Several data lines join with a newline.
+        assert_eq!(
+            result(sse_delivery("event: next\ndata: {\"a\":\ndata: 1}\n\n")).as_deref(),
+            Some("{\"a\":\n1}")
+        );
+    }
+
+    #[test]
+    fn sse_comments_complete_and_error() {
+        assert!(matches!(sse_delivery(":\n\n"), Delivery::Nothing));
+        assert!(matches!(
+            sse_delivery("event: complete\ndata:\n\n"),
+            Delivery::Complete
+        ));
+        assert!(matches!(
+            sse_delivery("event: error\ndata: {}\n\n"),
+            Delivery::Error
+        ));
+    }
+
+    #[test]
+    fn clients_spread_over_contexts_and_keys() {
+        let spec = LoadSpec {
+            url: "ws://127.0.0.1:1/graphql".into(),
+            clients: 4,
+            concurrency: 1,
+            transport: Transport::Ws,
+            contexts: 2,
+            distinct: true,
+        };
+        assert_eq!(spec.authorization(0), spec.authorization(2));
+        assert_ne!(spec.authorization(0), spec.authorization(1));
+        let request = spec.request(3);
+        assert_eq!(request.query, tick::KEYED_QUERY);
+        assert_eq!(request.variables.unwrap().as_str(), r#"{"key":3}"#);
+    }
 }

@@ -1,5 +1,5 @@
-//! `subplex-bench`: subplex and a naive forwarder, side by side, in front of the same
-//! upstream, in one run.
+//! `subplex-bench`: subplex, a floor forwarder, a naive forwarder and peer gateways (Hive
+//! Router, Hive Gateway), side by side, in front of the same upstream, in one run.
 //!
 //! ```text
 //! cargo build --release -p subplex
@@ -8,15 +8,20 @@
 //!
 //! The default command runs the scenarios (see [`run`]). It starts its helpers by
 //! re-executing itself: `subplex-bench emitter` (the upstream, see [`emitter`]),
-//! `subplex-bench forwarder` (the baseline, see [`forwarder`]) and `subplex-bench
+//! `subplex-bench forwarder` (the baseline, see [`forwarder`]), `subplex-bench floor` (one
+//! upstream subscription re-framed per client, see [`floor`]) and `subplex-bench
 //! supervise` (which keeps subplex from outliving the run, see [`supervise`]), so that
 //! every party is a process of its own whose CPU time and memory `/proc` reports
 //! separately. The load
 //! generator ([`loadgen`]) runs in this process. Everything listens on 127.0.0.1 only.
 
+mod chart;
 mod emitter;
+mod floor;
 mod forwarder;
+mod helper;
 mod loadgen;
+mod peers;
 mod proc_stats;
 mod report;
 mod run;
@@ -39,7 +44,7 @@ pub(crate) fn harness_socket_config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
-/// Benchmark subplex against a naive per-client WebSocket forwarder.
+/// Benchmark subplex against forwarders and peer gateways.
 #[derive(Debug, Parser)]
 #[command(name = "subplex-bench", args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -52,12 +57,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the benchmark (the default).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// The upstream: a graphql-transport-ws server emitting timestamped ticks (driven by
     /// the benchmark over stdin/stdout).
     Emitter(emitter::EmitterArgs),
     /// The baseline: a WebSocket forwarder with one upstream connection per client.
     Forwarder(forwarder::ForwarderArgs),
+    /// The floor: one upstream subscription, each event re-framed for every client.
+    Floor(floor::FloorArgs),
     /// Runs a program (subplex) and kills it when stdin closes or time runs out.
     Supervise(supervise::SuperviseArgs),
 }
@@ -74,9 +81,13 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             None => benchmark(cli.run).await,
-            Some(Command::Run(args)) => benchmark(args).await,
+            Some(Command::Run(args)) => benchmark(*args).await,
             Some(Command::Emitter(args)) => emitter::main(args).await,
             Some(Command::Supervise(args)) => supervise::main(args).await,
+            Some(Command::Floor(args)) => {
+                let _ = proc_stats::raise_open_file_limit();
+                floor::main(args).await
+            }
             Some(Command::Forwarder(args)) => {
                 // The forwarder holds two sockets per client.
                 let _ = proc_stats::raise_open_file_limit();
@@ -97,7 +108,21 @@ fn main() -> ExitCode {
 
 async fn benchmark(args: run::RunArgs) -> anyhow::Result<()> {
     let json = args.json;
+    let markdown_path = args.write_markdown.clone();
+    let chart_path = args.chart.clone();
     let report = run::run(args).await?;
+    if let Some(path) = &chart_path {
+        chart::write(&report, path)?;
+        eprintln!("chart written to {}", path.display());
+    }
+    if let Some(path) = &markdown_path {
+        let chart_name = chart_path
+            .as_deref()
+            .and_then(|chart| chart.file_name())
+            .map(|name| name.to_string_lossy().into_owned());
+        report::write_markdown(&report, path, chart_name.as_deref())?;
+        eprintln!("results written into {}", path.display());
+    }
     let table = report::table(&report);
     if json {
         eprint!("\n{table}");

@@ -1,16 +1,22 @@
 //! One benchmark run: every selected scenario against every selected system, each pair on
-//! fresh processes (a fresh emitter, a fresh gateway or forwarder) so that no scenario
-//! inherits another's memory, connections or warm caches.
+//! fresh processes (a fresh emitter, a fresh gateway) so that no measurement inherits
+//! another's memory, connections or warm caches.
 //!
-//! - **fan-out**: N subscribers, every subscription gets `rate` events/s for `duration`
-//!   seconds. Measures delivered events/s, end-to-end latency, gateway CPU per million
-//!   delivered events and gateway memory, and checks that every client got every event,
-//!   in order.
-//! - **idle**: N subscriptions that receive nothing. Measures the gateway's resident
-//!   memory per subscription (RSS after − RSS before, over N).
+//! - **fan-out**: N subscribers (one connection each) on one distinct subscription in one
+//!   security context; every subscription gets `rate` events/s for `duration` seconds.
+//! - **distinct**: the same, but every client's request has its own variables, so no
+//!   gateway may share an upstream operation between clients.
+//! - **contexts**: the same, with the clients spread over C security contexts (their own
+//!   `Authorization` and init payload): subplex must hold exactly C upstream sockets.
+//! - **storm**: N clients connect and subscribe as fast as the gateway lets them:
+//!   connects+subscribes per second.
+//! - **idle**: N subscribers (WebSocket or SSE) that receive nothing after priming:
+//!   resident memory per subscriber.
 //!
-//! Both report how many upstream connections the emitter saw: the point of subplex is
-//! one per security context instead of one per client.
+//! Before the measured events every client is primed (see [`crate::emitter`]): the harness
+//! has the emitter send priming events until every client has received one, so it knows
+//! each client is attached end to end however the gateway shares upstream operations.
+//! Every measurement reports the upstream sockets and subscriptions the emitter saw.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +26,8 @@ use serde::Serialize;
 use tokio::time;
 
 use crate::emitter::{EmitterStats, TickMode};
-use crate::loadgen::{Load, LoadSummary};
+use crate::loadgen::{Load, LoadSpec, LoadSummary, Transport};
+use crate::peers;
 use crate::proc_stats::{self, Machine, Memory};
 use crate::systems::{self, Emitter, System, SystemKind};
 use crate::tick;
@@ -30,7 +37,22 @@ use crate::tick;
 #[serde(rename_all = "lowercase")]
 pub enum Scenario {
     Fanout,
+    Distinct,
+    Contexts,
+    Storm,
     Idle,
+}
+
+impl std::fmt::Display for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scenario::Fanout => "fan-out",
+            Scenario::Distinct => "distinct subscriptions",
+            Scenario::Contexts => "security contexts",
+            Scenario::Storm => "connection storm",
+            Scenario::Idle => "idle",
+        })
+    }
 }
 
 /// Command line of a benchmark run (the default command).
@@ -40,62 +62,103 @@ pub struct RunArgs {
     /// `cargo build --release -p subplex` builds].
     #[arg(long)]
     pub subplex_bin: Option<PathBuf>,
-    /// Systems to measure, in this order (`direct` runs only the fan-out scenario).
+    /// Systems to measure, in this order.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "subplex,baseline,baseline-tuned,direct"
+        default_value = "subplex,floor,baseline-tuned,hive-router,hive-gateway"
     )]
     pub systems: Vec<SystemKind>,
     /// Scenarios to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "fanout,idle")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "fanout,distinct,contexts,storm,idle"
+    )]
     pub scenarios: Vec<Scenario>,
-    /// Fan-out: number of subscribers (one connection and one subscription each).
+    /// Fan-out: numbers of subscribers, one measurement each (one connection and one
+    /// subscription per subscriber).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub fanout_sizes: Vec<usize>,
+    /// Distinct subscriptions: number of subscribers, each with its own variables.
     #[arg(long, default_value_t = 1000)]
-    pub subscribers: usize,
-    /// Fan-out: events per second per subscription.
+    pub distinct_subscribers: usize,
+    /// Security contexts: number of subscribers.
+    #[arg(long, default_value_t = 1000)]
+    pub contexts_subscribers: usize,
+    /// Security contexts: number of contexts the subscribers are spread over.
+    #[arg(long, default_value_t = 100)]
+    pub contexts: usize,
+    /// Connection storm: number of clients.
+    #[arg(long, default_value_t = 5000)]
+    pub storm_clients: usize,
+    /// Connection storm: handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub storm_concurrency: usize,
+    /// Idle: numbers of idle subscribers, one measurement each per transport.
+    #[arg(long, value_delimiter = ',', default_value = "10000,18000")]
+    pub idle_sizes: Vec<usize>,
+    /// Idle: transports of the idle subscribers.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ws,sse")]
+    pub idle_transports: Vec<Transport>,
+    /// Events per second per subscription.
     #[arg(long, default_value_t = 10)]
     pub rate: u64,
-    /// Fan-out: seconds of events.
+    /// Seconds of events.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
-    /// Fan-out: all subscriptions tick together (broadcast) or spread over the period.
+    /// All subscriptions tick together (broadcast) or spread over the period.
     #[arg(long, value_enum, default_value = "broadcast")]
     pub mode: TickMode,
-    /// Fan-out: approximate size of each event's payload JSON, in bytes.
+    /// Approximate size of each event's payload JSON, in bytes.
     #[arg(long, default_value_t = 128)]
     pub payload_bytes: usize,
-    /// Idle: number of subscriptions (one connection each).
-    #[arg(long, default_value_t = 5000)]
-    pub idle_subscriptions: usize,
-    /// Idle: how long to wait after the last subscription before reading memory, in ms.
+    /// Idle: how long to wait after priming before reading memory, in ms.
     #[arg(long, default_value_t = 2000)]
     pub settle_ms: u64,
     /// subplex's `subscriber_queue` (events buffered per subscription before the
-    /// slow-consumer policy cuts it off) [default: subplex's own, 128].
+    /// slow-consumer policy cuts it off) [default: subplex's own].
     #[arg(long)]
     pub subplex_subscriber_queue: Option<usize>,
-    /// Client handshakes in flight at once.
+    /// Client handshakes in flight at once (all scenarios but the storm).
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+    /// Where peers are installed (created if missing; installing is skipped when present).
+    #[arg(long, default_value_os_t = peers::default_cache_dir())]
+    pub peers_dir: PathBuf,
+    /// Do not install missing peers: report them as not available.
+    #[arg(long)]
+    pub no_install: bool,
+    /// Write the results as Markdown into this file, between the markers
+    /// `<!-- bench:results:start -->` and `<!-- bench:results:end -->` (e.g.
+    /// docs/benchmarks.md).
+    #[arg(long)]
+    pub write_markdown: Option<PathBuf>,
+    /// Write an SVG chart of gateway CPU per event and p99 latency against N (fan-out)
+    /// for every system.
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
     /// Print the results as JSON on stdout (the table then goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Keep the temporary directory with subplex's configs and logs, and print its path.
+    /// Keep the temporary directory with the generated configs and logs, and print its path.
     #[arg(long)]
     pub keep_temp: bool,
 }
 
-/// How long all clients of a scenario may take to subscribe.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the upstream may take to see every subscription after the clients sent them.
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long all clients of a measurement may take to subscribe.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long priming may take until every client received a priming event.
+const PRIME_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long to wait for priming events after each prime command.
+const PRIME_ROUND: Duration = Duration::from_secs(1);
 /// After the last tick: how long delivery may go on before the harness stops waiting.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Delivery counts as finished once nothing new arrived for this long.
 const DRAIN_QUIET: Duration = Duration::from_secs(1);
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(50);
 /// Memory is read this long after start, so start-up allocations have settled.
 const STARTUP_SETTLE: Duration = Duration::from_millis(500);
 /// File descriptors a process needs besides its sockets.
@@ -105,52 +168,110 @@ const FD_MARGIN: u64 = 256;
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
+    /// When the run started (UTC, RFC 3339).
+    pub date: String,
+    /// The command line, for the report.
+    pub command: String,
     pub subplex_bin: Option<String>,
     pub parameters: Parameters,
-    pub fanout: Vec<FanoutResult>,
-    pub idle: Vec<IdleResult>,
+    pub measurements: Vec<Measurement>,
+    pub wall_time_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Parameters {
-    pub subscribers: usize,
     pub rate: u64,
     pub duration_s: u64,
     pub mode: TickMode,
     pub payload_bytes: usize,
-    pub idle_subscriptions: usize,
-    /// `None`: subplex's default (128).
+    pub contexts: usize,
+    pub storm_concurrency: usize,
+    /// `None`: subplex's default.
     pub subplex_subscriber_queue: Option<usize>,
     pub open_file_limit: u64,
 }
 
+/// One scenario variant (scenario, N, transport) against one system.
 #[derive(Debug, Clone, Serialize)]
-pub struct FanoutResult {
+pub struct Measurement {
+    pub scenario: Scenario,
+    /// Clients (one connection and one subscription each).
+    pub n: usize,
+    pub transport: Transport,
     pub system: SystemKind,
-    /// Connections the emitter accepted during the scenario.
-    pub upstream_connections: u64,
-    /// Subscriptions the emitter served: 1 for subplex (deduplicated), else subscribers.
-    pub upstream_subscriptions: usize,
-    /// Events the clients should receive: subscribers × rate × duration.
+    pub outcome: Outcome,
+}
+
+impl Measurement {
+    /// The scenario variant, e.g. "fan-out, 1,000 WebSocket subscribers".
+    pub fn variant(&self) -> String {
+        variant_name(self.scenario, self.n, self.transport)
+    }
+
+    pub fn figures(&self) -> Option<&Figures> {
+        match &self.outcome {
+            Outcome::Measured(figures) => Some(figures),
+            _ => None,
+        }
+    }
+}
+
+pub fn variant_name(scenario: Scenario, n: usize, transport: Transport) -> String {
+    format!("{scenario}, {} {transport} clients", thousands(n as u64))
+}
+
+/// `12345` as `12,345`.
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
+pub enum Outcome {
+    Measured(Box<Figures>),
+    /// The system cannot do this scenario; why.
+    NotApplicable(String),
+    /// The measurement could not be completed; why.
+    Failed(String),
+}
+
+/// What one measurement found. Event figures are `None` where no events were sent (storm,
+/// idle); gateway figures are `None` for `direct`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    /// Upstream sockets the emitter had open once every client was attached.
+    pub upstream_sockets: i64,
+    /// Upstream subscriptions the emitter served once every client was attached.
+    pub upstream_subscriptions: i64,
     pub events_expected: u64,
-    pub events_sent: u64,
     pub events_delivered: u64,
-    /// Delivered events over the time from the start command to the last delivery.
-    pub delivered_per_s: f64,
-    pub elapsed_s: f64,
+    pub delivered_per_s: Option<f64>,
     pub latency_us: Option<Percentiles>,
-    /// The gateway figures are `None` for `direct`, which has no gateway.
+    /// Gateway CPU time over the measured window (events, or the storm).
     pub gateway_cpu_s: Option<f64>,
-    /// Gateway CPU time over wall time, in % of one core.
-    pub gateway_cpu_percent: Option<f64>,
     pub gateway_cpu_s_per_million_events: Option<f64>,
-    /// Gateway memory at the end of the scenario, clients still connected.
-    pub gateway_memory: Option<Memory>,
+    /// Storm: connects+subscribes per second, and the time until every client received
+    /// a priming event.
+    pub connects_per_s: Option<f64>,
+    pub attach_s: Option<f64>,
+    /// Gateway memory with no clients (after start-up) and at the end, clients connected.
+    pub memory_before: Option<Memory>,
+    pub memory_after: Option<Memory>,
+    /// (RSS at the end − RSS before) / N.
+    pub rss_per_subscriber_kib: Option<f64>,
     pub emitter_cpu_s: f64,
     /// This process (the load generator), for context: it shares the machine.
     pub harness_cpu_s: f64,
+    pub clients: Option<LoadSummary>,
     pub emitter: EmitterStats,
-    pub clients: LoadSummary,
     pub gateway_warnings: usize,
     pub gateway_warning_samples: Vec<String>,
     /// Empty when every check passed.
@@ -167,44 +288,73 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct IdleResult {
-    pub system: SystemKind,
-    pub subscriptions: usize,
-    /// Upstream connections open once every subscription was established.
-    pub upstream_connections: i64,
-    pub upstream_subscriptions: i64,
-    pub memory_before: Memory,
-    pub memory_after: Memory,
-    pub rss_per_subscription_kib: f64,
-    pub clients: LoadSummary,
-    pub gateway_warnings: usize,
-    pub gateway_warning_samples: Vec<String>,
-    pub problems: Vec<String>,
-}
-
-/// What the scenarios need to start processes.
+/// What the measurements need to start processes.
 struct Harness {
     args: RunArgs,
     bench_exe: PathBuf,
     subplex_bin: Option<PathBuf>,
     temp: tempfile::TempDir,
+    open_file_limit: u64,
+    /// Peers that could not be installed, with the reason.
+    unavailable: Vec<(SystemKind, String)>,
+}
+
+/// One scenario variant to measure.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    scenario: Scenario,
+    n: usize,
+    transport: Transport,
+}
+
+impl Variant {
+    fn contexts(&self, args: &RunArgs) -> usize {
+        match self.scenario {
+            Scenario::Contexts => args.contexts.max(1),
+            _ => 1,
+        }
+    }
+}
+
+fn variants(args: &RunArgs) -> Vec<Variant> {
+    let ws = |scenario, n| Variant {
+        scenario,
+        n,
+        transport: Transport::Ws,
+    };
+    let mut out = Vec::new();
+    for &scenario in &args.scenarios {
+        match scenario {
+            Scenario::Fanout => out.extend(args.fanout_sizes.iter().map(|&n| ws(scenario, n))),
+            Scenario::Distinct => out.push(ws(scenario, args.distinct_subscribers)),
+            Scenario::Contexts => out.push(ws(scenario, args.contexts_subscribers)),
+            Scenario::Storm => out.push(ws(scenario, args.storm_clients)),
+            Scenario::Idle => {
+                for &transport in &args.idle_transports {
+                    for &n in &args.idle_sizes {
+                        out.push(Variant {
+                            scenario,
+                            n,
+                            transport,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Runs every selected scenario against every selected system.
 pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
+    let run_started = Instant::now();
+    let date = utc_now();
     let open_file_limit =
         proc_stats::raise_open_file_limit().context("raising the open-file limit")?;
-    check_file_budget(&args, open_file_limit)?;
     anyhow::ensure!(
         args.rate > 0 && args.duration > 0,
         "--rate and --duration must be > 0"
     );
-    anyhow::ensure!(
-        args.subscribers > 0 && args.idle_subscriptions > 0,
-        "--subscribers and --idle-subscriptions must be > 0"
-    );
-
     let bench_exe = std::env::current_exe().context("locating this executable")?;
     let subplex_bin = if args.systems.contains(&SystemKind::Subplex) {
         Some(find_subplex(&args, &bench_exe)?)
@@ -223,13 +373,30 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         machine.memory_total_kib / 1024,
         machine.kernel
     );
+    let mut unavailable = Vec::new();
+    for &system in &args.systems {
+        if !matches!(system, SystemKind::HiveRouter | SystemKind::HiveGateway) {
+            continue;
+        }
+        let installed = if args.no_install {
+            peers::installed(system, &args.peers_dir)
+        } else {
+            std::fs::create_dir_all(&args.peers_dir)
+                .with_context(|| format!("creating {}", args.peers_dir.display()))?;
+            peers::install(system, &args.peers_dir)
+        };
+        if let Err(err) = installed {
+            eprintln!("{system} is not available: {err:#}");
+            unavailable.push((system, format!("{err:#}")));
+        }
+    }
     let parameters = Parameters {
-        subscribers: args.subscribers,
         rate: args.rate,
         duration_s: args.duration,
         mode: args.mode,
         payload_bytes: args.payload_bytes,
-        idle_subscriptions: args.idle_subscriptions,
+        contexts: args.contexts,
+        storm_concurrency: args.storm_concurrency,
         subplex_subscriber_queue: args.subplex_subscriber_queue,
         open_file_limit,
     };
@@ -238,50 +405,92 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         bench_exe,
         subplex_bin: subplex_bin.clone(),
         temp,
+        open_file_limit,
+        unavailable,
     };
 
-    let mut report = Report {
-        machine,
-        subplex_bin: subplex_bin.map(|p| p.display().to_string()),
-        parameters,
-        fanout: Vec::new(),
-        idle: Vec::new(),
-    };
-    for scenario in &args.scenarios {
+    let mut measurements = Vec::new();
+    for variant in variants(&args) {
         for &system in &args.systems {
-            match scenario {
-                // Without a gateway there is no gateway memory to measure.
-                Scenario::Idle if system == SystemKind::Direct => {}
-                Scenario::Fanout => report.fanout.push(fanout(&harness, system).await?),
-                Scenario::Idle => report.idle.push(idle(&harness, system).await?),
-            }
+            let outcome = match harness.not_applicable(system, variant) {
+                Some(reason) => Outcome::NotApplicable(reason),
+                None => {
+                    eprintln!(
+                        "{} / {system}",
+                        variant_name(variant.scenario, variant.n, variant.transport)
+                    );
+                    match measure(&harness, system, variant).await {
+                        Ok(figures) => {
+                            summarise(&figures);
+                            Outcome::Measured(Box::new(figures))
+                        }
+                        Err(err) => {
+                            eprintln!("  failed: {err:#}");
+                            Outcome::Failed(format!("{err:#}"))
+                        }
+                    }
+                }
+            };
+            measurements.push(Measurement {
+                scenario: variant.scenario,
+                n: variant.n,
+                transport: variant.transport,
+                system,
+                outcome,
+            });
         }
     }
     if args.keep_temp {
         let kept = harness.temp.keep();
         eprintln!("configs and logs kept in {}", kept.display());
     }
-    Ok(report)
+    Ok(Report {
+        machine,
+        date,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        subplex_bin: subplex_bin.map(|p| p.display().to_string()),
+        parameters,
+        measurements,
+        wall_time_s: run_started.elapsed().as_secs_f64(),
+    })
 }
 
-/// Each scenario needs one socket per client in this process and in the emitter, and two
-/// in the forwarder; refuse sizes that would run into EMFILE half-way.
-fn check_file_budget(args: &RunArgs, limit: u64) -> anyhow::Result<()> {
-    let mut largest = 0;
-    for scenario in &args.scenarios {
-        largest = largest.max(match scenario {
-            Scenario::Fanout => args.subscribers,
-            Scenario::Idle => args.idle_subscriptions,
-        });
+fn summarise(figures: &Figures) {
+    let mut parts = Vec::new();
+    if figures.events_expected > 0 {
+        parts.push(format!(
+            "{} of {} events delivered",
+            figures.events_delivered, figures.events_expected
+        ));
     }
-    let needed = 2 * largest as u64 + FD_MARGIN;
-    if needed > limit {
-        bail!(
-            "{largest} clients need about {needed} open files in the forwarder, but the limit is \
-             {limit}: lower --subscribers/--idle-subscriptions or raise the hard limit (ulimit -Hn)"
-        );
+    if let Some(cpu) = figures.gateway_cpu_s_per_million_events {
+        parts.push(format!("{cpu:.1} CPU-s per 1M events"));
     }
-    Ok(())
+    if let Some(rate) = figures.connects_per_s {
+        parts.push(format!("{rate:.0} connects+subscribes/s"));
+    }
+    if let Some(kib) = figures.rss_per_subscriber_kib {
+        parts.push(format!("{kib:.1} KiB per subscriber"));
+    }
+    parts.push(format!("{} upstream sockets", figures.upstream_sockets));
+    parts.push(if figures.problems.is_empty() {
+        "all checks passed".to_owned()
+    } else {
+        figures.problems.join("; ")
+    });
+    eprintln!("  {}", parts.join(", "));
+}
+
+/// The current time, UTC, as `YYYY-MM-DD HH:MM UTC`: the `date` command, so no crate is
+/// needed for a timestamp.
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn find_subplex(args: &RunArgs, bench_exe: &Path) -> anyhow::Result<PathBuf> {
@@ -316,11 +525,59 @@ fn find_subplex(args: &RunArgs, bench_exe: &Path) -> anyhow::Result<PathBuf> {
 }
 
 impl Harness {
+    /// Why `system` cannot do `variant`, if it cannot.
+    fn not_applicable(&self, system: SystemKind, variant: Variant) -> Option<String> {
+        if let Some((_, reason)) = self.unavailable.iter().find(|(kind, _)| *kind == system) {
+            return Some(format!("not installed: {reason}"));
+        }
+        let n = variant.n as u64;
+        let ws_only = match system {
+            SystemKind::Floor => Some("the floor speaks graphql-transport-ws only"),
+            SystemKind::Baseline | SystemKind::BaselineTuned => {
+                Some("the forwarder copies WebSocket frames only")
+            }
+            SystemKind::Direct => Some("the emitter speaks graphql-transport-ws only"),
+            _ => None,
+        };
+        match (system, variant.scenario) {
+            (_, _) if variant.transport == Transport::Sse && ws_only.is_some() => {
+                return ws_only.map(str::to_owned)
+            }
+            (SystemKind::Floor, Scenario::Distinct | Scenario::Contexts) => {
+                return Some(
+                    "one upstream subscription for everyone: it ignores variables and credentials"
+                        .into(),
+                )
+            }
+            (SystemKind::Direct, scenario) if scenario != Scenario::Fanout => {
+                return Some("no gateway to measure".into())
+            }
+            _ => {}
+        }
+        // Open files: the load generator holds N sockets, the gateway N client sockets
+        // plus its upstream sockets (N for the per-client forwarders), and the emitter
+        // one per upstream socket.
+        let gateway = match system {
+            SystemKind::Baseline | SystemKind::BaselineTuned => 2 * n,
+            _ => n,
+        };
+        let needed = gateway.max(n) + FD_MARGIN;
+        if needed > self.open_file_limit {
+            return Some(format!(
+                "needs about {} open files in one process (two sockets per client), over the \
+                 limit of {}",
+                thousands(needed),
+                thousands(self.open_file_limit)
+            ));
+        }
+        None
+    }
+
     async fn start_system(
         &self,
         kind: SystemKind,
         emitter: &Emitter,
-        scenario: &str,
+        run_name: &str,
         clients: usize,
     ) -> anyhow::Result<System> {
         match kind {
@@ -332,7 +589,7 @@ impl Harness {
                     &self.bench_exe,
                     bin,
                     self.temp.path(),
-                    &format!("subplex-{scenario}"),
+                    run_name,
                     emitter,
                     max_connections,
                     self.args.subplex_subscriber_queue,
@@ -345,29 +602,19 @@ impl Harness {
                 System::baseline(&self.bench_exe, emitter, buffer).await
             }
             SystemKind::Direct => Ok(System::direct(emitter)),
+            SystemKind::Floor => System::floor(&self.bench_exe, emitter).await,
+            SystemKind::HiveRouter | SystemKind::HiveGateway => {
+                peers::start(
+                    kind,
+                    &self.args.peers_dir,
+                    &self.bench_exe,
+                    self.temp.path(),
+                    run_name,
+                    emitter,
+                )
+                .await
+            }
         }
-    }
-}
-
-/// Waits until the emitter serves `expected` subscriptions.
-async fn wait_upstream_subscriptions(
-    emitter: &mut Emitter,
-    expected: usize,
-) -> anyhow::Result<EmitterStats> {
-    let deadline = Instant::now() + UPSTREAM_TIMEOUT;
-    loop {
-        let stats = emitter.stats().await?;
-        if stats.subscriptions_active >= expected as i64 {
-            return Ok(stats);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "the upstream saw only {} of {expected} subscriptions within {} s",
-                stats.subscriptions_active,
-                UPSTREAM_TIMEOUT.as_secs()
-            );
-        }
-        time::sleep(POLL).await;
     }
 }
 
@@ -379,197 +626,228 @@ fn warnings(system: &System) -> (usize, Vec<String>) {
         .unwrap_or_default()
 }
 
-async fn fanout(harness: &Harness, kind: SystemKind) -> anyhow::Result<FanoutResult> {
-    let args = &harness.args;
-    let n = args.subscribers;
-    eprintln!(
-        "fan-out / {kind}: {n} subscribers × {} events/s × {} s ({:?}, ~{} B payloads)",
-        args.rate, args.duration, args.mode, args.payload_bytes
-    );
-    let mut emitter =
-        Emitter::spawn(&harness.bench_exe, args.rate, args.mode, args.payload_bytes).await?;
-    let system = harness.start_system(kind, &emitter, "fanout", n).await?;
-    let load = Load::start(&system.url(), n, args.connect_concurrency)?;
-    load.wait_subscribed(SUBSCRIBE_TIMEOUT).await?;
-    let upstream_subscriptions = kind.upstream_subscriptions(n);
-    wait_upstream_subscriptions(&mut emitter, upstream_subscriptions).await?;
-    // Each upstream event reaches this many clients.
-    let fan_out = (n / upstream_subscriptions) as u64;
+/// Sends priming events until every client received one. Returns how long it took, or
+/// the problem.
+async fn prime(emitter: &mut Emitter, load: &Load, clients: usize) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        emitter.prime().await?;
+        let round = Instant::now();
+        while round.elapsed() < PRIME_ROUND {
+            if load.primed() >= clients {
+                return Ok(started.elapsed());
+            }
+            time::sleep(POLL).await;
+        }
+        if started.elapsed() >= PRIME_TIMEOUT {
+            bail!(
+                "only {} of {clients} clients received a priming event within {} s",
+                load.primed(),
+                PRIME_TIMEOUT.as_secs()
+            );
+        }
+    }
+}
 
+/// Measures `kind` in `variant` on fresh processes.
+async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyhow::Result<Figures> {
+    let args = &harness.args;
+    let n = variant.n;
+    let contexts = variant.contexts(args);
+    let with_events = matches!(
+        variant.scenario,
+        Scenario::Fanout | Scenario::Distinct | Scenario::Contexts
+    );
+    let (rate, payload) = if with_events {
+        (args.rate, args.payload_bytes)
+    } else {
+        (1, 0)
+    };
+    let mut emitter = Emitter::spawn(&harness.bench_exe, rate, args.mode, payload).await?;
+    let run_name =
+        format!("{kind}-{:?}-{n}-{:?}", variant.scenario, variant.transport).to_lowercase();
+    let system = harness.start_system(kind, &emitter, &run_name, n).await?;
+    let gateway_pid = system.pid;
+    if gateway_pid.is_some() {
+        time::sleep(STARTUP_SETTLE).await;
+    }
+    let memory_before = gateway_pid.map(proc_stats::memory).transpose()?;
+    let url = match variant.transport {
+        Transport::Ws => system.url(),
+        Transport::Sse => system.http_url(),
+    };
+    let concurrency = match variant.scenario {
+        Scenario::Storm => args.storm_concurrency,
+        _ => args.connect_concurrency,
+    };
+    let spec = LoadSpec {
+        url,
+        clients: n,
+        concurrency,
+        transport: variant.transport,
+        contexts,
+        distinct: variant.scenario == Scenario::Distinct,
+    };
+    let mut figures = Figures {
+        memory_before,
+        ..Figures::default()
+    };
+
+    let storm_cpu = optional_cpu_seconds(gateway_pid)?;
+    let storm_start_ns = tick::now_ns();
+    let storm_started = Instant::now();
+    let load = Load::start(spec)?;
+    load.wait_subscribed(SUBSCRIBE_TIMEOUT).await?;
+    if variant.scenario == Scenario::Storm {
+        let subscribed_s = load.last_subscribed_ns().saturating_sub(storm_start_ns) as f64 / 1e9;
+        figures.connects_per_s = (subscribed_s > 0.0).then(|| n as f64 / subscribed_s);
+    }
+    match prime(&mut emitter, &load, n).await {
+        Ok(_) => {}
+        Err(err) => figures.problems.push(format!("{err:#}")),
+    }
+    if variant.scenario == Scenario::Storm {
+        figures.attach_s = Some(storm_started.elapsed().as_secs_f64());
+        figures.gateway_cpu_s = optional_cpu_seconds(gateway_pid)?
+            .zip(storm_cpu)
+            .map(|(after, before)| after - before);
+    }
+    let attached = emitter.stats().await?;
+    figures.upstream_sockets = attached.connections_open;
+    figures.upstream_subscriptions = attached.subscriptions_active;
+
+    if with_events {
+        measure_events(harness, &mut emitter, &load, gateway_pid, n, &mut figures).await?;
+    } else if variant.scenario == Scenario::Idle {
+        time::sleep(Duration::from_millis(args.settle_ms)).await;
+    }
+    figures.memory_after = gateway_pid.map(proc_stats::memory).transpose()?;
+    figures.emitter = emitter.stats().await?;
+    let clients = load.finish().await;
+    let (count, samples) = warnings(&system);
+    figures.gateway_warnings = count;
+    figures.gateway_warning_samples = samples;
+    system.stop().await;
+    emitter.stop().await;
+
+    if let (Some(before), Some(after)) = (figures.memory_before, figures.memory_after) {
+        let delta = after.rss_kib as f64 - before.rss_kib as f64;
+        figures.rss_per_subscriber_kib = Some(delta / n as f64);
+    }
+    check_clients(&clients, &mut figures.problems);
+    if !with_events && clients.events > 0 {
+        figures.problems.push(format!(
+            "{} events arrived where none were sent",
+            clients.events
+        ));
+    }
+    if kind == SystemKind::Subplex && figures.upstream_sockets != contexts as i64 {
+        figures.problems.push(format!(
+            "{} upstream sockets for {contexts} security contexts",
+            figures.upstream_sockets
+        ));
+    }
+    if with_events {
+        let problems = check_events(&figures, &clients);
+        figures.problems.extend(problems);
+        figures.latency_us = clients.latency.as_ref().and_then(percentiles);
+    }
+    figures.clients = Some(clients);
+    Ok(figures)
+}
+
+/// Starts the ticker and waits until delivery is complete or has stopped; fills in the
+/// event figures.
+async fn measure_events(
+    harness: &Harness,
+    emitter: &mut Emitter,
+    load: &Load,
+    gateway_pid: Option<u32>,
+    n: usize,
+    figures: &mut Figures,
+) -> anyhow::Result<()> {
+    let args = &harness.args;
     let events_per_subscription = args.rate * args.duration;
-    let gateway_cpu = optional_cpu_seconds(system.pid)?;
+    let events_before = load.events();
+    let gateway_cpu = optional_cpu_seconds(gateway_pid)?;
     let emitter_cpu = proc_stats::cpu_seconds(emitter.pid)?;
     let harness_cpu = proc_stats::cpu_seconds(std::process::id())?;
     let start_ns = tick::now_ns();
     let started = Instant::now();
     emitter.start(events_per_subscription).await?;
 
-    // Wait for the ticker to finish and delivery to settle: everything sent arrived, or
-    // nothing new arrived for DRAIN_QUIET (events the gateway dropped never will).
+    // Wait for the ticker to finish and delivery to settle: everything arrived, or nothing
+    // new arrived for DRAIN_QUIET (events a gateway dropped never will).
     let events_expected = n as u64 * events_per_subscription;
-    let upstream_events_expected = upstream_subscriptions as u64 * events_per_subscription;
-    let mut problems = Vec::new();
     let ticks_end = started + Duration::from_secs(args.duration);
     let mut last_progress = (load.events(), Instant::now());
     loop {
         time::sleep(POLL).await;
         let stats = emitter.stats().await?;
-        let delivered = load.events();
+        let delivered = load.events() - events_before;
         if delivered != last_progress.0 {
             last_progress = (delivered, Instant::now());
         }
-        // `ticking` goes false when the last tick is queued, possibly before every
-        // connection wrote it: "all sent and all delivered" or a quiet spell ends the wait.
-        let all_delivered = stats.events_sent >= upstream_events_expected
-            && delivered >= stats.events_sent * fan_out;
-        if !stats.ticking && (all_delivered || last_progress.1.elapsed() >= DRAIN_QUIET) {
+        if !stats.ticking
+            && (delivered >= events_expected || last_progress.1.elapsed() >= DRAIN_QUIET)
+        {
             break;
         }
         if Instant::now() >= ticks_end + DRAIN_TIMEOUT {
-            problems.push(format!(
+            figures.problems.push(format!(
                 "delivery still going {} s after the last tick; stopped waiting",
                 DRAIN_TIMEOUT.as_secs()
             ));
             break;
         }
     }
-    let window = started.elapsed().as_secs_f64();
-    let gateway_cpu = optional_cpu_seconds(system.pid)?
+    let gateway_cpu = optional_cpu_seconds(gateway_pid)?
         .zip(gateway_cpu)
         .map(|(after, before)| after - before);
-    let emitter_cpu = proc_stats::cpu_seconds(emitter.pid)? - emitter_cpu;
-    let harness_cpu = proc_stats::cpu_seconds(std::process::id())? - harness_cpu;
-    let gateway_memory = system.pid.map(proc_stats::memory).transpose()?;
-    let last_event_ns = load.last_event_ns();
-    let stats = emitter.stats().await?;
-    let clients = load.finish().await;
-    let (gateway_warnings, gateway_warning_samples) = warnings(&system);
-    system.stop().await;
-    emitter.stop().await;
-
-    let elapsed_s = last_event_ns.saturating_sub(start_ns) as f64 / 1e9;
-    let delivered = clients.events;
-    check_clients(&clients, &mut problems);
-    if stats.events_sent < upstream_events_expected {
-        // Two causes: subscriptions stopped upstream before the end (cut off, failed), or
-        // a connection fell TICK_QUEUE ticks behind because its reader was too slow.
-        let ended_early = stats.subscriptions_total as i64 - stats.subscriptions_active;
-        problems.push(format!(
-            "the upstream sent {} of {upstream_events_expected} expected events ({ended_early} \
-             subscriptions ended early upstream; {} connection-ticks skipped because a \
-             connection was not read fast enough)",
-            stats.events_sent, stats.connection_ticks_skipped
-        ));
-    }
-    if delivered < stats.events_sent * fan_out {
-        problems.push(format!(
-            "{} of {} events due to clients never reached one",
-            stats.events_sent * fan_out - delivered,
-            stats.events_sent * fan_out
-        ));
-    }
-    let result = FanoutResult {
-        system: kind,
-        upstream_connections: stats.connections_total,
-        upstream_subscriptions,
-        events_expected,
-        events_sent: stats.events_sent,
-        events_delivered: delivered,
-        delivered_per_s: if elapsed_s > 0.0 {
-            delivered as f64 / elapsed_s
-        } else {
-            0.0
-        },
-        elapsed_s,
-        latency_us: clients.latency.as_ref().and_then(percentiles),
-        gateway_cpu_s: gateway_cpu,
-        gateway_cpu_percent: gateway_cpu.map(|cpu| 100.0 * cpu / window),
-        gateway_cpu_s_per_million_events: gateway_cpu
-            .filter(|_| delivered > 0)
-            .map(|cpu| cpu * 1e6 / delivered as f64),
-        gateway_memory,
-        emitter_cpu_s: emitter_cpu,
-        harness_cpu_s: harness_cpu,
-        emitter: stats,
-        clients,
-        gateway_warnings,
-        gateway_warning_samples,
-        problems,
-    };
-    eprintln!(
-        "  {} events delivered in {:.2} s; {}",
-        result.events_delivered,
-        result.elapsed_s,
-        if result.problems.is_empty() {
-            "all checks passed".to_owned()
-        } else {
-            result.problems.join("; ")
-        }
-    );
-    Ok(result)
+    figures.emitter_cpu_s = proc_stats::cpu_seconds(emitter.pid)? - emitter_cpu;
+    figures.harness_cpu_s = proc_stats::cpu_seconds(std::process::id())? - harness_cpu;
+    let elapsed_s = load.last_event_ns().saturating_sub(start_ns) as f64 / 1e9;
+    let delivered = load.events() - events_before;
+    figures.events_expected = events_expected;
+    figures.events_delivered = delivered;
+    figures.delivered_per_s = (elapsed_s > 0.0).then(|| delivered as f64 / elapsed_s);
+    figures.gateway_cpu_s = gateway_cpu;
+    figures.gateway_cpu_s_per_million_events = gateway_cpu
+        .filter(|_| delivered > 0)
+        .map(|cpu| cpu * 1e6 / delivered as f64);
+    Ok(())
 }
 
-async fn idle(harness: &Harness, kind: SystemKind) -> anyhow::Result<IdleResult> {
-    let args = &harness.args;
-    let n = args.idle_subscriptions;
-    eprintln!("idle / {kind}: {n} idle subscriptions");
-    // The ticker never starts: the rate is irrelevant.
-    let mut emitter = Emitter::spawn(&harness.bench_exe, 1, TickMode::Broadcast, 0).await?;
-    let system = harness.start_system(kind, &emitter, "idle", n).await?;
-    let pid = system
-        .pid
-        .context("the idle scenario needs a gateway process")?;
-    time::sleep(STARTUP_SETTLE).await;
-    let memory_before = proc_stats::memory(pid)?;
-
-    let load = Load::start(&system.url(), n, args.connect_concurrency)?;
-    load.wait_subscribed(SUBSCRIBE_TIMEOUT).await?;
-    wait_upstream_subscriptions(&mut emitter, kind.upstream_subscriptions(n)).await?;
-    time::sleep(Duration::from_millis(args.settle_ms)).await;
-    let memory_after = proc_stats::memory(pid)?;
-    let stats = emitter.stats().await?;
-    let clients = load.finish().await;
-    let (gateway_warnings, gateway_warning_samples) = warnings(&system);
-    system.stop().await;
-    emitter.stop().await;
-
+/// The event checks: every client got every event, and the upstream sent what its
+/// subscriptions should have had.
+fn check_events(figures: &Figures, clients: &LoadSummary) -> Vec<String> {
     let mut problems = Vec::new();
-    check_clients(&clients, &mut problems);
-    if clients.events > 0 {
+    let per_client = figures.events_expected / clients.clients.max(1) as u64;
+    if figures.events_delivered < figures.events_expected {
         problems.push(format!(
-            "{} events arrived on idle subscriptions",
-            clients.events
+            "{} of {} events never reached a client (fewest per client: {} of {per_client})",
+            figures.events_expected - figures.events_delivered,
+            figures.events_expected,
+            clients.min_events_per_client
         ));
     }
-    let delta = memory_after.rss_kib as f64 - memory_before.rss_kib as f64;
-    let result = IdleResult {
-        system: kind,
-        subscriptions: n,
-        upstream_connections: stats.connections_open,
-        upstream_subscriptions: stats.subscriptions_active,
-        memory_before,
-        memory_after,
-        rss_per_subscription_kib: delta / n as f64,
-        clients,
-        gateway_warnings,
-        gateway_warning_samples,
-        problems,
-    };
-    eprintln!(
-        "  RSS {} → {} KiB ({:.1} KiB per subscription), {} upstream connections",
-        result.memory_before.rss_kib,
-        result.memory_after.rss_kib,
-        result.rss_per_subscription_kib,
-        result.upstream_connections
-    );
-    Ok(result)
+    let stats = &figures.emitter;
+    let upstream_expected = stats.subscriptions_active.max(0) as u64 * per_client;
+    if stats.events_sent < upstream_expected {
+        problems.push(format!(
+            "the upstream sent {} of {upstream_expected} events to its {} subscriptions ({} \
+             connection-ticks skipped because a connection was not read fast enough)",
+            stats.events_sent, stats.subscriptions_active, stats.connection_ticks_skipped
+        ));
+    }
+    problems
 }
 
 fn optional_cpu_seconds(pid: Option<u32>) -> anyhow::Result<Option<f64>> {
     Ok(pid.map(proc_stats::cpu_seconds).transpose()?)
 }
 
-/// The per-client checks shared by both scenarios.
+/// The per-client checks shared by every scenario.
 fn check_clients(clients: &LoadSummary, problems: &mut Vec<String>) {
     if clients.connect_failures > 0 {
         problems.push(format!(
@@ -620,7 +898,7 @@ fn check_clients(clients: &LoadSummary, problems: &mut Vec<String>) {
 }
 
 /// Latency percentiles in µs from a histogram in ns.
-fn percentiles(histogram: &hdrhistogram::Histogram<u64>) -> Option<Percentiles> {
+pub fn percentiles(histogram: &hdrhistogram::Histogram<u64>) -> Option<Percentiles> {
     if histogram.is_empty() {
         return None;
     }
@@ -633,4 +911,18 @@ fn percentiles(histogram: &hdrhistogram::Histogram<u64>) -> Option<Percentiles> 
         max: us(histogram.max()),
         mean: histogram.mean() / 1e3,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(18000), "18,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
 }

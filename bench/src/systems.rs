@@ -27,6 +27,8 @@ pub const TUNED_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// How long a child may take to print its address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a peer gateway may take to answer its readiness probe (Node starts slowly).
+const PEER_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the emitter may take to answer a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -47,18 +49,15 @@ pub enum SystemKind {
     /// No proxy: clients connect straight to the emitter. The floor the harness itself
     /// sets (fan-out only).
     Direct,
-}
-
-impl SystemKind {
-    /// Upstream subscriptions the emitter serves when `clients` clients each start the
-    /// same tick subscription: subplex deduplicates identical operations of one security
-    /// context (`dedup`, on by default in the generated config), the others forward each.
-    pub fn upstream_subscriptions(self, clients: usize) -> usize {
-        match self {
-            SystemKind::Subplex => 1,
-            SystemKind::Baseline | SystemKind::BaselineTuned | SystemKind::Direct => clients,
-        }
-    }
+    /// `subplex-bench floor`: one upstream subscription, each event re-framed and written
+    /// per client. The least a fan-out gateway can do.
+    Floor,
+    /// Hive Router 0.2.5 (Rust, crates.io), subscriptions and dedupe on, in front of a
+    /// one-subgraph supergraph (`bench/peers/hive-router/`).
+    HiveRouter,
+    /// Hive Gateway (Node, npm `@graphql-hive/gateway`) in proxy mode
+    /// (`bench/peers/hive-gateway/`).
+    HiveGateway,
 }
 
 impl fmt::Display for SystemKind {
@@ -68,6 +67,9 @@ impl fmt::Display for SystemKind {
             SystemKind::Baseline => "baseline",
             SystemKind::BaselineTuned => "baseline-tuned",
             SystemKind::Direct => "direct",
+            SystemKind::Floor => "floor",
+            SystemKind::HiveRouter => "hive-router",
+            SystemKind::HiveGateway => "hive-gateway",
         })
     }
 }
@@ -117,6 +119,15 @@ impl Emitter {
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/graphql", self.addr)
+    }
+
+    /// Sends every subscription one priming event (`n` = 0).
+    pub async fn prime(&mut self) -> anyhow::Result<()> {
+        let reply = self.command("prime").await?;
+        if reply != "OK" {
+            bail!("emitter refused prime: {reply}");
+        }
+        Ok(())
     }
 
     /// Starts the ticker: every subscription gets `events` events from now.
@@ -171,9 +182,14 @@ pub struct System {
 }
 
 impl System {
-    /// `ws://` URL clients connect to.
+    /// `ws://` URL WebSocket clients connect to.
     pub fn url(&self) -> String {
         format!("ws://{}/graphql", self.addr)
+    }
+
+    /// `http://` URL SSE clients post to.
+    pub fn http_url(&self) -> String {
+        format!("http://{}/graphql", self.addr)
     }
 
     /// subplex: writes its config into `dir`, starts `subplex_bin --config …` under
@@ -203,15 +219,8 @@ impl System {
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
         let log_path = dir.join(format!("{run_name}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-
-        // Through `supervise`, which kills subplex when our end of its stdin closes: subplex
-        // itself would outlive a harness that was killed.
-        let mut command = Command::new(bench_exe);
+        let (mut command, log) = supervised(bench_exe, &log_path)?;
         command
-            .arg("supervise")
-            .arg("--")
             .arg(subplex_bin)
             .arg("--config")
             .arg(&config_path)
@@ -259,6 +268,107 @@ impl System {
         })
     }
 
+    /// The floor (`subplex-bench floor`) in front of the emitter.
+    pub async fn floor(bench_exe: &Path, emitter: &Emitter) -> anyhow::Result<System> {
+        let mut command = Command::new(bench_exe);
+        command.arg("floor").args(["--upstream", &emitter.ws_url()]);
+        System::helper(command, "floor").await
+    }
+
+    /// A helper subcommand of this executable that prints `READY <address>`.
+    async fn helper(command: Command, what: &str) -> anyhow::Result<System> {
+        let (child, pid, stdin, mut stdout) = spawn_piped(command, what)?;
+        let addr = read_ready(&mut stdout, what).await?;
+        Ok(System {
+            child: Some(child),
+            pid: Some(pid),
+            addr,
+            _stdin: Some(stdin),
+            log: None,
+        })
+    }
+
+    /// A program that knows nothing of the harness (a peer gateway), run under
+    /// `bench_exe supervise` with its stdout and stderr in `log_path`, listening on
+    /// `addr`: ready once `GET http://addr{ready_path}` answers 200.
+    pub async fn external(
+        bench_exe: &Path,
+        program: std::process::Command,
+        addr: SocketAddr,
+        ready_path: &str,
+        log_path: PathBuf,
+    ) -> anyhow::Result<System> {
+        let what = program.get_program().to_string_lossy().into_owned();
+        let (mut command, log) = supervised(bench_exe, &log_path)?;
+        command
+            .arg(program.get_program())
+            .args(program.get_args())
+            .stderr(Stdio::from(log.try_clone()?))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(dir) = program.get_current_dir() {
+            command.current_dir(dir);
+        }
+        for (key, value) in program.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        let stdin = child.stdin.take().context("supervisor stdin")?;
+        let stdout = child.stdout.take().context("supervisor stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = time::timeout(STARTUP_TIMEOUT, lines.next_line())
+            .await
+            .with_context(|| format!("the supervisor of {what} printed nothing"))??
+            .with_context(|| format!("the supervisor of {what} exited"))?;
+        let pid: u32 = line
+            .strip_prefix("PID ")
+            .and_then(|pid| pid.trim().parse().ok())
+            .with_context(|| format!("unexpected line from the supervisor: {line:?}"))?;
+        // The program's stdout, like its stderr, goes to the log; a pipe nobody reads would
+        // block it once full.
+        let mut log = log;
+        tokio::spawn(async move {
+            use std::io::Write as _;
+            while let Ok(Some(line)) = lines.next_line().await {
+                // A few lines at most: peers log at error level.
+                let _ = writeln!(log, "{line}");
+            }
+        });
+        let system = System {
+            child: Some(child),
+            pid: Some(pid),
+            addr,
+            _stdin: Some(stdin),
+            log: Some(log_path),
+        };
+        let url = format!("http://{addr}{ready_path}");
+        let deadline = time::Instant::now() + PEER_STARTUP_TIMEOUT;
+        let http = reqwest::Client::new();
+        loop {
+            if let Ok(response) = http.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(system);
+                }
+            }
+            if time::Instant::now() >= deadline
+                || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let tail = system.log.as_deref().map(log_tail).unwrap_or_default();
+                system.stop().await;
+                bail!(
+                    "{what} was not ready at {url} within {} s; its log:\n{tail}",
+                    PEER_STARTUP_TIMEOUT.as_secs()
+                );
+            }
+            time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The baseline forwarder in front of the emitter.
     pub async fn baseline(
         bench_exe: &Path,
@@ -272,15 +382,7 @@ impl System {
         if let Some(bytes) = read_buffer_bytes {
             command.args(["--read-buffer-bytes", &bytes.to_string()]);
         }
-        let (child, pid, stdin, mut stdout) = spawn_piped(command, "forwarder")?;
-        let addr = read_ready(&mut stdout, "forwarder").await?;
-        Ok(System {
-            child: Some(child),
-            pid: Some(pid),
-            addr,
-            _stdin: Some(stdin),
-            log: None,
-        })
+        System::helper(command, "forwarder").await
     }
 
     /// No system at all: clients talk to the emitter.
@@ -303,6 +405,18 @@ impl System {
             stop_child(child).await;
         }
     }
+}
+
+/// The start of a `bench_exe supervise -- …` command, and the log file it creates for the
+/// program. Programs that do not watch the harness (subplex, the peers) run under
+/// `supervise`, which kills them when our end of its stdin closes: they would outlive a
+/// harness that was killed.
+fn supervised(bench_exe: &Path, log_path: &Path) -> anyhow::Result<(Command, std::fs::File)> {
+    let log = std::fs::File::create(log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut command = Command::new(bench_exe);
+    command.arg("supervise").arg("--");
+    Ok((command, log))
 }
 
 /// Waits briefly for a helper that was told to stop (stdin closed), then kills it.

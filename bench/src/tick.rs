@@ -12,8 +12,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 
 /// The subscription every bench client starts. The emitter accepts any subscription that
-/// mentions `tick`; the selection is only for readers of logs.
-pub const QUERY: &str = "subscription { tick { n t } }";
+/// mentions `tick`; the selection is what the peers' schema (`bench/peers/emitter.graphql`)
+/// needs.
+pub const QUERY: &str = "subscription Tick { tick { n t } }";
+
+/// The same subscription with a variable, so that each client's request is distinct and
+/// no gateway may share one upstream operation between two clients.
+pub const KEYED_QUERY: &str = "subscription KeyedTick($key: Int!) { tick(key: $key) { n t } }";
+
+/// The `n` of a priming event: sent before the measured events, so the harness knows each
+/// client is attached end to end (see `crate::emitter`). Not part of the sequence.
+pub const PRIMING_N: u64 = 0;
 
 /// Whether the emitter should serve `query` as a tick stream.
 pub fn is_tick_subscription(query: &str) -> bool {
