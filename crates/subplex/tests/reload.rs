@@ -32,6 +32,15 @@ fn shared(kind: &str, url: &str, user: &str, count: usize) -> Vec<Value> {
 }
 
 fn config(stable: u16, other: u16, version: &str) -> String {
+    // Each client its own upstream subscription, so the upstreams' counts show every one
+    // of them carried over (deduplicated, 500 identical ones would be a handful).
+    config_text(stable, other, version).replace(
+        "protocol = \"graphql-transport-ws\"\n",
+        "protocol = \"graphql-transport-ws\"\ndedup = false\n",
+    )
+}
+
+fn config_text(stable: u16, other: u16, version: &str) -> String {
     let head = format!(
         "[upstreams.stable]\nurl = \"http://127.0.0.1:{stable}/graphql\"\nprotocol = \"graphql-transport-ws\"\n\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"stable\"\n\n\
