@@ -51,18 +51,26 @@ async fn forward(mut client: TcpStream, mut server: TcpStream, cut_after: Option
     let (mut server_read, mut server_write) = server.split();
     let requests = tokio::io::copy(&mut client_read, &mut server_write);
     let responses = async {
-        let mut seen = String::new();
+        // Everything read so far; `sent` bytes of it went to the client.
+        let mut seen: Vec<u8> = Vec::new();
+        let mut sent = 0;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             let n = match server_read.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            if client_write.write_all(&buf[..n]).await.is_err() {
+            seen.extend_from_slice(&buf[..n]);
+            // The cut falls right after the event holding the last occurrence (its blank
+            // line), even when one read brought more events: on a loaded machine the
+            // gateway may write many at once, and the client must still miss the rest.
+            let end = cut_point(&seen, pattern, occurrences);
+            let upto = end.unwrap_or(seen.len());
+            if client_write.write_all(&seen[sent..upto]).await.is_err() {
                 return;
             }
-            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-            if seen.matches(pattern).count() >= occurrences {
+            sent = upto;
+            if end.is_some() {
                 return;
             }
         }
@@ -72,4 +80,20 @@ async fn forward(mut client: TcpStream, mut server: TcpStream, cut_after: Option
         _ = requests => {}
         _ = responses => {}
     }
+}
+
+/// Where the event holding the `occurrences`-th `pattern` ends (after its blank line), if
+/// `seen` holds all of it.
+fn cut_point(seen: &[u8], pattern: &str, occurrences: usize) -> Option<usize> {
+    let find = |from: usize, needle: &[u8]| {
+        seen[from..]
+            .windows(needle.len())
+            .position(|window| window == needle)
+            .map(|at| from + at)
+    };
+    let mut start = 0;
+    for _ in 0..occurrences {
+        start = find(start, pattern.as_bytes())? + pattern.len();
+    }
+    Some(find(start, b"\n\n")? + 2)
 }
