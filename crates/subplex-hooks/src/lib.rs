@@ -150,6 +150,7 @@ type ParsedEvent = Option<(RawJson, Option<Dynamic>)>;
 /// or route.
 pub struct HookScript {
     file: String,
+    source: Box<str>,
     engine: Engine,
     ast: AST,
     points: HookPoints,
@@ -202,12 +203,19 @@ impl HookScript {
         };
         Ok(HookScript {
             file,
+            source: source.into(),
             engine,
             ast,
             points,
             calls: CallCounters::default(),
             last_event: Mutex::new(None),
         })
+    }
+
+    /// The text the script was compiled from: what a config reload compares, so a
+    /// changed file is noticed by what actually runs, not by reading the file again.
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     /// The script as named in the config (for logs).

@@ -270,9 +270,17 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         });
         match upstream_index.get(&route.upstream) {
             Some(&upstream) => routes.push(RouteConfig {
+                // A route's own script changes what its upstream's clients run: it is
+                // part of the upstream's settings (see below for the limits).
+                hooks: route_hooks
+                    .inspect(|script| {
+                        let fingerprint = &mut upstreams[upstream].settings.fingerprint;
+                        *fingerprint =
+                            fingerprint.with([route.path.as_bytes(), script.source().as_bytes()]);
+                    })
+                    .or_else(|| upstreams[upstream].hooks.clone()),
                 path: route.path.clone(),
                 upstream,
-                hooks: route_hooks.or_else(|| upstreams[upstream].hooks.clone()),
             }),
             None if raw.upstreams.contains_key(&route.upstream) => {} // Reported under upstreams.
             None => {
@@ -294,21 +302,13 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
         }
     }
 
-    // What an upstream's clients run is part of its settings: the `[hooks]` limits and
-    // the scripts of routes with their own. A reload that changes either rebuilds the
-    // upstream, so no client keeps a connection set up under the old scripts.
+    // What an upstream's clients run is part of its settings: the `[hooks]` limits too,
+    // besides the route scripts folded in above. A reload that changes either rebuilds
+    // the upstream, so no client keeps a connection set up under the old scripts.
     let limits_text = format!("{limits:?}");
     for upstream in &mut upstreams {
         upstream.settings.fingerprint =
             upstream.settings.fingerprint.with([limits_text.as_bytes()]);
-    }
-    for route in &raw.routes {
-        let (Some(file), Some(&index)) = (&route.hooks, upstream_index.get(&route.upstream)) else {
-            continue;
-        };
-        let script = std::fs::read(base_dir.join(file)).unwrap_or_default();
-        let fingerprint = &mut upstreams[index].settings.fingerprint;
-        *fingerprint = fingerprint.with([route.path.as_bytes(), &script]);
     }
 
     let admin_listen = validate_admin(&raw.admin, server.listen, &mut problems);
@@ -747,7 +747,7 @@ fn validate_upstream(
     settings.subscriber_queue_bytes = raw.subscriber_queue_bytes;
     settings.dedup = raw.dedup;
     settings.reconnect = reconnect;
-    settings.fingerprint = settings_fingerprint(name, raw, ca_file.as_deref(), base_dir);
+    settings.fingerprint = settings_fingerprint(name, raw, ca_file.as_deref(), hooks.as_deref());
     Some(UpstreamConfig {
         settings,
         http_url,
@@ -764,22 +764,21 @@ fn validate_upstream(
 /// Everything configured for one upstream: its name, every key of its table (defaults
 /// included, so writing out a default changes nothing), and the contents of the files it
 /// names, so a reload notices a new CA certificate or hook script behind the same name.
-/// Unreadable files were reported by validation before this runs.
+/// The script's text is the one it was compiled from. Unreadable files were reported by
+/// validation before this runs.
 fn settings_fingerprint(
     name: &str,
     raw: &RawUpstream,
     ca_file: Option<&Path>,
-    base_dir: &Path,
+    hooks: Option<&subplex_hooks::HookScript>,
 ) -> SettingsFingerprint {
     // Serialising plain strings, numbers and lists cannot fail.
     let table = serde_json::to_vec(raw).unwrap_or_default();
-    let read = |path: Option<std::path::PathBuf>| {
-        path.map(|path| std::fs::read(path).unwrap_or_default())
-            .unwrap_or_default()
-    };
-    let ca = read(ca_file.map(Path::to_path_buf));
-    let hooks = read(raw.hooks.as_ref().map(|file| base_dir.join(file)));
-    SettingsFingerprint::of([name.as_bytes(), &table, &ca, &hooks])
+    let ca = ca_file
+        .map(|path| std::fs::read(path).unwrap_or_default())
+        .unwrap_or_default();
+    let hooks = hooks.map_or("", |script| script.source());
+    SettingsFingerprint::of([name.as_bytes(), &table, &ca, hooks.as_bytes()])
 }
 
 #[cfg(test)]
@@ -1335,6 +1334,39 @@ mod tests {
         assert_eq!(first, fingerprint(payload));
         // Same file name, new script: a changed upstream.
         assert_ne!(first, fingerprint(tagged));
+        let _ = std::fs::remove_file(&script);
+    }
+
+    #[test]
+    fn a_routes_own_script_and_the_hook_limits_are_in_the_upstreams_fingerprint() {
+        let script = std::env::temp_dir().join(format!(
+            "subplex-fingerprint-route-hooks-{}.rhai",
+            std::process::id()
+        ));
+        let with_route_script = GOOD.replace(
+            "upstream = \"chat\"",
+            &format!(
+                "upstream = \"chat\"\nhooks = {:?}",
+                script.display().to_string()
+            ),
+        );
+        let fingerprint = |text: &str, body: &str| {
+            std::fs::write(&script, body).unwrap();
+            Config::parse(text, "gateway.toml").unwrap().upstreams[0]
+                .settings
+                .fingerprint
+        };
+        let payload = "fn on_connection_init(ctx, payload) {\n    payload\n}\n";
+        let tagged = "fn on_connection_init(ctx, payload) {\n    payload.v = 2;\n    payload\n}\n";
+        let without = fingerprint(GOOD, payload);
+        let first = fingerprint(&with_route_script, payload);
+        assert_ne!(without, first);
+        assert_eq!(first, fingerprint(&with_route_script, payload));
+        // Same file name, new script on the route: a changed upstream.
+        assert_ne!(first, fingerprint(&with_route_script, tagged));
+        // Other sandbox limits: a changed upstream too.
+        let limited = format!("{GOOD}\n[hooks]\nmax_operations = 5000\n");
+        assert_ne!(without, fingerprint(&limited, payload));
         let _ = std::fs::remove_file(&script);
     }
 
