@@ -110,7 +110,8 @@ const HISTOGRAM_SHARDS: usize = 8;
 const LATENCY_MIN_NS: u64 = 1_000;
 const LATENCY_MAX_NS: u64 = 60_000_000_000;
 
-/// The `extensions.code` subplex puts on the error result of a subscription it cut off.
+/// The `extensions.code` subplex puts on the error result of an SSE subscription it cut
+/// off; a WebSocket it closes with `close::SLOW_CONSUMER` (1013) instead.
 const SLOW_CONSUMER_CODE: &str = "SLOW_CONSUMER";
 
 /// State the clients share with the harness while they run.
@@ -386,6 +387,11 @@ async fn client(
             Delivery::Error => report.errors += 1,
             Delivery::Complete => report.completed = true,
             Delivery::Nothing => {}
+            Delivery::CutOff => {
+                report.cut_off_slow_consumer = true;
+                report.disconnected = true;
+                break;
+            }
             Delivery::Closed => {
                 report.disconnected = true;
                 break;
@@ -437,6 +443,8 @@ enum Delivery {
     Complete,
     /// Pings, acknowledgements, keep-alive comments.
     Nothing,
+    /// The server closed the WebSocket as subplex closes a client it cut off as too slow.
+    CutOff,
     /// The server closed or dropped the connection.
     Closed,
 }
@@ -493,6 +501,11 @@ async fn next_ws(socket: &mut Socket) -> Delivery {
             return Delivery::Nothing
         }
         Some(Ok(Message::Binary(_))) => return Delivery::Error,
+        Some(Ok(Message::Close(Some(frame))))
+            if u16::from(frame.code) == subplex_protocol::close::SLOW_CONSUMER.code =>
+        {
+            return Delivery::CutOff
+        }
         Some(Ok(Message::Close(_)) | Err(_)) | None => return Delivery::Closed,
     };
     match ServerMessage::decode(text.as_str(), MAX_MESSAGE_BYTES) {

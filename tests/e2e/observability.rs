@@ -96,7 +96,7 @@ fn expected(clients: [u32; 5], operations: u32, upstream_connections: u32) -> Ve
     let [transport_ws, legacy_ws, sse, sse_single, multipart] = clients;
     let mut lines = vec![
         "subplex_client_cuts_total{reason=\"limit\"} 0".to_owned(),
-        "subplex_client_cuts_total{reason=\"slow\"} 0".to_owned(),
+        "subplex_client_cuts_total{reason=\"slow_consumer\"} 0".to_owned(),
         "subplex_client_cuts_total{reason=\"write_timeout\"} 0".to_owned(),
         "subplex_hook_errors_total{upstream=\"demo\"} 0".to_owned(),
         "subplex_upstream_reconnects_total{upstream=\"demo\"} 0".to_owned(),
@@ -331,7 +331,7 @@ async fn counters_equal_what_a_scripted_scenario_did() {
         "subplex_client_connections{transport=\"sse\"} 0",
         "subplex_client_connections{transport=\"sse-single-connection\"} 0",
         "subplex_client_cuts_total{reason=\"limit\"} 1",
-        "subplex_client_cuts_total{reason=\"slow\"} 0",
+        "subplex_client_cuts_total{reason=\"slow_consumer\"} 0",
         "subplex_client_cuts_total{reason=\"write_timeout\"} 0",
         "subplex_events_total{upstream=\"up\",direction=\"in\"} 6",
         "subplex_events_total{upstream=\"up\",direction=\"out\"} 6",
@@ -446,7 +446,7 @@ async fn status_page_shows_live_values_in_chromium() {
     }
     assert_eq!(fields["clients.graphql-transport-ws"], "2");
     assert_eq!(fields["clients.sse"], "0");
-    for reason in ["slow", "write_timeout", "limit"] {
+    for reason in ["slow_consumer", "write_timeout", "limit"] {
         assert_eq!(fields[format!("cuts.{reason}")], "0");
     }
     assert_eq!(fields["upstream.demo.reconnects"], "0");

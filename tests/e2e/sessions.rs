@@ -336,6 +336,235 @@ async fn streamed_http_clients_that_stop_reading_are_cut() {
     );
 }
 
+/// Sends `request` (raw HTTP/1.1) over a socket whose receive buffer is tiny, and reads
+/// the response head (200 asserted); the test then reads nothing more until it chooses to,
+/// so the gateway's writes stall after a few KiB.
+async fn stalled_http_request(
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let mut stream = tcp.connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).await.unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut header = String::new();
+    while header != "\r\n" {
+        header.clear();
+        reader.read_line(&mut header).await.unwrap();
+    }
+    reader
+}
+
+/// Reads a chunked response body to its last chunk and returns its text.
+async fn read_chunked_body(reader: &mut tokio::io::BufReader<tokio::net::TcpStream>) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let read = async {
+        let mut body = Vec::new();
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await.unwrap();
+            let size = usize::from_str_radix(size.trim_end(), 16)
+                .unwrap_or_else(|_| panic!("a chunk size: {size:?}"));
+            // The chunk and its CRLF; the last chunk is empty, then the final CRLF.
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                return String::from_utf8(body).unwrap();
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    };
+    tokio::time::timeout(EVENT_TIMEOUT, read)
+        .await
+        .expect("the body ends within the timeout")
+}
+
+/// The `(event, data)` of each SSE event in `body`, keep-alive comments left out.
+fn sse_events(body: &str) -> Vec<(String, String)> {
+    body.split("\n\n")
+        .filter(|block| !block.is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name))
+                    .map(|value| value.trim_start().to_owned())
+                    .unwrap_or_else(|| panic!("{name} in {block:?}"))
+            };
+            (field("event:"), field("data:"))
+        })
+        .collect()
+}
+
+/// Asserts that `errors` (a GraphQL errors array) is the slow-consumer cut.
+fn assert_slow_consumer(errors: &serde_json::Value) {
+    assert_eq!(errors[0]["extensions"]["code"], "SLOW_CONSUMER", "{errors}");
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("65536 bytes"),
+        "{errors}"
+    );
+}
+
+/// Ticks `{"forever":{"n":…}}` in order, each following the one before.
+fn assert_ticks_in_order(results: &[serde_json::Value]) {
+    let ticks: Vec<u64> = results
+        .iter()
+        .map(|result| {
+            result["data"]["forever"]["n"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("a tick: {result}"))
+        })
+        .collect();
+    assert!(
+        ticks.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{ticks:?}"
+    );
+}
+
+/// SSE (both modes) and multipart clients too slow for their operation: it is cut off by
+/// the slow-consumer policy (room for a million events, but 64 KiB) long before the write
+/// timeout, and once the client reads again it finds the events written before the cut,
+/// an error event naming `SLOW_CONSUMER`, and the end of the stream. In single-connection
+/// mode the whole stream ends, as a WebSocket does: every unfinished operation gets the
+/// error, and the one that was keeping up stops upstream too. Each client counted once.
+#[tokio::test]
+async fn streamed_http_clients_too_slow_get_an_error_event_then_the_end() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = slow_consumer_gateway(&server).await;
+    let fast = "subscription { forever(intervalMs: 1) { n padding(bytes: 4096) } }";
+    let get = |accept: &str| {
+        format!(
+            "GET /graphql?query={} HTTP/1.1\r\nhost: {}\r\naccept: {accept}\r\n\r\n",
+            subplex_tests::http::urlencode(fast),
+            gateway.addr
+        )
+    };
+
+    // SSE, distinct connections mode.
+    let mut sse = stalled_http_request(gateway.addr, &get("text/event-stream")).await;
+    server.wait_for_events("subscription_start", 1).await;
+    server.wait_for_events("subscription_end", 1).await;
+    let events = sse_events(&read_chunked_body(&mut sse).await);
+    let (ticks, ending) = events.split_at(events.len() - 2);
+    assert!(ticks.iter().all(|(event, _)| event == "next"), "{ticks:?}");
+    let results: Vec<serde_json::Value> = ticks
+        .iter()
+        .map(|(_, data)| serde_json::from_str(data).unwrap())
+        .collect();
+    assert_ticks_in_order(&results);
+    assert_eq!(ending[0].0, "next");
+    let error: serde_json::Value = serde_json::from_str(&ending[0].1).unwrap();
+    assert_slow_consumer(&error["errors"]);
+    assert_eq!(ending[1], ("complete".to_owned(), String::new()));
+    assert_eq!(gateway.stats.slow_consumers_cut(), 1);
+
+    // Multipart: the transport-error part, then the closing boundary.
+    let mut multipart = stalled_http_request(
+        gateway.addr,
+        &get("multipart/mixed;subscriptionSpec=\"1.0\""),
+    )
+    .await;
+    server.wait_for_events("subscription_start", 2).await;
+    server.wait_for_events("subscription_end", 2).await;
+    let body = read_chunked_body(&mut multipart).await;
+    let parts: Vec<serde_json::Value> = body
+        .strip_prefix("\r\n--graphql")
+        .and_then(|body| body.strip_suffix("--\r\n"))
+        .unwrap_or_else(|| panic!("a multipart body that ends: {body:?}"))
+        .split("\r\n--graphql")
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let json = part
+                .strip_prefix("\r\ncontent-type: application/json\r\n\r\n")
+                .unwrap_or_else(|| panic!("a part: {part:?}"));
+            serde_json::from_str(json).unwrap()
+        })
+        .filter(|part| *part != json!({}))
+        .collect();
+    let (last, ticks) = parts.split_last().unwrap();
+    let results: Vec<serde_json::Value> =
+        ticks.iter().map(|part| part["payload"].clone()).collect();
+    assert_ticks_in_order(&results);
+    assert_eq!(last["payload"], serde_json::Value::Null, "{last}");
+    assert_slow_consumer(&last["errors"]);
+    assert_eq!(gateway.stats.slow_consumers_cut(), 2);
+
+    // SSE, single connection mode: a fast operation the client cannot keep up with, and a
+    // slow one it could.
+    let http = reqwest::Client::new();
+    let token = http
+        .put(gateway.url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut single = stalled_http_request(
+        gateway.addr,
+        &format!(
+            "GET /graphql HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n\
+             x-graphql-event-stream-token: {token}\r\n\r\n",
+            gateway.addr
+        ),
+    )
+    .await;
+    for (id, query) in [
+        ("fast", fast),
+        ("slow", "subscription { forever(intervalMs: 1000) { n } }"),
+    ] {
+        let posted = http
+            .post(gateway.url())
+            .header("x-graphql-event-stream-token", &token)
+            .header("content-type", "application/json")
+            .body(json!({ "query": query, "extensions": { "operationId": id } }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 202);
+    }
+    server.wait_for_events("subscription_start", 4).await;
+    // The fast one is cut; the slow one runs until the client reads again.
+    server.wait_for_events("subscription_end", 3).await;
+    let events = sse_events(&read_chunked_body(&mut single).await);
+    let (running, ending) = events.split_at(events.len() - 4);
+    let mut fast_results = Vec::new();
+    for (event, data) in running {
+        assert_eq!(event, "next", "{data}");
+        let data: serde_json::Value = serde_json::from_str(data).unwrap();
+        if data["id"] == "fast" {
+            fast_results.push(data["payload"].clone());
+        } else {
+            assert_eq!(data["id"], "slow", "{data}");
+        }
+    }
+    assert_ticks_in_order(&fast_results);
+    for (pair, id) in ending.chunks(2).zip(["fast", "slow"]) {
+        assert_eq!(pair[0].0, "next");
+        let error: serde_json::Value = serde_json::from_str(&pair[0].1).unwrap();
+        assert_eq!(error["id"], id, "{error}");
+        assert_slow_consumer(&error["payload"]["errors"]);
+        assert_eq!(
+            pair[1],
+            ("complete".to_owned(), json!({ "id": id }).to_string())
+        );
+    }
+    // Both operations stopped upstream with the stream.
+    server
+        .wait_for("every subscription to end", |c| c.subscriptions_active == 0)
+        .await;
+    assert_eq!(gateway.stats.slow_consumers_cut(), 3, "each client once");
+    assert_eq!(gateway.stats.stuck_clients_cut(), 0);
+}
+
 /// On HTTP/2 one connection carries any number of streams, so each streamed response
 /// takes a place of its own under `server.max_connections`.
 #[tokio::test]
@@ -388,59 +617,95 @@ async fn http2_streams_count_against_max_connections() {
     assert_eq!(reopened.version(), reqwest::Version::HTTP_2);
 }
 
-/// What a client that stops reading can hold in the gateway is bounded in bytes, not only
-/// in events: with room for a million events but 64 KiB, a stalled client's subscription
-/// of 4 KiB events is cut off by the slow-consumer policy long before the write timeout.
-#[tokio::test]
-async fn a_stalled_client_holds_at_most_subscriber_queue_bytes() {
-    let server = NodeServer::start(Upstream::Yoga).await;
-    let gateway = TestGateway::start(&format!(
+/// A gateway in front of `server` whose subscriber queues hold a million events but only
+/// 64 KiB, and whose write timeout is far longer than the tests: a client that falls
+/// behind a stream of 4 KiB events is cut by the slow-consumer policy, never by the
+/// write timeout.
+async fn slow_consumer_gateway(server: &NodeServer) -> TestGateway {
+    TestGateway::start(&format!(
         "[server]\nclient_write_timeout_ms = 600000\n[upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\n\
          subscriber_queue = 1000000\nsubscriber_queue_bytes = 65536\n\
          [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
         server.port
     ))
-    .await;
-    let mut stuck = RawClient::connect_with_small_receive_buffer(gateway.addr, TRANSPORT_WS).await;
-    stuck.init(json!({})).await;
-    stuck
-        .send(subscribe(
-            "1",
-            "subscription { forever(intervalMs: 1) { n padding(bytes: 4096) } }",
-        ))
-        .await;
-    server
-        .wait_for("the subscription", |c| c.subscriptions_active == 1)
-        .await;
-    server
-        .wait_for("the stalled client's subscription to be cut off", |c| {
-            c.subscriptions_active == 0
-        })
-        .await;
-    // The client is still connected; once it reads, it finds the cut-off's error result.
-    loop {
-        let message = stuck.recv_json().await;
-        let payload = &message["payload"];
-        if let Some(errors) = payload.get("errors") {
-            assert_eq!(
-                errors[0]["extensions"]["code"], "SLOW_CONSUMER",
-                "{message}"
-            );
-            assert!(
-                errors[0]["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("65536 bytes"),
-                "{message}"
-            );
-            break;
-        }
-        assert!(payload["data"]["forever"]["n"].is_u64(), "{message}");
+    .await
+}
+
+/// What a client that stops reading can hold in the gateway is bounded in bytes, not only
+/// in events: with room for a million events but 64 KiB, a stalled client's subscription
+/// of 4 KiB events is cut off by the slow-consumer policy long before the write timeout.
+/// The client, in either dialect, then finds its socket closed 1013 (graphql-ws clients
+/// retry that code), counted once as a `slow_consumer` cut.
+#[tokio::test]
+async fn a_stalled_client_holds_at_most_subscriber_queue_bytes_then_is_closed_1013() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = slow_consumer_gateway(&server).await;
+    let query = "subscription { forever(intervalMs: 1) { n padding(bytes: 4096) } }";
+    for (cut, protocol) in [TRANSPORT_WS, LEGACY_WS].into_iter().enumerate() {
+        let mut stuck = RawClient::connect_with_small_receive_buffer(gateway.addr, protocol).await;
+        // Ack first in both dialects (legacy sends its `ka` after it).
+        stuck.init(json!({})).await;
+        let (start, event) = if protocol == TRANSPORT_WS {
+            ("subscribe", "next")
+        } else {
+            ("start", "data")
+        };
+        stuck
+            .send(json!({ "type": start, "id": "1", "payload": { "query": query } }))
+            .await;
+        server
+            .wait_for("the subscription", |c| c.subscriptions_active == 1)
+            .await;
+        server
+            .wait_for("the stalled client's subscription to be cut off", |c| {
+                c.subscriptions_active == 0
+            })
+            .await;
+        // Reading at last, the client finds the events the gateway had written, in order,
+        // then the close: no error result, no `complete`, which would end the operation
+        // for good instead of letting the client retry it.
+        let mut last = None;
+        let reason = loop {
+            match stuck.recv().await {
+                Received::Json(message) if message["type"] == "ka" => continue,
+                Received::Json(message) => {
+                    assert_eq!(message["type"], event, "{protocol}: {message}");
+                    let n = message["payload"]["data"]["forever"]["n"]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("{protocol}: a tick: {message}"));
+                    assert!(
+                        last.is_none_or(|last| n == last + 1),
+                        "{protocol}: in order"
+                    );
+                    last = Some(n);
+                }
+                Received::Close { code, reason } => {
+                    assert_eq!(code, 1013, "{protocol}: {reason}");
+                    break reason;
+                }
+                Received::Dropped => panic!("{protocol}: dropped without a close frame"),
+            }
+        };
+        assert_eq!(reason, "Subscriber too slow", "{protocol}");
+        // tungstenite answered the Close as it read it; the gateway then ends the connection.
+        assert_eq!(stuck.recv().await, Received::Dropped, "{protocol}");
+        assert_eq!(
+            gateway.stats.slow_consumers_cut(),
+            cut as u64 + 1,
+            "{protocol}"
+        );
     }
-    assert_eq!(
-        stuck.recv_json().await,
-        json!({ "type": "complete", "id": "1" })
-    );
+    assert_eq!(gateway.stats.stuck_clients_cut(), 0);
+    let lines = metric_lines(gateway.addr).await;
+    for expected in [
+        "subplex_client_cuts_total{reason=\"slow_consumer\"} 2",
+        "subplex_client_cuts_total{reason=\"write_timeout\"} 0",
+    ] {
+        assert!(
+            lines.iter().any(|line| line == expected),
+            "{expected} in {lines:#?}"
+        );
+    }
 }
 
 /// A query's response over plain HTTP is read up to `max_response_bytes`, then refused.

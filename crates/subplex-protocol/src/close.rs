@@ -27,6 +27,13 @@ pub const MESSAGE_TOO_BIG: Close = Close {
     code: 1009,
     reason: "Message too big",
 };
+/// The client fell behind an operation's events and was cut off (the slow-consumer
+/// policy). 1013 "Try Again Later": graphql-ws clients retry it, as they do 1001 and 1012,
+/// rather than treat it as fatal; the gateway is fine, this client was too slow.
+pub const SLOW_CONSUMER: Close = Close {
+    code: 1013,
+    reason: "Subscriber too slow",
+};
 /// Legacy `graphql-ws` after `connection_error`, as the reference server does.
 pub const LEGACY_CONNECTION_ERROR: Close = Close {
     code: 1011,

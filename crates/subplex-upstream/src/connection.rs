@@ -525,7 +525,7 @@ impl UpstreamConnection {
         settings.stats.event_in();
         let cut = operation.fan_out(&event, || settings.slow_consumer());
         if cut > 0 {
-            settings.stats.slow_consumers_cut(cut);
+            // Counted by the gateway once it ends each cut client's connection.
             let error = settings.slow_consumer();
             let left = operation.subscribers.len();
             warn!(op = id, cut, left, %error, "subscriber too slow; cutting it off");

@@ -16,8 +16,8 @@
 //! - [`HttpClient`](http::HttpClient): plain HTTP for queries and mutations.
 //! - [`UpstreamError`]: every failure, classified once as retryable or permanent.
 //! - [`UpstreamSettings`]: plain settings the gateway builds from its validated config.
-//! - [`UpstreamStats`]: counts (events read, reconnects, slow-consumer cuts) the gateway
-//!   reads for its metrics.
+//! - [`UpstreamStats`]: counts (events read, reconnects) the gateway reads for its
+//!   metrics.
 //!
 //! This crate knows nothing of downstream clients or of the config file format.
 

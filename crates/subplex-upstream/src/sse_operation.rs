@@ -408,7 +408,6 @@ impl SseOperationTask {
                 Err(mpsc::error::TrySendError::Closed(_)) => return Attempt::Over,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     let error = self.client.settings().slow_consumer();
-                    self.client.settings().stats.slow_consumer_cut();
                     warn!(%error, "subscriber too slow; cutting it off");
                     return self.over(error);
                 }

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct UpstreamStats {
     events_in: AtomicU64,
     reconnects: AtomicU64,
-    slow_consumer_cuts: AtomicU64,
 }
 
 impl UpstreamStats {
@@ -29,25 +28,11 @@ impl UpstreamStats {
         self.reconnects.load(Ordering::Relaxed)
     }
 
-    /// Subscribers cut off by the slow-consumer policy (their queue was full).
-    pub fn slow_consumer_cuts(&self) -> u64 {
-        self.slow_consumer_cuts.load(Ordering::Relaxed)
-    }
-
     pub(crate) fn event_in(&self) {
         self.events_in.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn slow_consumer_cut(&self) {
-        self.slow_consumers_cut(1);
-    }
-
-    pub(crate) fn slow_consumers_cut(&self, count: usize) {
-        self.slow_consumer_cuts
-            .fetch_add(count as u64, Ordering::Relaxed);
     }
 }

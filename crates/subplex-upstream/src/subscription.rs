@@ -127,11 +127,24 @@ pub(crate) fn channel(
 impl Subscription {
     /// The next event, or the error that ended the subscription. `None` after a terminal
     /// event or error.
+    ///
+    /// A subscriber cut off as too slow gets its [`UpstreamError::SlowConsumer`] at once,
+    /// instead of the events still queued: those are the backlog the client could not
+    /// take, so they are dropped with the queue, and the client's connection can be ended
+    /// now rather than after another queue's worth of writes to a client that is behind.
     pub async fn recv(&mut self) -> Option<Result<Event, UpstreamError>> {
         if self.ended {
             return None;
         }
-        match self.events.recv().await {
+        let received = self.events.recv().await;
+        // Checked after the wait, not before: a receiver woken by the first of a burst
+        // that ended in the cut must not deliver it either. The cut is set before the
+        // sender drops, so a closed queue always shows it.
+        if let Some(cut @ UpstreamError::SlowConsumer { .. }) = self.failure.get() {
+            self.ended = true;
+            return Some(Err(cut.clone()));
+        }
+        match received {
             Some((event, read_at)) => {
                 self.last_read_at = Some(read_at);
                 self.queued_bytes
@@ -178,6 +191,20 @@ mod tests {
     use super::*;
     use subplex_protocol::RawJson;
 
+    /// A queue of `capacity` events and `byte_limit` bytes, and where its leave goes.
+    fn queue(
+        capacity: usize,
+        byte_limit: usize,
+    ) -> (Subscriber, Subscription, mpsc::UnboundedReceiver<Leave>) {
+        let (unsubscribe, leaves) = mpsc::unbounded_channel();
+        let leave = Leave {
+            operation: 1,
+            subscriber: 1,
+        };
+        let (subscriber, subscription) = channel(capacity, byte_limit, unsubscribe, leave);
+        (subscriber, subscription, leaves)
+    }
+
     fn next(bytes: usize) -> Event {
         // `"xxxx"`: a JSON string whose text is `bytes` long.
         Event::Next(RawJson::parse(&format!("\"{}\"", "x".repeat(bytes - 2))).unwrap())
@@ -185,12 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
-        let (unsubscribe, _stops) = mpsc::unbounded_channel();
-        let leave = Leave {
-            operation: 1,
-            subscriber: 1,
-        };
-        let (subscriber, mut subscription) = channel(8, 100, unsubscribe, leave);
+        let (subscriber, mut subscription, _leaves) = queue(8, 100);
         // A first event larger than the byte limit still gets through an empty queue.
         subscriber.try_send(next(150)).unwrap();
         assert!(matches!(
@@ -212,5 +234,59 @@ mod tests {
         assert_eq!(subscription.recv().await, Some(Ok(Event::Complete)));
         assert_eq!(subscription.queued_bytes.load(Ordering::Relaxed), 0);
         // Every event offered was counted in, refused ones too.
+    }
+
+    #[tokio::test]
+    async fn a_slow_consumer_cut_comes_instead_of_the_backlog_and_ends_the_subscription() {
+        let (subscriber, mut subscription, mut leaves) = queue(2, 1000);
+        subscriber.try_send(next(10)).unwrap();
+        subscriber.try_send(next(10)).unwrap();
+        assert!(matches!(
+            subscriber.try_send(next(10)),
+            Err(TrySendError::Full(_))
+        ));
+        let cut = UpstreamError::SlowConsumer {
+            queued_events: 2,
+            queued_bytes: 1000,
+        };
+        subscriber.fail(cut.clone());
+        drop(subscriber);
+        assert_eq!(subscription.recv().await, Some(Err(cut)));
+        assert_eq!(subscription.recv().await, None);
+        // The connection task took the subscriber off already: no leave is sent.
+        drop(subscription);
+        assert!(leaves.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_receiver_woken_by_a_burst_that_ended_in_a_cut_gets_the_cut() {
+        let (subscriber, mut subscription, _leaves) = queue(2, 1000);
+        let receiving = tokio::spawn(async move { subscription.recv().await });
+        // The receiver now waits on an empty queue (this test's runtime has one thread).
+        tokio::task::yield_now().await;
+        assert!(!receiving.is_finished());
+        subscriber.try_send(next(10)).unwrap();
+        subscriber.try_send(next(10)).unwrap();
+        let cut = UpstreamError::SlowConsumer {
+            queued_events: 2,
+            queued_bytes: 1000,
+        };
+        subscriber.fail(cut.clone());
+        drop(subscriber);
+        assert_eq!(receiving.await.unwrap(), Some(Err(cut)));
+    }
+
+    #[tokio::test]
+    async fn other_failures_come_after_the_events_queued_before_them() {
+        let (subscriber, mut subscription, _leaves) = queue(2, 1000);
+        subscriber.try_send(next(10)).unwrap();
+        subscriber.fail(UpstreamError::ShuttingDown);
+        drop(subscriber);
+        assert_eq!(subscription.recv().await, Some(Ok(next(10))));
+        assert_eq!(
+            subscription.recv().await,
+            Some(Err(UpstreamError::ShuttingDown))
+        );
+        assert_eq!(subscription.recv().await, None);
     }
 }

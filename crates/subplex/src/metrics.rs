@@ -3,9 +3,8 @@
 //! Every metric is an atomic created once, at start-up, per label value; the places where
 //! events happen hold a handle to theirs, so an event costs one atomic add, with no lock,
 //! lookup or allocation (the latency histogram: two, its bucket and its sum). What the
-//! upstream crate counts ([`UpstreamStats`]: events read, reconnects, slow-consumer cuts)
-//! and its connection counts are read at scrape time, so that crate needs no metrics
-//! library.
+//! upstream crate counts ([`UpstreamStats`]: events read, reconnects) and its connection
+//! counts are read at scrape time, so that crate needs no metrics library.
 //!
 //! Main types: [`Metrics`] (the registry), [`UpstreamMetrics`] (one upstream's counts, for
 //! the places that count), [`LatencyHistogram`].
@@ -210,6 +209,11 @@ impl Metrics {
         self.counts.write_timeout_cuts.clone()
     }
 
+    /// The counter of clients ended as too slow (`reason="slow_consumer"`).
+    pub fn slow_consumer_cuts(&self) -> Counter {
+        self.counts.slow_consumer_cuts.clone()
+    }
+
     /// The exposition, with the upstream connections as the pools count them now.
     pub fn encode<'a>(
         &self,
@@ -362,20 +366,16 @@ struct Counts {
     upstreams: RwLock<Vec<Arc<UpstreamMetrics>>>,
     write_timeout_cuts: Counter,
     limit_cuts: Counter,
+    slow_consumer_cuts: Counter,
 }
 
 impl Counts {
-    /// Clients cut since start, by `reason` label.
+    /// Clients cut since start, by `reason` label. Each client once: by the session that
+    /// ended it, not by the operations cut (a client's operations may be cut several at
+    /// a time, and one cut ends the client).
     fn cuts(&self) -> [(&'static str, u64); 3] {
-        let slow = self
-            .upstreams
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .map(|upstream| upstream.stats.slow_consumer_cuts())
-            .sum();
         [
-            ("slow", slow),
+            ("slow_consumer", self.slow_consumer_cuts.get()),
             ("write_timeout", self.write_timeout_cuts.get()),
             ("limit", self.limit_cuts.get()),
         ]

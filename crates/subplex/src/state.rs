@@ -206,6 +206,10 @@ pub struct DownstreamStats {
     stuck_clients_cut: Counter,
     /// Clients closed for going over a limit (`reason="limit"`).
     limit_cuts: Counter,
+    /// Clients ended because one of their operations was cut off by the slow-consumer
+    /// policy (`reason="slow_consumer"`): one per client, however many of its operations
+    /// were cut.
+    slow_consumer_cuts: Counter,
 }
 
 impl DownstreamStats {
@@ -214,6 +218,7 @@ impl DownstreamStats {
         DownstreamStats {
             stuck_clients_cut: metrics.write_timeout_cuts(),
             limit_cuts: metrics.limit_cuts(),
+            slow_consumer_cuts: metrics.slow_consumer_cuts(),
         }
     }
 
@@ -229,6 +234,17 @@ impl DownstreamStats {
     /// A client closed because a message of its went over `server.max_message_bytes`.
     pub(crate) fn limit_cut(&self) {
         self.limit_cuts.inc();
+    }
+
+    /// Clients ended as too slow so far.
+    pub fn slow_consumers_cut(&self) -> u64 {
+        self.slow_consumer_cuts.get()
+    }
+
+    /// A client ended because it fell behind an operation's events: WebSocket closed
+    /// 1013, SSE or multipart stream ended after its error event.
+    pub(crate) fn slow_consumer_cut(&self) {
+        self.slow_consumer_cuts.inc();
     }
 }
 

@@ -291,11 +291,12 @@ pub struct RawUpstream {
     /// Largest frame accepted from the upstream. Default 1 MiB.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Events buffered per subscription before a slow client's subscription is cut off. Default 128.
+    /// Events buffered per subscription before a slow client is cut off (WebSocket close
+    /// 1013; SSE and multipart: a `SLOW_CONSUMER` error, then the end). Default 128.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
     /// Payload bytes buffered per subscription (beyond its first queued event) before a
-    /// slow client's subscription is cut off. Default 1 MiB.
+    /// slow client is cut off, as for `subscriber_queue`. Default 1 MiB.
     #[serde(default = "default_subscriber_queue_bytes")]
     pub subscriber_queue_bytes: usize,
     /// Operations of one security context with the same normalised request share one

@@ -4,8 +4,9 @@
 //! A task polls the operation's events and feeds the response body through a small
 //! queue, as for SSE. It writes a heartbeat part at once and then whenever the
 //! subscription has been idle for `server.multipart.heartbeat_interval_ms`. An upstream
-//! failure (or the gateway draining) is a transport error: a part with a `null` payload and
-//! top-level `errors`, then the end of the body.
+//! failure (or the gateway draining, or the client being cut off as too slow, counted as
+//! a `slow_consumer` cut) is a transport error: a part with a `null` payload and top-level
+//! `errors`, then the end of the body.
 //!
 //! Queries and mutations sent with this `Accept` are answered as Apollo Router answers
 //! them: when the client also takes JSON they are forwarded over plain HTTP and answered
@@ -26,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::hooks;
-use super::operation::Operation;
+use super::operation::{is_slow_consumer_cut, Operation};
 use super::streaming::{any_accept, push, queued_response, read_operation, spawn_feed};
 use crate::responses::ResponseBody;
-use crate::state::{GatewayState, Upstream};
+use crate::state::{DownstreamStats, GatewayState, Upstream};
 
 /// Whether the request asks for multipart subscriptions (`subscriptionSpec=1.0`).
 pub(crate) fn is_multipart<B>(req: &Request<B>) -> bool {
@@ -59,6 +60,7 @@ pub(crate) async fn handle(
 
     let heartbeat = state.server.multipart_heartbeat_interval;
     let shutdown = state.downstream_shutdown.clone();
+    let stats = state.stats.clone();
     let rx = match spawn_feed(
         &state,
         &parts,
@@ -66,7 +68,7 @@ pub(crate) async fn handle(
         "multipart",
         upstream,
         request,
-        |operation, tx| feed(operation, tx, heartbeat, shutdown),
+        |operation, tx| feed(operation, tx, heartbeat, shutdown, stats),
     ) {
         Ok(rx) => rx,
         Err(refusal) => return hooks::refusal_response(refusal),
@@ -88,6 +90,7 @@ async fn feed(
     tx: mpsc::Sender<Bytes>,
     heartbeat_every: Duration,
     shutdown: CancellationToken,
+    stats: Arc<DownstreamStats>,
 ) {
     // The first heartbeat at once, as Apollo Router does: it gets the headers and the
     // first delimiter through proxies before the first event.
@@ -116,7 +119,12 @@ async fn feed(
                     heartbeat.reset();
                     (multipart::encode_event(&event), event.is_terminal())
                 }
-                Some(Err(error)) => (transport_error(&error), true),
+                Some(Err(error)) => {
+                    if is_slow_consumer_cut(&error) {
+                        stats.slow_consumer_cut();
+                    }
+                    (transport_error(&error), true)
+                }
                 // Not reached: the stream ends only after a terminal event or a failure.
                 None => (multipart::CLOSING.to_owned(), true),
             },

@@ -13,6 +13,11 @@
 //! the upstream [`Subscription`](subplex_upstream::Subscription): dropping the stream stops
 //! the operation upstream.
 //!
+//! One failure is not the operation's but the client's: the slow-consumer cut. The stream
+//! yields it as [`Delivery::TooSlow`], and the session ends the client's whole connection
+//! (WebSocket close 1013; SSE and multipart: an error event, then the end of the stream),
+//! counting it once in `subplex_client_cuts_total{reason="slow_consumer"}`.
+//!
 //! A config reload that retires the operation's upstream, or removes its route, ends the
 //! stream the same way, with `UPSTREAM_CONFIG_CHANGED` or `ROUTE_REMOVED` (see
 //! [`RouteWatch`]).
@@ -33,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::hooks::{self, ClientHooks, OperationHooks};
-use crate::state::Upstream;
+use crate::state::{DownstreamStats, Upstream};
 use crate::trace::OperationSpan;
 
 /// Who a client is, as each of its operations sees it. Shared by every operation of one
@@ -76,11 +81,40 @@ pub(crate) struct Operation {
     pub upstream: Arc<Upstream>,
 }
 
+/// What an operation's stream hands the session that polls it.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// An event for the client. An upstream failure arrives as an error result, then
+    /// `complete` (see [`failure_result`]).
+    Event(Event),
+    /// The client fell behind and the upstream layer cut this operation off (the
+    /// slow-consumer policy); nothing more of it comes. A verdict on the client, not an
+    /// event of the operation: the session ends the client's connection with it.
+    TooSlow(UpstreamError),
+}
+
 impl Operation {
-    /// The operation's events, ending after its terminal event. An upstream failure
-    /// becomes an error result followed by `complete` (see [`failure_result`]).
-    pub(crate) fn events(self) -> impl Stream<Item = Event> + Send + 'static {
-        events(self.outcomes())
+    /// The operation's deliveries, ending after its terminal event or a
+    /// [`Delivery::TooSlow`], for sessions that carry several operations (WebSocket, SSE
+    /// single connection mode).
+    pub(crate) fn deliveries(self) -> impl Stream<Item = Delivery> + Send + 'static {
+        deliveries(self.outcomes())
+    }
+
+    /// The operation's events, for a stream that carries this operation alone (SSE
+    /// distinct mode): a slow-consumer cut becomes the terminal error event (see
+    /// [`ending_event`]) that ends the stream, and is counted in `stats`.
+    pub(crate) fn events(
+        self,
+        stats: Arc<DownstreamStats>,
+    ) -> impl Stream<Item = Event> + Send + 'static {
+        self.deliveries().map(move |delivery| match delivery {
+            Delivery::Event(event) => event,
+            Delivery::TooSlow(error) => {
+                stats.slow_consumer_cut();
+                ending_event(&error)
+            }
+        })
     }
 
     /// The operation's events, or the upstream failure that ends it, for transports that
@@ -183,13 +217,22 @@ impl Drop for Running {
     }
 }
 
-fn events(
+/// Whether `error` is the slow-consumer cut: the client's failure, not the operation's.
+pub(crate) fn is_slow_consumer_cut(error: &UpstreamError) -> bool {
+    matches!(error, UpstreamError::SlowConsumer { .. })
+}
+
+fn deliveries(
     outcomes: impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static,
-) -> impl Stream<Item = Event> + Send + 'static {
+) -> impl Stream<Item = Delivery> + Send + 'static {
     outcomes.flat_map(|outcome| {
         let (first, second) = match outcome {
-            Ok(event) => (event, None),
-            Err(error) => (failure_result(&error), Some(Event::Complete)),
+            Ok(event) => (Delivery::Event(event), None),
+            Err(error) if is_slow_consumer_cut(&error) => (Delivery::TooSlow(error), None),
+            Err(error) => (
+                Delivery::Event(failure_result(&error)),
+                Some(Delivery::Event(Event::Complete)),
+            ),
         };
         futures_util::stream::iter(std::iter::once(first).chain(second))
     })
@@ -302,11 +345,17 @@ async fn next_outcome(
 }
 
 /// How a draining gateway ends an operation on a transport that has no close code for it
-/// (SSE in both modes): a terminal error with [`UpstreamError::ShuttingDown`], which SSE
-/// encodes as a result carrying the error, then `complete`. The client learns why its
-/// operation ended, and every client library ends it cleanly.
+/// (SSE in both modes): see [`ending_event`].
 pub(crate) fn shutdown_event() -> Event {
-    Event::Error(UpstreamError::ShuttingDown.to_graphql_errors())
+    ending_event(&UpstreamError::ShuttingDown)
+}
+
+/// How the gateway ends an operation for a reason of its own (draining, a client too
+/// slow) on a transport that has no close code for it (SSE in both modes): a terminal
+/// error, which SSE encodes as a result carrying the error, then `complete`. The client
+/// learns why its operation ended, and every client library ends it cleanly.
+pub(crate) fn ending_event(error: &UpstreamError) -> Event {
+    Event::Error(error.to_graphql_errors())
 }
 
 /// An upstream failure as the client sees it: a result carrying the GraphQL error, then

@@ -5,6 +5,10 @@
 //! dropping the subscription stops the operation upstream. With `[server.sse]` resume on,
 //! the task is `sse_resume::feed` instead, which numbers the events and outlives a cut for
 //! `resume_window_ms` (see `sse_resume.rs`).
+//!
+//! A client too slow for its operation (the slow-consumer cut) gets the `SLOW_CONSUMER`
+//! error as the stream's last event (a `next` carrying it, then `complete`), and the
+//! stream ends; see `Operation::events`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,6 +52,7 @@ pub(crate) async fn handle(
     }
     let keepalive = state.server.keepalive_interval;
     let shutdown = state.downstream_shutdown.clone();
+    let stats = state.stats.clone();
     let rx = match spawn_feed(
         &state,
         &parts,
@@ -55,7 +60,7 @@ pub(crate) async fn handle(
         "sse",
         upstream,
         request,
-        |operation, tx| feed(operation.events(), tx, keepalive, shutdown),
+        |operation, tx| feed(operation.events(stats), tx, keepalive, shutdown),
     ) {
         Ok(rx) => rx,
         Err(refusal) => return hooks::refusal_response(refusal),
@@ -108,7 +113,7 @@ async fn resumable(
     let shutdown = state.downstream_shutdown.clone();
     state.sessions.spawn(
         sse_resume::feed(
-            operation.events(),
+            operation.events(state.stats.clone()),
             tx,
             registration,
             settings,

@@ -13,6 +13,10 @@
 //! only works with the credentials that reserved it ([`Reservations`]). The stream's task
 //! polls every operation's event stream itself, as a WebSocket session does; dropping the
 //! stream (the client left, or the gateway drains) drops them and stops them upstream.
+//!
+//! A client too slow for one of its operations (the slow-consumer cut) loses the whole
+//! stream, as a WebSocket client loses its socket: every unfinished operation gets the
+//! `SLOW_CONSUMER` error, then the stream ends.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -30,7 +34,7 @@ use tokio::time::{self, Instant};
 use tracing::{debug, Instrument};
 
 use super::hooks;
-use super::operation::{shutdown_event, Operation};
+use super::operation::{ending_event, shutdown_event, Delivery, Operation};
 use super::reservations::{OpenStream, PendingOperation, Reservations, StreamError};
 use super::sse::event_stream_response;
 use super::streaming::{any_accept, http_client_context, push, read_request, STREAM_QUEUE};
@@ -41,8 +45,8 @@ use crate::state::{GatewayState, Upstream};
 /// Longest `operationId` accepted; graphql-sse's client sends 36-character UUIDs.
 const MAX_OPERATION_ID_LEN: usize = 128;
 
-/// An operation's events tagged with its id and run serial; abortable by `DELETE`.
-type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, u64, Event)> + Send>>>;
+/// An operation's deliveries tagged with its id and run serial; abortable by `DELETE`.
+type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, u64, Delivery)> + Send>>>;
 
 /// Whether a request belongs to single-connection mode: it carries a stream token, or it
 /// is a `PUT` (reserve) or `DELETE` (stop), which no other transport uses.
@@ -229,13 +233,7 @@ async fn feed(
                 return;
             }
             _ = &mut cancelled => {
-                let mut ending = String::new();
-                for id in streams.unfinished(&open.token) {
-                    ending.push_str(&sse::encode_operation_event(&id, &shutdown_event()));
-                }
-                if !ending.is_empty() {
-                    push(&tx, ending).await;
-                }
+                end_unfinished(streams, &open.token, &shutdown_event(), &tx).await;
                 return;
             }
             _ = open.posted.notified() => {
@@ -250,14 +248,23 @@ async fn feed(
                         connect: pending.params,
                         upstream: upstream.clone(),
                     };
-                    let events = operation.events()
-                        .map(move |event| (id.clone(), serial, event));
+                    let events = operation.deliveries()
+                        .map(move |delivery| (id.clone(), serial, delivery));
                     let events: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
                     operations.push(Abortable::new(events, started.abort));
                 }
                 continue;
             }
-            Some((id, serial, event)) = operations.next(), if !operations.is_empty() => {
+            Some((id, serial, delivery)) = operations.next(), if !operations.is_empty() => {
+                let event = match delivery {
+                    Delivery::Event(event) => event,
+                    Delivery::TooSlow(error) => {
+                        debug!(%id, %error, "operation cut off as too slow; ending the stream");
+                        state.stats.slow_consumer_cut();
+                        end_unfinished(streams, &open.token, &ending_event(&error), &tx).await;
+                        return;
+                    }
+                };
                 if event.is_terminal() {
                     streams.finished(&open.token, &id, serial);
                 }
@@ -268,6 +275,23 @@ async fn feed(
         if !push(&tx, text).await {
             return;
         }
+    }
+}
+
+/// Sends `ending` (a terminal error) for every operation of the stream that has not ended,
+/// in one chunk, before the stream ends.
+async fn end_unfinished(
+    streams: &Reservations,
+    token: &str,
+    ending: &Event,
+    tx: &mpsc::Sender<Bytes>,
+) {
+    let mut text = String::new();
+    for id in streams.unfinished(token) {
+        text.push_str(&sse::encode_operation_event(&id, ending));
+    }
+    if !text.is_empty() {
+        push(tx, text).await;
     }
 }
 

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::downstream::hooks::{self, InitRefusal};
-use crate::downstream::operation::{ClientContext, Operation};
+use crate::downstream::operation::{ClientContext, Delivery, Operation};
 use crate::state::{GatewayState, Upstream};
 
 /// What a session's WebSocket runs over: the upgraded hyper connection in production, an
@@ -35,9 +35,9 @@ pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
 
-/// A running operation's events, tagged with the client's id; abortable so that a client's
-/// `complete`/`stop` drops it (and with it the upstream subscription) at once.
-type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Event)> + Send>>>;
+/// A running operation's deliveries, tagged with the client's id; abortable so that a
+/// client's `complete`/`stop` drops it (and with it the upstream subscription) at once.
+type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Delivery)> + Send>>>;
 
 /// Events written before one flush at most. A burst (many operations, or a queue that
 /// filled while the socket was slow) goes out in few syscalls, and the bound keeps one
@@ -177,8 +177,8 @@ impl DownstreamSession {
                     last_heard = Instant::now();
                     self.on_client_message(&mut socket, message).await
                 }
-                Some((id, event)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.on_events(&mut socket, id, event).await
+                Some((id, delivery)) = self.streams.next(), if !self.streams.is_empty() => {
+                    self.on_events(&mut socket, id, delivery).await
                 }
                 _ = &mut init_deadline, if self.rules.awaiting_init() => {
                     self.init_timeout(&mut socket).await
@@ -195,6 +195,8 @@ impl DownstreamSession {
                 debug!(code, %reason, "closing session");
                 if code == close::MESSAGE_TOO_BIG.code {
                     self.state.stats.limit_cut();
+                } else if code == close::SLOW_CONSUMER.code {
+                    self.state.stats.slow_consumer_cut();
                 }
                 let frame = CloseFrame {
                     code: CloseCode::from(code),
@@ -507,7 +509,9 @@ impl DownstreamSession {
             upstream: self.upstream.clone(),
         };
         let tag = id.clone();
-        let events = operation.events().map(move |event| (tag.clone(), event));
+        let events = operation
+            .deliveries()
+            .map(move |delivery| (tag.clone(), delivery));
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(
             Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,
@@ -523,18 +527,27 @@ impl DownstreamSession {
         }
     }
 
-    /// Writes `event` and every other event ready now (up to [`MAX_EVENTS_PER_FLUSH`]),
+    /// Writes `delivery` and every other event ready now (up to [`MAX_EVENTS_PER_FLUSH`]),
     /// then flushes once: one syscall for a burst instead of one per frame, and no wait
-    /// when only one event is ready.
+    /// when only one event is ready. An operation cut as too slow closes the session with
+    /// 1013 instead: the frames fed before it go out first, with the Close frame, bounded
+    /// by the write timeout like any write.
     async fn on_events<S: ClientIo>(
         &mut self,
         socket: &mut WebSocketStream<S>,
         id: Arc<str>,
-        event: Event,
+        delivery: Delivery,
     ) -> Flow {
-        let mut next = Some((id, event));
+        let mut next = Some((id, delivery));
         let mut fed = 0;
-        while let Some((id, event)) = next.take() {
+        while let Some((id, delivery)) = next.take() {
+            let event = match delivery {
+                Delivery::Event(event) => event,
+                Delivery::TooSlow(error) => {
+                    debug!(%id, %error, "operation cut off as too slow; closing the session");
+                    return close_with(close::SLOW_CONSUMER);
+                }
+            };
             if let Some(frame) = self.frame_for(&id, &event) {
                 let flow = bounded(&self.writes, socket.feed(Message::text(frame))).await;
                 if !matches!(flow, Flow::Continue) {
