@@ -42,7 +42,16 @@ use crate::state::{GatewayState, Upstream};
 const MAX_OPERATION_ID_LEN: usize = 128;
 
 /// An operation's events tagged with its id and run serial; abortable by `DELETE`.
-type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, u64, Event)> + Send>>>;
+type OperationStream =
+    Abortable<Pin<Box<dyn Stream<Item = (Arc<StreamedOperation>, Event)> + Send>>>;
+
+/// What each event of a running operation comes with: which operation it is, and its
+/// framing, built once when it starts.
+struct StreamedOperation {
+    id: Arc<str>,
+    serial: u64,
+    framer: sse::OperationFramer,
+}
 
 /// Whether a request belongs to single-connection mode: it carries a stream token, or it
 /// is a `PUT` (reserve) or `DELETE` (stop), which no other transport uses.
@@ -250,18 +259,22 @@ async fn feed(
                         connect: pending.params,
                         upstream: upstream.clone(),
                     };
-                    let events = operation.events()
-                        .map(move |event| (id.clone(), serial, event));
+                    let tag = Arc::new(StreamedOperation {
+                        framer: sse::OperationFramer::new(&id),
+                        id,
+                        serial,
+                    });
+                    let events = operation.events().map(move |event| (tag.clone(), event));
                     let events: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
                     operations.push(Abortable::new(events, started.abort));
                 }
                 continue;
             }
-            Some((id, serial, event)) = operations.next(), if !operations.is_empty() => {
+            Some((operation, event)) = operations.next(), if !operations.is_empty() => {
                 if event.is_terminal() {
-                    streams.finished(&open.token, &id, serial);
+                    streams.finished(&open.token, &operation.id, operation.serial);
                 }
-                sse::encode_operation_event(&id, &event)
+                operation.framer.frame(&event)
             }
             _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
         };

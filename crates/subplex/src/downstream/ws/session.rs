@@ -13,7 +13,9 @@ use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
 use subplex_protocol::close::{self, Close};
-use subplex_protocol::{legacy_ws, transport_ws, Event, GraphqlRequest, RawJson, Subprotocol};
+use subplex_protocol::{
+    legacy_ws, transport_ws, Event, EventFramer, GraphqlRequest, RawJson, Subprotocol,
+};
 use subplex_upstream::ConnectParams;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{self, Instant};
@@ -37,7 +39,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
 
 /// A running operation's events, tagged with the client's id; abortable so that a client's
 /// `complete`/`stop` drops it (and with it the upstream subscription) at once.
-type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Event)> + Send>>>;
+/// Each event comes with its operation's framer: the envelope around the payload is built
+/// once per operation, not per event.
+type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<EventFramer>, Event)> + Send>>>;
 
 /// Events written before one flush at most. A burst (many operations, or a queue that
 /// filled while the socket was slow) goes out in few syscalls, and the bound keeps one
@@ -177,8 +181,8 @@ impl DownstreamSession {
                     last_heard = Instant::now();
                     self.on_client_message(&mut socket, message).await
                 }
-                Some((id, event)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.on_events(&mut socket, id, event).await
+                Some((framer, event)) = self.streams.next(), if !self.streams.is_empty() => {
+                    self.on_events(&mut socket, framer, event).await
                 }
                 _ = &mut init_deadline, if self.rules.awaiting_init() => {
                     self.init_timeout(&mut socket).await
@@ -506,8 +510,8 @@ impl DownstreamSession {
             connect: connected.params.clone(),
             upstream: self.upstream.clone(),
         };
-        let tag = id.clone();
-        let events = operation.events().map(move |event| (tag.clone(), event));
+        let framer = Arc::new(EventFramer::new(self.subprotocol, &id));
+        let events = operation.events().map(move |event| (framer.clone(), event));
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(
             Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,
@@ -529,13 +533,13 @@ impl DownstreamSession {
     async fn on_events<S: ClientIo>(
         &mut self,
         socket: &mut WebSocketStream<S>,
-        id: Arc<str>,
+        framer: Arc<EventFramer>,
         event: Event,
     ) -> Flow {
-        let mut next = Some((id, event));
+        let mut next = Some((framer, event));
         let mut fed = 0;
-        while let Some((id, event)) = next.take() {
-            if let Some(frame) = self.frame_for(&id, &event) {
+        while let Some((framer, event)) = next.take() {
+            if let Some(frame) = self.frame_for(&framer, &event) {
                 let flow = bounded(&self.writes, socket.feed(Message::text(frame))).await;
                 if !matches!(flow, Flow::Continue) {
                     return flow;
@@ -554,9 +558,10 @@ impl DownstreamSession {
         bounded(&self.writes, socket.flush()).await
     }
 
-    /// The frame for `event` of operation `id` in the session's dialect; `None` if the
-    /// operation is gone (aborted streams yield nothing; this is a safety net).
-    fn frame_for(&mut self, id: &Arc<str>, event: &Event) -> Option<String> {
+    /// The frame for `event` in the session's dialect; `None` if the operation is gone
+    /// (aborted streams yield nothing; this is a safety net).
+    fn frame_for(&mut self, framer: &EventFramer, event: &Event) -> Option<String> {
+        let id = framer.id();
         if !self.operations.contains_key(id) {
             return None;
         }
@@ -564,10 +569,7 @@ impl DownstreamSession {
             self.operations.remove(id);
             self.rules.finished(id);
         }
-        Some(match self.subprotocol {
-            Subprotocol::GraphqlTransportWs => transport_ws::ServerMessage::encode_event(id, event),
-            Subprotocol::GraphqlWs => legacy_ws::ServerMessage::encode_event(id, event),
-        })
+        Some(framer.frame(event))
     }
 }
 
