@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 
 use subplex_protocol::Event;
 use tokio::sync::mpsc;
@@ -128,20 +129,29 @@ impl Subscription {
     /// The next event, or the error that ended the subscription. `None` after a terminal
     /// event or error.
     pub async fn recv(&mut self) -> Option<Result<Event, UpstreamError>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) for hand-written streams: the operation stream polls it
+    /// directly, once per event and client.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event, UpstreamError>>> {
         if self.ended {
-            return None;
+            return Poll::Ready(None);
         }
-        match self.events.recv().await {
+        Poll::Ready(Some(match ready!(self.events.poll_recv(cx)) {
             Some((event, read_at)) => {
                 self.last_read_at = Some(read_at);
                 self.queued_bytes
                     .fetch_sub(payload_bytes(&event), Ordering::Relaxed);
                 self.ended = event.is_terminal();
-                Some(Ok(event))
+                Ok(event)
             }
             None => {
                 self.ended = true;
-                let error = self
+                Err(self
                     .failure
                     .get()
                     .cloned()
@@ -149,10 +159,9 @@ impl Subscription {
                         upstream: "unknown".into(),
                         code: 1006,
                         reason: String::new(),
-                    });
-                Some(Err(error))
+                    }))
             }
-        }
+        }))
     }
 
     /// When the frame of the event [`recv`](Self::recv) returned last was read from the
