@@ -1,6 +1,7 @@
 //! The `{type, id?, payload?}` envelope both WebSocket dialects share, parsed without
 //! touching the payload.
 
+use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -32,6 +33,9 @@ pub(crate) struct Envelope<'a> {
     id: Option<String>,
     payload: Option<&'a RawValue>,
     legacy_request: Option<LegacyTopLevelRequest<'a>>,
+    /// The message's own shared bytes, when it came in them: payloads are then slices of
+    /// it rather than copies.
+    shared: Option<&'a ByteString>,
 }
 
 /// The request fields of a pre-2017 `subscription_start`, found beside `type`.
@@ -42,7 +46,17 @@ struct LegacyTopLevelRequest<'a> {
 }
 
 impl<'a> Envelope<'a> {
+    /// Decodes a message whose payloads will be copied out of `text`.
     pub fn decode(text: &'a str) -> Result<Self, DecodeError> {
+        Self::decode_text(text, None)
+    }
+
+    /// Decodes a message whose payloads will be slices of `message` (no copy).
+    pub fn decode_shared(message: &'a ByteString) -> Result<Self, DecodeError> {
+        Self::decode_text(message, Some(message))
+    }
+
+    fn decode_text(text: &'a str, shared: Option<&'a ByteString>) -> Result<Self, DecodeError> {
         // serde reads structs from arrays too (by position); a message must be an object.
         if !text.trim_start().starts_with('{') {
             return Err(DecodeError::NotJson {
@@ -70,6 +84,7 @@ impl<'a> Envelope<'a> {
             id,
             payload: wire.payload.filter(|p| p.get() != "null"),
             legacy_request,
+            shared,
         })
     }
 
@@ -81,7 +96,11 @@ impl<'a> Envelope<'a> {
     }
 
     pub fn optional_payload(&self) -> Option<RawJson> {
-        self.payload.map(RawJson::from_raw)
+        let raw = self.payload?;
+        Some(match self.shared {
+            Some(message) => RawJson::slice_of(message, raw),
+            None => RawJson::from_raw(raw),
+        })
     }
 
     pub fn payload(&self, kind: &'static str) -> Result<RawJson, DecodeError> {

@@ -1,46 +1,63 @@
 //! The GraphQL request envelope and the raw-JSON payload type.
 
 use std::fmt;
-use std::sync::Arc;
 
+use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 /// Validated JSON text, kept raw and shared: cloning is a reference-count bump, and
-/// encoders splice it into frames without re-serialising.
+/// encoders splice it into frames without re-serialising. The text lives in shared
+/// [`Bytes`](bytes::Bytes), so a payload decoded with [`RawJson::slice_of`] is a view into
+/// the message it came in, not a copy.
 ///
 /// `Debug` prints only the length: payloads carry user data and secrets (init payloads
 /// hold tokens), and `Debug` output ends up in logs.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct RawJson(Arc<str>);
+pub struct RawJson(ByteString);
 
 impl RawJson {
-    /// Parses `text` and keeps it if it is one valid JSON value.
+    /// Parses `text` and keeps a copy if it is one valid JSON value.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(text)?;
         Ok(Self::from_raw(raw))
     }
 
-    /// Keeps an already validated raw value.
+    /// Parses `text` and keeps it, without copying, if it is one valid JSON value.
+    pub fn parse_owned(text: String) -> Result<Self, serde_json::Error> {
+        let text = ByteString::from(text);
+        let raw: &RawValue = serde_json::from_str(&text)?;
+        // Without the surrounding whitespace, as `parse` keeps it.
+        Ok(Self::slice_of(&text, raw))
+    }
+
+    /// Keeps a copy of an already validated raw value.
     pub fn from_raw(raw: &RawValue) -> Self {
-        RawJson(Arc::from(raw.get()))
+        RawJson(ByteString::from(raw.get()))
+    }
+
+    /// An already validated raw value that was read out of `source`, kept as a slice of
+    /// `source`'s bytes. `raw` must borrow from `source` (it is a programming error
+    /// otherwise, and panics).
+    pub(crate) fn slice_of(source: &ByteString, raw: &RawValue) -> Self {
+        RawJson(source.slice_ref(raw.get()))
     }
 
     /// Serialises a value. Only for values whose serialisation cannot fail (no maps with
     /// non-string keys), which is every value this crate builds.
     pub fn from_value(value: &serde_json::Value) -> Self {
-        RawJson(Arc::from(value.to_string()))
+        RawJson(ByteString::from(value.to_string()))
     }
 
     /// Serialises any value as JSON: serde_json's output is valid JSON, so it is kept
     /// without being parsed again (a hook's result, once per event and client).
     pub fn serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        Ok(RawJson(Arc::from(serde_json::to_string(value)?)))
+        Ok(RawJson(ByteString::from(serde_json::to_string(value)?)))
     }
 
     /// `{}`: the init payload sent when a client gave none.
     pub fn empty_object() -> Self {
-        RawJson(Arc::from("{}"))
+        RawJson(ByteString::from_static("{}"))
     }
 
     /// The JSON text.
@@ -61,7 +78,8 @@ impl RawJson {
     /// Whether both are the very same text (one clone of the other), not merely equal:
     /// what a per-event cache compares, in constant time.
     pub fn is_same(&self, other: &RawJson) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        let (mine, theirs) = (self.as_str(), other.as_str());
+        std::ptr::eq(mine.as_ptr(), theirs.as_ptr()) && mine.len() == theirs.len()
     }
 }
 

@@ -28,6 +28,7 @@ mod document;
 mod envelope;
 mod error;
 mod event;
+mod event_framer;
 mod graphql;
 pub mod legacy_ws;
 mod limits;
@@ -40,9 +41,13 @@ mod subprotocol;
 pub mod transport_ws;
 mod upstream_frame;
 
+/// Shared UTF-8 text: what [`Subprotocol::decode_server_frame`] reads, so payloads can be
+/// slices of the message.
+pub use bytestring::ByteString;
 pub use document::{operation_type, OperationType};
 pub use error::DecodeError;
 pub use event::Event;
+pub use event_framer::EventFramer;
 pub use graphql::{graphql_errors, GraphqlRequest, RawJson, RequestError};
 pub use limits::OperationLimits;
 pub use normalise::normalised_request;

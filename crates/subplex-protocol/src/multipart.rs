@@ -84,9 +84,9 @@ fn media_ranges(accept: &str) -> impl Iterator<Item = (&str, impl Iterator<Item 
 /// payload carries the errors, then the end; `complete` ends the body.
 pub fn encode_event(event: &Event) -> String {
     match event {
-        Event::Next(result) => payload_part(result.as_str()),
+        Event::Next(result) => part("{\"payload\":", result.as_str(), "}"),
         Event::Error(errors) => {
-            let mut out = payload_part(&format!("{{\"errors\":{}}}", errors.as_str()));
+            let mut out = part("{\"payload\":{\"errors\":", errors.as_str(), "}}");
             out.push_str(CLOSING);
             out
         }
@@ -97,23 +97,19 @@ pub fn encode_event(event: &Event) -> String {
 /// A failure of the transport (the upstream connection, the gateway shutting down) as the
 /// protocol reports it: a part with a `null` payload and top-level `errors`, then the end.
 pub fn encode_transport_error(errors: &RawJson) -> String {
-    let mut out = part(&format!(
-        "{{\"payload\":null,\"errors\":{}}}",
-        errors.as_str()
-    ));
+    let mut out = part("{\"payload\":null,\"errors\":", errors.as_str(), "}");
     out.push_str(CLOSING);
     out
 }
 
-fn payload_part(result: &str) -> String {
-    part(&format!("{{\"payload\":{result}}}"))
-}
-
-fn part(body: &str) -> String {
-    let mut out = String::with_capacity(PART_HEAD.len() + body.len() + PART_TAIL.len());
-    out.push_str(PART_HEAD);
-    out.push_str(body);
-    out.push_str(PART_TAIL);
+/// A part whose body is `before`, `json`, `after`, in one allocation.
+fn part(before: &str, json: &str, after: &str) -> String {
+    let mut out = String::with_capacity(
+        PART_HEAD.len() + before.len() + json.len() + after.len() + PART_TAIL.len(),
+    );
+    for piece in [PART_HEAD, before, json, after, PART_TAIL] {
+        out.push_str(piece);
+    }
     out
 }
 

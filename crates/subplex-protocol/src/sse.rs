@@ -58,9 +58,9 @@ pub fn request_from_body(body: &[u8]) -> Result<GraphqlRequest, RequestError> {
 /// followed by `complete`, as graphql-sse delivers operation errors on an accepted stream.
 pub fn encode_event(event: &Event) -> String {
     match event {
-        Event::Next(result) => next_event(result.as_str()),
+        Event::Next(result) => next_event("", result.as_str(), ""),
         Event::Error(errors) => {
-            let mut out = next_event(&format!("{{\"errors\":{}}}", errors.as_str()));
+            let mut out = next_event("{\"errors\":", errors.as_str(), "}");
             out.push_str(COMPLETE_EVENT);
             out
         }
@@ -102,18 +102,42 @@ pub fn operation_id(extensions: Option<&RawJson>) -> Option<String> {
 /// `event: next` / `data: {"id","payload"}` and `event: complete` / `data: {"id"}`. A
 /// terminal error becomes a `next` carrying `{"errors": ...}`, then `complete`.
 pub fn encode_operation_event(id: &str, event: &Event) -> String {
-    let mut quoted_id = String::with_capacity(id.len() + 2);
-    crate::graphql::push_json_string(&mut quoted_id, id);
-    let next = |payload: &str| next_event(&format!("{{\"id\":{quoted_id},\"payload\":{payload}}}"));
-    let complete = || format!("event: complete\ndata: {{\"id\":{quoted_id}}}\n\n");
-    match event {
-        Event::Next(result) => next(result.as_str()),
-        Event::Error(errors) => {
-            let mut out = next(&format!("{{\"errors\":{}}}", errors.as_str()));
-            out.push_str(&complete());
-            out
+    OperationFramer::new(id).frame(event)
+}
+
+/// [`encode_operation_event`] for one operation, with its id quoted once: per `next`, one
+/// allocation around the shared payload.
+#[derive(Debug)]
+pub struct OperationFramer {
+    /// `{"id":"…","payload":`
+    next_prefix: Box<str>,
+}
+
+impl OperationFramer {
+    pub fn new(id: &str) -> Self {
+        let quoted_id = crate::event_framer::quoted(id);
+        OperationFramer {
+            next_prefix: format!("{{\"id\":{quoted_id},\"payload\":").into_boxed_str(),
         }
-        Event::Complete => complete(),
+    }
+
+    /// The quoted id, read back out of the prefix.
+    fn quoted_id(&self) -> &str {
+        &self.next_prefix["{\"id\":".len()..self.next_prefix.len() - ",\"payload\":".len()]
+    }
+
+    pub fn frame(&self, event: &Event) -> String {
+        let complete = || format!("event: complete\ndata: {{\"id\":{}}}\n\n", self.quoted_id());
+        match event {
+            Event::Next(result) => next_event(&self.next_prefix, result.as_str(), "}"),
+            Event::Error(errors) => {
+                let before = format!("{}{{\"errors\":", self.next_prefix);
+                let mut out = next_event(&before, errors.as_str(), "}}");
+                out.push_str(&complete());
+                out
+            }
+            Event::Complete => complete(),
+        }
     }
 }
 
@@ -136,15 +160,28 @@ pub fn encode_retry(retry_ms: u64) -> String {
 /// The `Last-Event-ID` request header, sent by a reconnecting `EventSource`.
 pub const LAST_EVENT_ID_HEADER: &str = "last-event-id";
 
-fn next_event(json: &str) -> String {
-    let mut out = String::with_capacity(json.len() + 24);
+/// `event: next` with `before`, `json` and `after` as its data, in one allocation.
+/// `before` and `after` hold no line break.
+fn next_event(before: &str, json: &str, after: &str) -> String {
+    let mut out = String::with_capacity(before.len() + json.len() + after.len() + 24);
     out.push_str("event: next\n");
     // JSON may be pretty-printed by an upstream; a raw newline inside one `data:` line would
     // end the field, so every line becomes its own `data:` (the client joins them with \n,
     // which is insignificant whitespace in JSON).
-    for line in json.split(['\n', '\r']).filter(|l| !l.is_empty()) {
+    let mut lines = json
+        .split(['\n', '\r'])
+        .filter(|l| !l.is_empty())
+        .peekable();
+    let mut first = true;
+    while let Some(line) = lines.next() {
         out.push_str("data: ");
+        if std::mem::take(&mut first) {
+            out.push_str(before);
+        }
         out.push_str(line);
+        if lines.peek().is_none() {
+            out.push_str(after);
+        }
         out.push('\n');
     }
     out.push('\n');

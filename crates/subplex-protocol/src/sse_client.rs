@@ -60,21 +60,23 @@ pub fn query_parameters(request: &GraphqlRequest) -> Vec<(&'static str, &str)> {
 
 /// An upstream event as an [`Event`]. `next` carries an execution result, passed on
 /// untouched (an `errors` member included); `complete` ends the operation. Other event
-/// types (`message`, anything newer) carry nothing for us and give `None`.
+/// types (`message`, anything newer) carry nothing for us and give `None`. An owned
+/// `data` is kept as the payload without a copy.
 pub fn decode_event(
     event_type: &str,
-    data: &str,
+    data: impl Into<String>,
     limit: usize,
 ) -> Result<Option<Event>, DecodeError> {
     match event_type {
         "next" => {
+            let data = data.into();
             if data.len() > limit {
                 return Err(DecodeError::TooLarge {
                     len: data.len(),
                     limit,
                 });
             }
-            let result = RawJson::parse(data).map_err(DecodeError::not_json)?;
+            let result = RawJson::parse_owned(data).map_err(DecodeError::not_json)?;
             if !result.is_object() {
                 return Err(DecodeError::InvalidPayload {
                     kind: "next",

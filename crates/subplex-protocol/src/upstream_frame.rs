@@ -2,6 +2,8 @@
 //! it: server frames decoded into one dialect-neutral [`UpstreamFrame`], and the few
 //! client frames a gateway sends, encoded per dialect.
 
+use bytestring::ByteString;
+
 use crate::{legacy_ws, transport_ws, DecodeError, Event, GraphqlRequest, RawJson, Subprotocol};
 
 /// A server frame, as the gateway's upstream connection sees it.
@@ -22,15 +24,16 @@ pub enum UpstreamFrame {
 }
 
 impl Subprotocol {
-    /// Decodes a frame a server of this dialect sent.
+    /// Decodes a frame a server of this dialect sent. Payloads are slices of `text`, so an
+    /// event's bytes are the message's own, shared by every client it goes to.
     pub fn decode_server_frame(
         self,
-        text: &str,
+        text: &ByteString,
         limit: usize,
     ) -> Result<UpstreamFrame, DecodeError> {
         Ok(match self {
             Subprotocol::GraphqlTransportWs => {
-                match transport_ws::ServerMessage::decode(text, limit)? {
+                match transport_ws::ServerMessage::decode_shared(text, limit)? {
                     transport_ws::ServerMessage::ConnectionAck { .. } => UpstreamFrame::Ack,
                     transport_ws::ServerMessage::Ping { .. } => UpstreamFrame::Ping,
                     transport_ws::ServerMessage::Pong { .. } => UpstreamFrame::KeepAlive,
@@ -50,7 +53,7 @@ impl Subprotocol {
                     },
                 }
             }
-            Subprotocol::GraphqlWs => match legacy_ws::ServerMessage::decode(text, limit)? {
+            Subprotocol::GraphqlWs => match legacy_ws::ServerMessage::decode_shared(text, limit)? {
                 legacy_ws::ServerMessage::ConnectionAck => UpstreamFrame::Ack,
                 legacy_ws::ServerMessage::Ka => UpstreamFrame::KeepAlive,
                 legacy_ws::ServerMessage::ConnectionError { payload } => {

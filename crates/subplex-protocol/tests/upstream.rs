@@ -1,6 +1,7 @@
 //! The gateway as a client of an upstream: server frames of either dialect decoded into
 //! `UpstreamFrame`, and the client frames the gateway sends.
 
+use subplex_protocol::ByteString;
 use subplex_protocol::{
     legacy_ws, transport_ws, DecodeError, Event, GraphqlRequest, RawJson, Subprotocol,
     UpstreamFrame,
@@ -16,7 +17,7 @@ fn raw(text: &str) -> RawJson {
 
 fn frame(dialect: Subprotocol, text: &str) -> UpstreamFrame {
     dialect
-        .decode_server_frame(text, LIMIT)
+        .decode_server_frame(&ByteString::from(text), LIMIT)
         .unwrap_or_else(|err| panic!("{dialect} frame {text} failed: {err}"))
 }
 
@@ -218,17 +219,20 @@ fn transport_ping_pong_ack() {
     );
     // Legacy keep-alives are not graphql-transport-ws, and vice versa.
     assert_eq!(
-        TRANSPORT.decode_server_frame(r#"{"type":"ka"}"#, LIMIT),
+        TRANSPORT.decode_server_frame(&ByteString::from(r#"{"type":"ka"}"#), LIMIT),
         Err(DecodeError::UnknownType { kind: "ka".into() })
     );
     assert_eq!(
-        LEGACY.decode_server_frame(r#"{"type":"ping"}"#, LIMIT),
+        LEGACY.decode_server_frame(&ByteString::from(r#"{"type":"ping"}"#), LIMIT),
         Err(DecodeError::UnknownType {
             kind: "ping".into()
         })
     );
     assert_eq!(
-        LEGACY.decode_server_frame(r#"{"type":"next","id":"1","payload":{}}"#, LIMIT),
+        LEGACY.decode_server_frame(
+            &ByteString::from(r#"{"type":"next","id":"1","payload":{}}"#),
+            LIMIT
+        ),
         Err(DecodeError::UnknownType {
             kind: "next".into()
         })
@@ -282,31 +286,31 @@ fn transport_operation_frames() {
 fn decode_errors_pass_through() {
     for dialect in [LEGACY, TRANSPORT] {
         assert_eq!(
-            dialect.decode_server_frame(&"x".repeat(100), 10),
+            dialect.decode_server_frame(&ByteString::from("x".repeat(100)), 10),
             Err(DecodeError::TooLarge {
                 len: 100,
                 limit: 10
             })
         );
         assert!(matches!(
-            dialect.decode_server_frame("nope", LIMIT),
+            dialect.decode_server_frame(&ByteString::from("nope"), LIMIT),
             Err(DecodeError::NotJson { .. })
         ));
         assert_eq!(
-            dialect.decode_server_frame("{}", LIMIT),
+            dialect.decode_server_frame(&ByteString::from("{}"), LIMIT),
             Err(DecodeError::MissingType)
         );
         assert_eq!(
-            dialect.decode_server_frame(r#"{"type":"complete"}"#, LIMIT),
+            dialect.decode_server_frame(&ByteString::from(r#"{"type":"complete"}"#), LIMIT),
             Err(DecodeError::MissingId { kind: "complete" })
         );
     }
     assert_eq!(
-        LEGACY.decode_server_frame(r#"{"type":"data","id":"1"}"#, LIMIT),
+        LEGACY.decode_server_frame(&ByteString::from(r#"{"type":"data","id":"1"}"#), LIMIT),
         Err(DecodeError::MissingPayload { kind: "data" })
     );
     assert_eq!(
-        TRANSPORT.decode_server_frame(r#"{"type":"next","id":"1"}"#, LIMIT),
+        TRANSPORT.decode_server_frame(&ByteString::from(r#"{"type":"next","id":"1"}"#), LIMIT),
         Err(DecodeError::MissingPayload { kind: "next" })
     );
 }

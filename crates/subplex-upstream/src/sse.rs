@@ -171,7 +171,7 @@ impl SseOperation {
                 loop {
                     let error = match parsed.next().await {
                         Some(Ok(event)) => {
-                            match sse_client::decode_event(&event.event, &event.data, limit) {
+                            match sse_client::decode_event(&event.event, event.data, limit) {
                                 Ok(None) => continue,
                                 Ok(Some(event)) => {
                                     let rest = (!event.is_terminal()).then_some(parsed);

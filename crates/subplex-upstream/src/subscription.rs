@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 
 use subplex_protocol::Event;
 use tokio::sync::mpsc;
@@ -133,28 +134,37 @@ impl Subscription {
     /// take, so they are dropped with the queue, and the client's connection can be ended
     /// now rather than after another queue's worth of writes to a client that is behind.
     pub async fn recv(&mut self) -> Option<Result<Event, UpstreamError>> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`recv`](Self::recv) for hand-written streams: the operation stream polls it
+    /// directly, once per event and client.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Event, UpstreamError>>> {
         if self.ended {
-            return None;
+            return Poll::Ready(None);
         }
-        let received = self.events.recv().await;
+        let received = ready!(self.events.poll_recv(cx));
         // Checked after the wait, not before: a receiver woken by the first of a burst
         // that ended in the cut must not deliver it either. The cut is set before the
         // sender drops, so a closed queue always shows it.
         if let Some(cut @ UpstreamError::SlowConsumer { .. }) = self.failure.get() {
             self.ended = true;
-            return Some(Err(cut.clone()));
+            return Poll::Ready(Some(Err(cut.clone())));
         }
-        match received {
+        Poll::Ready(Some(match received {
             Some((event, read_at)) => {
                 self.last_read_at = Some(read_at);
                 self.queued_bytes
                     .fetch_sub(payload_bytes(&event), Ordering::Relaxed);
                 self.ended = event.is_terminal();
-                Some(Ok(event))
+                Ok(event)
             }
             None => {
                 self.ended = true;
-                let error = self
+                Err(self
                     .failure
                     .get()
                     .cloned()
@@ -162,10 +172,9 @@ impl Subscription {
                         upstream: "unknown".into(),
                         code: 1006,
                         reason: String::new(),
-                    });
-                Some(Err(error))
+                    }))
             }
-        }
+        }))
     }
 
     /// When the frame of the event [`recv`](Self::recv) returned last was read from the

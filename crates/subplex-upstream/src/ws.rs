@@ -5,9 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use subplex_protocol::client::{ClientFailure, ClientStep, UpstreamRules};
-use subplex_protocol::{GraphqlRequest, Subprotocol};
+use subplex_protocol::{ByteString, GraphqlRequest, Subprotocol};
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -137,9 +138,17 @@ impl WsLink {
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(None),
         };
+        // The message's own buffer: event payloads become slices of it, not copies.
+        // tungstenite checked the UTF-8 already; checking again costs one pass per
+        // upstream message (not per client) and keeps this code free of `unsafe`.
+        let text =
+            ByteString::try_from(Bytes::from(text)).map_err(|_| UpstreamError::Protocol {
+                upstream: upstream.clone(),
+                reason: "text frame is not UTF-8".into(),
+            })?;
         let frame = self
             .protocol
-            .decode_server_frame(text.as_str(), self.max_message_bytes)
+            .decode_server_frame(&text, self.max_message_bytes)
             .map_err(|err| UpstreamError::Protocol {
                 upstream: upstream.clone(),
                 reason: err.to_string(),

@@ -7,6 +7,8 @@
 
 pub mod server;
 
+use bytestring::ByteString;
+
 use crate::envelope::{check_size, frame, Envelope};
 use crate::{DecodeError, Event, GraphqlRequest, RawJson};
 
@@ -95,10 +97,19 @@ impl ClientMessage {
 }
 
 impl ServerMessage {
-    /// Decodes a text frame of at most `limit` bytes.
+    /// Decodes a text frame of at most `limit` bytes; payloads are copied out of `text`.
     pub fn decode(text: &str, limit: usize) -> Result<Self, DecodeError> {
         check_size(text, limit)?;
-        let mut env = Envelope::decode(text)?;
+        Self::from_envelope(Envelope::decode(text)?)
+    }
+
+    /// Decodes a text frame of at most `limit` bytes; payloads are slices of `message`.
+    pub fn decode_shared(message: &ByteString, limit: usize) -> Result<Self, DecodeError> {
+        check_size(message, limit)?;
+        Self::from_envelope(Envelope::decode_shared(message)?)
+    }
+
+    fn from_envelope(mut env: Envelope<'_>) -> Result<Self, DecodeError> {
         Ok(match env.kind.as_ref() {
             "connection_ack" | "init_success" => ServerMessage::ConnectionAck,
             "connection_error" | "init_fail" => ServerMessage::ConnectionError {

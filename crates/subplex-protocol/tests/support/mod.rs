@@ -12,6 +12,7 @@
 
 use serde::de::IgnoredAny;
 use subplex_protocol::probe::{HandshakeJudge, ProbeFrame, Step};
+use subplex_protocol::ByteString;
 use subplex_protocol::{
     legacy_ws, sse, sse_client, transport_ws, DecodeError, Event, GraphqlRequest, RawJson,
     Subprotocol, UpstreamFrame,
@@ -146,7 +147,7 @@ pub fn check_legacy_server(text: &str, limit: usize) -> Option<legacy_ws::Server
 /// errors must be normalised to a JSON array, and every operation event must re-frame for
 /// every downstream dialect into something that decodes back to the same event.
 pub fn check_upstream(dialect: Subprotocol, text: &str, limit: usize) -> Option<UpstreamFrame> {
-    let result = dialect.decode_server_frame(text, limit);
+    let result = dialect.decode_server_frame(&ByteString::from(text), limit);
     check_limit(text, limit, &result);
     check_error_text(&result);
     let direct_ok = match dialect {

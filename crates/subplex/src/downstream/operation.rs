@@ -26,15 +26,19 @@
 //! a client's socket is slow the session stops polling, the subscription's own queue fills,
 //! and the upstream connection cuts it off (slow-consumer policy) instead of buffering.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
+use pin_project_lite::pin_project;
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
 use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
 use super::hooks::{self, ClientHooks, OperationHooks};
@@ -158,9 +162,8 @@ impl Operation {
 }
 
 /// What an operation watches to learn that a config reload ended its route or retired
-/// its upstream (`Upstream::route_token`).
+/// its upstream (`Upstream::route_token`), and the error it then gets.
 struct RouteWatch {
-    ended: CancellationToken,
     upstream: Arc<Upstream>,
     client: Arc<ClientContext>,
 }
@@ -168,29 +171,33 @@ struct RouteWatch {
 impl RouteWatch {
     fn new(upstream: &Arc<Upstream>, client: &Arc<ClientContext>) -> RouteWatch {
         RouteWatch {
-            ended: upstream.route_token(&client.path),
             upstream: upstream.clone(),
             client: client.clone(),
         }
     }
 
-    /// Resolves, with the error the client gets, once a reload ends the operation.
-    async fn ended(&self) -> UpstreamError {
-        self.ended.cancelled().await;
+    /// Resolves once a reload ends the operation. Made once per operation and kept: a
+    /// fresh `cancelled()` per event would lock the route's token, which every operation
+    /// of the route shares, several times per event and client.
+    fn ended(&self) -> WaitForCancellationFutureOwned {
+        self.upstream
+            .route_token(&self.client.path)
+            .cancelled_owned()
+    }
+
+    /// The error the client gets once the route ended.
+    fn error(&self) -> UpstreamError {
         self.upstream.route_end_error(&self.client.path)
     }
 }
 
 /// Where an operation's stream is.
 enum Stage {
-    /// Not subscribed yet.
-    Start {
-        params: ConnectParams,
-        request: GraphqlRequest,
-        running: Running,
-        watch: RouteWatch,
-    },
-    Active(Subscription, Running, RouteWatch),
+    /// Subscribing through the pool. Boxed: the subscribe future (which may probe the
+    /// upstream) takes kilobytes, while an operation then waits on its subscription for
+    /// its whole life; inline, every idle operation would keep that space.
+    Subscribing(Pin<Box<dyn Future<Output = Result<Subscription, UpstreamError>> + Send>>),
+    Active(Subscription),
     Done,
 }
 
@@ -222,20 +229,58 @@ pub(crate) fn is_slow_consumer_cut(error: &UpstreamError) -> bool {
     matches!(error, UpstreamError::SlowConsumer { .. })
 }
 
+pin_project! {
+    /// An operation's deliveries: an upstream failure turned into an error result and
+    /// `complete` (see [`failure_result`]), the slow-consumer cut into
+    /// [`Delivery::TooSlow`].
+    struct Deliveries<S> {
+        #[pin]
+        outcomes: S,
+        // The `complete` owed after a failure result.
+        complete: bool,
+    }
+}
+
+impl<S: Stream<Item = Result<Event, UpstreamError>>> Stream for Deliveries<S> {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = self.project();
+        if std::mem::take(this.complete) {
+            return Poll::Ready(Some(Delivery::Event(Event::Complete)));
+        }
+        Poll::Ready(match ready!(this.outcomes.poll_next(cx)) {
+            Some(Ok(event)) => Some(Delivery::Event(event)),
+            Some(Err(error)) if is_slow_consumer_cut(&error) => Some(Delivery::TooSlow(error)),
+            Some(Err(error)) => {
+                *this.complete = true;
+                Some(Delivery::Event(failure_result(&error)))
+            }
+            None => None,
+        })
+    }
+}
+
 fn deliveries(
     outcomes: impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static,
 ) -> impl Stream<Item = Delivery> + Send + 'static {
-    outcomes.flat_map(|outcome| {
-        let (first, second) = match outcome {
-            Ok(event) => (Delivery::Event(event), None),
-            Err(error) if is_slow_consumer_cut(&error) => (Delivery::TooSlow(error), None),
-            Err(error) => (
-                Delivery::Event(failure_result(&error)),
-                Some(Delivery::Event(Event::Complete)),
-            ),
-        };
-        futures_util::stream::iter(std::iter::once(first).chain(second))
-    })
+    Deliveries {
+        outcomes,
+        complete: false,
+    }
+}
+
+pin_project! {
+    /// One operation's outcomes, polled once per event and client by the session that
+    /// owns it: written by hand, so an event passes through one `poll_next` rather than a
+    /// tower of combinators, and the route watch is registered once.
+    struct Outcomes {
+        #[pin]
+        ended: WaitForCancellationFutureOwned,
+        watch: RouteWatch,
+        running: Running,
+        stage: Stage,
+    }
 }
 
 fn outcomes(
@@ -245,102 +290,77 @@ fn outcomes(
     watch: RouteWatch,
     span: OperationSpan,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
-    let start = Stage::Start {
-        running: Running::start(upstream, span),
-        params,
-        request,
+    let running = Running::start(upstream.clone(), span);
+    let subscribe = async move { upstream.pool.subscribe(&params, request).await };
+    let subscribing = running.span.subscribing(&running.upstream, subscribe);
+    Outcomes {
+        ended: watch.ended(),
         watch,
-    };
-    futures_util::stream::unfold(start, |stage| async move {
-        match stage {
-            Stage::Start {
-                params,
-                request,
-                mut running,
-                watch,
-            } => {
-                // Boxed: this stream's future is as large as its largest await, and the
-                // subscribe future (which may probe the upstream) takes kilobytes, while an
-                // operation then waits on `recv` for its whole life. Unboxed, every idle
-                // operation kept that space: 30 KiB instead of 20 per idle subscription
-                // (`subplex-bench --scenarios idle`).
-                let upstream = &running.upstream;
-                let subscribing = Box::pin(
-                    running
-                        .span
-                        .subscribing(upstream, upstream.pool.subscribe(&params, request)),
-                );
-                // Biased: a reload that ended the route wins over whatever the retired
-                // pool reports as it shuts down.
-                let subscribed = tokio::select! {
-                    biased;
-                    error = watch.ended() => Err(error),
-                    subscribed = subscribing => subscribed,
-                };
-                match subscribed {
-                    Ok(subscription) => {
-                        running
-                            .span
-                            .upstream_protocol(running.upstream.pool.current_protocol());
-                        next_outcome(subscription, running, watch).await
-                    }
-                    Err(error) => {
-                        debug!(%error, "operation could not start upstream");
-                        running.span.end(error.code());
-                        Some((Err(error), Stage::Done))
-                    }
-                }
-            }
-            Stage::Active(subscription, running, watch) => {
-                next_outcome(subscription, running, watch).await
-            }
-            Stage::Done => None,
-        }
-    })
+        running,
+        stage: Stage::Subscribing(Box::pin(subscribing)),
+    }
 }
 
-async fn next_outcome(
-    mut subscription: Subscription,
-    mut running: Running,
-    watch: RouteWatch,
-) -> Option<(Result<Event, UpstreamError>, Stage)> {
-    // Biased as above. Events already queued are not delivered once the route ended: the
-    // client is told at once, and the subscription's drop stops the operation upstream.
-    let received = tokio::select! {
-        biased;
-        error = watch.ended() => {
+impl Stream for Outcomes {
+    type Item = Result<Event, UpstreamError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if matches!(this.stage, Stage::Done) {
+            return Poll::Ready(None);
+        }
+        // Biased: a reload that ended the route wins over whatever the retired pool
+        // reports as it shuts down, and over events already queued: the client is told at
+        // once, and the subscription's drop stops the operation upstream.
+        if this.ended.poll(cx).is_ready() {
+            let error = this.watch.error();
             debug!(%error, "config reload ended the operation");
-            running.span.end(error.code());
-            return Some((Err(error), Stage::Done));
+            this.running.span.end(error.code());
+            *this.stage = Stage::Done;
+            return Poll::Ready(Some(Err(error)));
         }
-        received = subscription.recv() => received,
-    };
-    match received? {
-        Ok(event) => {
-            // The session writes what this stream yields at once, in the same task: the
-            // event is handed to its client now.
-            running
-                .upstream
-                .metrics
-                .delivered(subscription.last_read_at());
-            running.span.event();
-            let next = match event {
-                Event::Next(_) => Stage::Active(subscription, running, watch),
-                Event::Complete => {
-                    running.span.end("complete");
-                    Stage::Done
+        if let Stage::Subscribing(subscribing) = this.stage {
+            match ready!(subscribing.as_mut().poll(cx)) {
+                Ok(subscription) => {
+                    let protocol = this.running.upstream.pool.current_protocol();
+                    this.running.span.upstream_protocol(protocol);
+                    *this.stage = Stage::Active(subscription);
                 }
-                Event::Error(_) => {
-                    running.span.end("error");
-                    Stage::Done
+                Err(error) => {
+                    debug!(%error, "operation could not start upstream");
+                    this.running.span.end(error.code());
+                    *this.stage = Stage::Done;
+                    return Poll::Ready(Some(Err(error)));
                 }
-            };
-            Some((Ok(event), next))
+            }
         }
-        Err(error) => {
-            running.span.end(error.code());
-            Some((Err(error), Stage::Done))
+        let Stage::Active(subscription) = this.stage else {
+            unreachable!("Done and Subscribing were handled above");
+        };
+        let received = ready!(subscription.poll_recv(cx));
+        let end = match &received {
+            None => Some(None),
+            Some(Ok(event)) => {
+                // The session writes what this stream yields at once, in the same task:
+                // the event is handed to its client now.
+                let metrics = &this.running.upstream.metrics;
+                metrics.delivered(subscription.last_read_at());
+                this.running.span.event();
+                match event {
+                    Event::Next(_) => None,
+                    Event::Complete => Some(Some("complete")),
+                    Event::Error(_) => Some(Some("error")),
+                }
+            }
+            Some(Err(error)) => Some(Some(error.code())),
+        };
+        if let Some(reason) = end {
+            if let Some(reason) = reason {
+                this.running.span.end(reason);
+            }
+            *this.stage = Stage::Done;
         }
+        Poll::Ready(received)
     }
 }
 

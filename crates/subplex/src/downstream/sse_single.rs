@@ -45,8 +45,17 @@ use crate::state::{GatewayState, Upstream};
 /// Longest `operationId` accepted; graphql-sse's client sends 36-character UUIDs.
 const MAX_OPERATION_ID_LEN: usize = 128;
 
-/// An operation's deliveries tagged with its id and run serial; abortable by `DELETE`.
-type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, u64, Delivery)> + Send>>>;
+/// An operation's deliveries, each with its tag; abortable by `DELETE`.
+type OperationStream =
+    Abortable<Pin<Box<dyn Stream<Item = (Arc<StreamedOperation>, Delivery)> + Send>>>;
+
+/// What each delivery of a running operation comes with: which operation it is (id and
+/// run serial), and its framing, built once when it starts.
+struct StreamedOperation {
+    id: Arc<str>,
+    serial: u64,
+    framer: sse::OperationFramer,
+}
 
 /// Whether a request belongs to single-connection mode: it carries a stream token, or it
 /// is a `PUT` (reserve) or `DELETE` (stop), which no other transport uses.
@@ -248,17 +257,24 @@ async fn feed(
                         connect: pending.params,
                         upstream: upstream.clone(),
                     };
-                    let events = operation.deliveries()
-                        .map(move |delivery| (id.clone(), serial, delivery));
+                    let tag = Arc::new(StreamedOperation {
+                        framer: sse::OperationFramer::new(&id),
+                        id,
+                        serial,
+                    });
+                    let events = operation
+                        .deliveries()
+                        .map(move |delivery| (tag.clone(), delivery));
                     let events: Pin<Box<dyn Stream<Item = _> + Send>> = Box::pin(events);
                     operations.push(Abortable::new(events, started.abort));
                 }
                 continue;
             }
-            Some((id, serial, delivery)) = operations.next(), if !operations.is_empty() => {
+            Some((operation, delivery)) = operations.next(), if !operations.is_empty() => {
                 let event = match delivery {
                     Delivery::Event(event) => event,
                     Delivery::TooSlow(error) => {
+                        let id = &operation.id;
                         debug!(%id, %error, "operation cut off as too slow; ending the stream");
                         state.stats.slow_consumer_cut();
                         end_unfinished(streams, &open.token, &ending_event(&error), &tx).await;
@@ -266,9 +282,9 @@ async fn feed(
                     }
                 };
                 if event.is_terminal() {
-                    streams.finished(&open.token, &id, serial);
+                    streams.finished(&open.token, &operation.id, operation.serial);
                 }
-                sse::encode_operation_event(&id, &event)
+                operation.framer.frame(&event)
             }
             _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
         };

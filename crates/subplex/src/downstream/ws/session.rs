@@ -13,7 +13,9 @@ use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
 use subplex_protocol::close::{self, Close};
-use subplex_protocol::{legacy_ws, transport_ws, Event, GraphqlRequest, RawJson, Subprotocol};
+use subplex_protocol::{
+    legacy_ws, transport_ws, Event, EventFramer, GraphqlRequest, RawJson, Subprotocol,
+};
 use subplex_upstream::ConnectParams;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{self, Instant};
@@ -35,9 +37,10 @@ pub(super) trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> ClientIo for S {}
 
-/// A running operation's deliveries, tagged with the client's id; abortable so that a
-/// client's `complete`/`stop` drops it (and with it the upstream subscription) at once.
-type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<str>, Delivery)> + Send>>>;
+/// A running operation's deliveries, each with its operation's framer (the envelope around
+/// the payload is built once per operation, not per event); abortable so that a client's
+/// `complete`/`stop` drops it (and with it the upstream subscription) at once.
+type OperationStream = Abortable<Pin<Box<dyn Stream<Item = (Arc<EventFramer>, Delivery)> + Send>>>;
 
 /// Events written before one flush at most. A burst (many operations, or a queue that
 /// filled while the socket was slow) goes out in few syscalls, and the bound keeps one
@@ -177,8 +180,8 @@ impl DownstreamSession {
                     last_heard = Instant::now();
                     self.on_client_message(&mut socket, message).await
                 }
-                Some((id, delivery)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.on_events(&mut socket, id, delivery).await
+                Some((framer, delivery)) = self.streams.next(), if !self.streams.is_empty() => {
+                    self.on_events(&mut socket, framer, delivery).await
                 }
                 _ = &mut init_deadline, if self.rules.awaiting_init() => {
                     self.init_timeout(&mut socket).await
@@ -508,10 +511,10 @@ impl DownstreamSession {
             connect: connected.params.clone(),
             upstream: self.upstream.clone(),
         };
-        let tag = id.clone();
+        let framer = Arc::new(EventFramer::new(self.subprotocol, &id));
         let events = operation
             .deliveries()
-            .map(move |delivery| (tag.clone(), delivery));
+            .map(move |delivery| (framer.clone(), delivery));
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(
             Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,
@@ -535,20 +538,21 @@ impl DownstreamSession {
     async fn on_events<S: ClientIo>(
         &mut self,
         socket: &mut WebSocketStream<S>,
-        id: Arc<str>,
+        framer: Arc<EventFramer>,
         delivery: Delivery,
     ) -> Flow {
-        let mut next = Some((id, delivery));
+        let mut next = Some((framer, delivery));
         let mut fed = 0;
-        while let Some((id, delivery)) = next.take() {
+        while let Some((framer, delivery)) = next.take() {
             let event = match delivery {
                 Delivery::Event(event) => event,
                 Delivery::TooSlow(error) => {
+                    let id = framer.id();
                     debug!(%id, %error, "operation cut off as too slow; closing the session");
                     return close_with(close::SLOW_CONSUMER);
                 }
             };
-            if let Some(frame) = self.frame_for(&id, &event) {
+            if let Some(frame) = self.frame_for(&framer, &event) {
                 let flow = bounded(&self.writes, socket.feed(Message::text(frame))).await;
                 if !matches!(flow, Flow::Continue) {
                     return flow;
@@ -567,9 +571,10 @@ impl DownstreamSession {
         bounded(&self.writes, socket.flush()).await
     }
 
-    /// The frame for `event` of operation `id` in the session's dialect; `None` if the
-    /// operation is gone (aborted streams yield nothing; this is a safety net).
-    fn frame_for(&mut self, id: &Arc<str>, event: &Event) -> Option<String> {
+    /// The frame for `event` in the session's dialect; `None` if the operation is gone
+    /// (aborted streams yield nothing; this is a safety net).
+    fn frame_for(&mut self, framer: &EventFramer, event: &Event) -> Option<String> {
+        let id = framer.id();
         if !self.operations.contains_key(id) {
             return None;
         }
@@ -577,10 +582,7 @@ impl DownstreamSession {
             self.operations.remove(id);
             self.rules.finished(id);
         }
-        Some(match self.subprotocol {
-            Subprotocol::GraphqlTransportWs => transport_ws::ServerMessage::encode_event(id, event),
-            Subprotocol::GraphqlWs => legacy_ws::ServerMessage::encode_event(id, event),
-        })
+        Some(framer.frame(event))
     }
 }
 
