@@ -7,6 +7,10 @@
 //! `server.client_write_timeout_ms`, hyper tears the connection down, and the feeds see
 //! their client gone. The timer is armed only while a write is pending, so a socket with
 //! room costs nothing extra.
+//!
+//! A cut socket is reset, not closed: what sits unsent in its kernel buffer (up to
+//! megabytes on a fast link) is stale by then, and a graceful close would keep it, and the
+//! connection, alive until the slow client had read all of it.
 
 use std::future::Future;
 use std::io;
@@ -24,6 +28,21 @@ use crate::state::DownstreamStats;
 pub(crate) const STUCK_WRITE: &str =
     "a write to the client did not complete within server.client_write_timeout_ms";
 
+/// A socket that can drop what it has not sent yet when it is closed.
+pub(crate) trait DiscardUnsent {
+    /// Makes the close that follows a reset that discards unsent data.
+    fn discard_unsent_on_close(&self);
+}
+
+impl DiscardUnsent for tokio::net::TcpStream {
+    fn discard_unsent_on_close(&self) {
+        // `SO_LINGER` 0: the close sends RST at once, without blocking.
+        if let Err(error) = self.set_zero_linger() {
+            tracing::debug!(%error, "could not set SO_LINGER on a cut client socket");
+        }
+    }
+}
+
 /// `inner` whose writes fail once one has been pending for `timeout`.
 #[derive(Debug)]
 pub(crate) struct WriteDeadline<S> {
@@ -35,7 +54,7 @@ pub(crate) struct WriteDeadline<S> {
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S> WriteDeadline<S> {
+impl<S: DiscardUnsent> WriteDeadline<S> {
     pub(crate) fn new(inner: S, timeout: Duration, stats: Arc<DownstreamStats>) -> Self {
         WriteDeadline {
             inner,
@@ -65,6 +84,7 @@ impl<S> WriteDeadline<S> {
                     Poll::Ready(()) => {
                         tracing::debug!(reason = STUCK_WRITE, "client cut off");
                         self.stats.stuck_client_cut();
+                        self.inner.discard_unsent_on_close();
                         Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, STUCK_WRITE)))
                     }
                     Poll::Pending => Poll::Pending,
@@ -74,7 +94,7 @@ impl<S> WriteDeadline<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+impl<S: AsyncRead + DiscardUnsent + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -84,7 +104,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+impl<S: AsyncWrite + DiscardUnsent + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -122,6 +142,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    impl DiscardUnsent for tokio::io::DuplexStream {
+        fn discard_unsent_on_close(&self) {}
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_pending_past_the_timeout_fails_and_a_reader_resets_the_clock() {

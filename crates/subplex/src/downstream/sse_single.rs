@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::stream::{Abortable, SelectAll};
+use futures_util::stream::Abortable;
 use futures_util::{Stream, StreamExt};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -35,6 +35,7 @@ use tracing::{debug, Instrument};
 
 use super::hooks;
 use super::operation::{ending_event, shutdown_event, Delivery, Operation};
+use super::operation_streams::OperationStreams;
 use super::reservations::{OpenStream, PendingOperation, Reservations, StreamError};
 use super::sse::event_stream_response;
 use super::streaming::{any_accept, http_client_context, push, read_request, STREAM_QUEUE};
@@ -226,7 +227,7 @@ async fn feed(
     if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
         return;
     }
-    let mut operations: SelectAll<OperationStream> = SelectAll::new();
+    let mut operations: OperationStreams<OperationStream> = OperationStreams::new();
     let cancelled = state.downstream_shutdown.cancelled();
     tokio::pin!(cancelled);
     let every = state.server.keepalive_interval;

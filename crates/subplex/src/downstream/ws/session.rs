@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::poll_immediate;
-use futures_util::stream::{AbortHandle, Abortable, SelectAll};
+use futures_util::stream::{AbortHandle, Abortable};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
 use subplex_protocol::close::{self, Close};
@@ -28,6 +28,7 @@ use tracing::{debug, info};
 
 use crate::downstream::hooks::{self, InitRefusal};
 use crate::downstream::operation::{ClientContext, Delivery, Operation};
+use crate::downstream::operation_streams::OperationStreams;
 use crate::state::{GatewayState, Upstream};
 
 /// What a session's WebSocket runs over: the upgraded hyper connection in production, an
@@ -107,7 +108,7 @@ pub(super) struct DownstreamSession {
     /// an id reused after `complete` can never receive the old operation's events.
     operations: HashMap<Arc<str>, AbortHandle>,
     /// Polled by the session itself: no task and no queue between upstream and socket.
-    streams: SelectAll<OperationStream>,
+    streams: OperationStreams<OperationStream>,
     writes: WriteBound,
 }
 
@@ -152,7 +153,7 @@ impl DownstreamSession {
             state,
             connect: None,
             operations: HashMap::new(),
-            streams: SelectAll::new(),
+            streams: OperationStreams::new(),
             writes,
         }
     }
@@ -552,13 +553,12 @@ impl DownstreamSession {
                     return close_with(close::SLOW_CONSUMER);
                 }
             };
-            if let Some(frame) = self.frame_for(&framer, &event) {
-                let flow = bounded(&self.writes, socket.feed(Message::text(frame))).await;
-                if !matches!(flow, Flow::Continue) {
-                    return flow;
-                }
-                fed += 1;
+            let frame = self.frame_for(&framer, &event);
+            let flow = bounded(&self.writes, socket.feed(Message::text(frame))).await;
+            if !matches!(flow, Flow::Continue) {
+                return flow;
             }
+            fed += 1;
             if fed < MAX_EVENTS_PER_FLUSH {
                 // Polled with this task's waker (not a no-op one): a stream found empty
                 // here still wakes the session when its next event arrives.
@@ -571,18 +571,16 @@ impl DownstreamSession {
         bounded(&self.writes, socket.flush()).await
     }
 
-    /// The frame for `event` in the session's dialect; `None` if the operation is gone
-    /// (aborted streams yield nothing; this is a safety net).
-    fn frame_for(&mut self, framer: &EventFramer, event: &Event) -> Option<String> {
-        let id = framer.id();
-        if !self.operations.contains_key(id) {
-            return None;
-        }
+    /// The frame for `event` in the session's dialect. No lookup per event: a stopped
+    /// operation's stream is aborted and yields nothing more, so every event that gets
+    /// here belongs to a running operation.
+    fn frame_for(&mut self, framer: &EventFramer, event: &Event) -> String {
         if event.is_terminal() {
+            let id = framer.id();
             self.operations.remove(id);
             self.rules.finished(id);
         }
-        Some(framer.frame(event))
+        framer.frame(event)
     }
 }
 
@@ -630,9 +628,11 @@ async fn write<S: ClientIo>(
     bounded(bound, socket.send(message)).await
 }
 
-/// Runs a write (`send`, `feed` or `flush`) within `bound`. The common case, a socket with
-/// room, completes on the first poll and arms no timer; only a write that has to wait
-/// gets the deadline and watches the shutdown token.
+/// Runs a write (`send`, `feed` or `flush`) that a draining gateway abandons. The time
+/// bound is the socket's own (`WriteDeadline`, `server.client_write_timeout_ms`): past
+/// it the write fails, and the connection is reset rather than left to drain stale
+/// frames. The common case, a socket with room, completes on the first poll and watches
+/// nothing.
 async fn bounded(
     bound: &WriteBound,
     write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
@@ -643,9 +643,6 @@ async fn bounded(
         None => tokio::select! {
             biased;
             result = &mut write => result,
-            _ = time::sleep(bound.timeout) => {
-                return Flow::Cut("a write to the client did not complete within server.client_write_timeout_ms");
-            }
             _ = bound.shutdown.cancelled() => {
                 return Flow::Cut("the gateway is shutting down and a write was stuck");
             }
@@ -690,6 +687,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
+    use crate::write_deadline::WriteDeadline;
 
     /// Any bound on a wait, in virtual time: paused time reaches it at once when the
     /// session has nothing left to do, so a missing frame fails the test immediately.
@@ -729,6 +727,12 @@ mod tests {
             );
             let upstream = state.routes().get("/graphql").unwrap().clone();
             let (client_io, server_io) = tokio::io::duplex(pipe_bytes);
+            // As the listener wraps every client socket: the write timeout is the socket's.
+            let server_io = WriteDeadline::new(
+                server_io,
+                state.server.client_write_timeout,
+                state.stats.clone(),
+            );
             let server = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
             let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
             let details = ClientDetails {
