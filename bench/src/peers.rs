@@ -35,7 +35,7 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 fn hive_router_bin(cache: &Path) -> PathBuf {
-    cache.join("hive-router").join("bin").join("hive-router")
+    cache.join("hive-router").join("bin").join("hive_router")
 }
 
 fn hive_gateway_dir(cache: &Path) -> PathBuf {
