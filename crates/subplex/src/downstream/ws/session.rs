@@ -159,6 +159,7 @@ impl DownstreamSession {
     /// Not an `async fn`: its arguments would be stored in the future twice (as the
     /// arguments and as the locals they are moved into), 728 bytes more in every session
     /// for its whole life. An `async move` block uses its captures in place.
+    #[allow(clippy::manual_async_fn)]
     pub(super) fn run<S: ClientIo>(
         mut self,
         mut socket: WebSocketStream<S>,
