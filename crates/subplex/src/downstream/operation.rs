@@ -149,15 +149,19 @@ impl RouteWatch {
 
 /// Where an operation's stream is.
 enum Stage {
-    /// Not subscribed yet.
-    Start {
-        params: ConnectParams,
-        request: GraphqlRequest,
-        running: Running,
-        watch: RouteWatch,
-    },
+    /// Not subscribed yet. Boxed: an operation spends its life `Active`, and the stream
+    /// keeps room for its largest stage.
+    Start(Box<Starting>),
     Active(Subscription, Running, RouteWatch),
     Done,
+}
+
+/// What an operation starts with.
+struct Starting {
+    params: ConnectParams,
+    request: GraphqlRequest,
+    running: Running,
+    watch: RouteWatch,
 }
 
 /// An operation counted in `subplex_operations_active` until the stage moves on to `Done`
@@ -202,101 +206,112 @@ fn outcomes(
     watch: RouteWatch,
     span: OperationSpan,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
-    let start = Stage::Start {
+    let start = Stage::Start(Box::new(Starting {
         running: Running::start(upstream, span),
         params,
         request,
         watch,
-    };
-    futures_util::stream::unfold(start, |stage| async move {
-        match stage {
-            Stage::Start {
-                params,
-                request,
-                mut running,
-                watch,
-            } => {
-                // Boxed: this stream's future is as large as its largest await, and the
-                // subscribe future (which may probe the upstream) takes kilobytes, while an
-                // operation then waits on `recv` for its whole life. Unboxed, every idle
-                // operation kept that space: 30 KiB instead of 20 per idle subscription
-                // (`subplex-bench --scenarios idle`).
-                let upstream = &running.upstream;
-                let subscribing = Box::pin(
-                    running
-                        .span
-                        .subscribing(upstream, upstream.pool.subscribe(&params, request)),
-                );
-                // Biased: a reload that ended the route wins over whatever the retired
-                // pool reports as it shuts down.
-                let subscribed = tokio::select! {
-                    biased;
-                    error = watch.ended() => Err(error),
-                    subscribed = subscribing => subscribed,
-                };
-                match subscribed {
-                    Ok(subscription) => {
-                        running
-                            .span
-                            .upstream_protocol(running.upstream.pool.current_protocol());
-                        next_outcome(subscription, running, watch).await
-                    }
-                    Err(error) => {
-                        debug!(%error, "operation could not start upstream");
-                        running.span.end(error.code());
-                        Some((Err(error), Stage::Done))
-                    }
+    }));
+    futures_util::stream::unfold(start, |mut stage| async move {
+        loop {
+            match stage {
+                // Boxed: subscribing is the largest part of the stream's future, and an
+                // operation then waits on `recv` for its whole life; unboxed, every idle
+                // operation would keep that space (30 KiB instead of 20 per idle
+                // subscription when the probe was added: `subplex-bench --scenarios idle`).
+                Stage::Start(starting) => match Box::pin(subscribe(*starting)).await {
+                    Ok(active) => stage = active,
+                    Err(error) => return Some((Err(error), Stage::Done)),
+                },
+                Stage::Active(subscription, running, watch) => {
+                    return next_outcome(subscription, running, watch).await
                 }
+                Stage::Done => return None,
             }
-            Stage::Active(subscription, running, watch) => {
-                next_outcome(subscription, running, watch).await
-            }
-            Stage::Done => None,
         }
     })
 }
 
-async fn next_outcome(
+/// Starts the operation upstream: the `Active` stage, or why it could not start.
+async fn subscribe(starting: Starting) -> Result<Stage, UpstreamError> {
+    let Starting {
+        params,
+        request,
+        mut running,
+        watch,
+    } = starting;
+    let upstream = &running.upstream;
+    let subscribing = running
+        .span
+        .subscribing(upstream, upstream.pool.subscribe(&params, request));
+    // Biased: a reload that ended the route wins over whatever the retired pool reports
+    // as it shuts down.
+    let subscribed = tokio::select! {
+        biased;
+        error = watch.ended() => Err(error),
+        subscribed = subscribing => subscribed,
+    };
+    match subscribed {
+        Ok(subscription) => {
+            running
+                .span
+                .upstream_protocol(running.upstream.pool.current_protocol());
+            Ok(Stage::Active(subscription, running, watch))
+        }
+        Err(error) => {
+            debug!(%error, "operation could not start upstream");
+            running.span.end(error.code());
+            Err(error)
+        }
+    }
+}
+
+/// The operation's next outcome and the stage after it. Not an `async fn`, whose
+/// arguments would be stored twice in the future that every idle operation keeps.
+#[allow(clippy::manual_async_fn)]
+fn next_outcome(
     mut subscription: Subscription,
     mut running: Running,
     watch: RouteWatch,
-) -> Option<(Result<Event, UpstreamError>, Stage)> {
-    // Biased as above. Events already queued are not delivered once the route ended: the
-    // client is told at once, and the subscription's drop stops the operation upstream.
-    let received = tokio::select! {
-        biased;
-        error = watch.ended() => {
-            debug!(%error, "config reload ended the operation");
-            running.span.end(error.code());
-            return Some((Err(error), Stage::Done));
-        }
-        received = subscription.recv() => received,
-    };
-    match received? {
-        Ok(event) => {
-            // The session writes what this stream yields at once, in the same task: the
-            // event is handed to its client now.
-            running
-                .upstream
-                .metrics
-                .delivered(subscription.last_read_at());
-            running.span.event();
-            let next = match event {
-                Event::Next(_) => Stage::Active(subscription, running, watch),
-                Event::Complete => {
-                    running.span.end("complete");
-                    Stage::Done
-                }
-                Event::Error(_) => {
-                    running.span.end("error");
-                    Stage::Done
-                }
-            };
-            Some((Ok(event), next))
-        }
-        Err(error) => {
-            running.span.end(error.code());
-            Some((Err(error), Stage::Done))
+) -> impl std::future::Future<Output = Option<(Result<Event, UpstreamError>, Stage)>> + Send {
+    async move {
+        // Biased as above. Events already queued are not delivered once the route ended: the
+        // client is told at once, and the subscription's drop stops the operation upstream.
+        let received = tokio::select! {
+            biased;
+            error = watch.ended() => {
+                debug!(%error, "config reload ended the operation");
+                running.span.end(error.code());
+                return Some((Err(error), Stage::Done));
+            }
+            received = subscription.recv() => received,
+        };
+        match received? {
+            Ok(event) => {
+                // The session writes what this stream yields at once, in the same task: the
+                // event is handed to its client now.
+                running
+                    .upstream
+                    .metrics
+                    .delivered(subscription.last_read_at());
+                running.span.event();
+                let next = match event {
+                    Event::Next(_) => Stage::Active(subscription, running, watch),
+                    Event::Complete => {
+                        running.span.end("complete");
+                        Stage::Done
+                    }
+                    Event::Error(_) => {
+                        running.span.end("error");
+                        Stage::Done
+                    }
+                };
+                Some((Ok(event), next))
+            }
+            Err(error) => {
+                running.span.end(error.code());
+                Some((Err(error), Stage::Done))
+            }
         }
     }
 }
