@@ -5,6 +5,7 @@
 //! payload (so a gateway puts them all in one security context, on one upstream
 //! connection) and the same request; a [`LoadSpec`] can spread them over several security
 //! contexts or give each its own variables. Each client subscribes once to the tick stream
+//! (a WebSocket client may hold several identical subscriptions in the idle scenario)
 //! and then reads until told to stop. Priming events (`n` = 0) mark a client as attached
 //! end to end and are not measured. For each event
 //! it records the latency (its receive time minus the emitter's send timestamp) and
@@ -15,6 +16,7 @@
 //! clients rarely contend on the locks; merging per-client histograms instead would cost
 //! hundreds of KiB per client.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,9 +79,21 @@ pub struct LoadSpec {
     pub contexts: usize,
     /// Each client subscribes with its own `key` variable ([`tick::KEYED_QUERY`]).
     pub distinct: bool,
+    /// Subscriptions per WebSocket client, with ids `1`, `2`, …, all with the client's
+    /// request (SSE: always one, a subscription is a request). A client counts as primed
+    /// once each of them received a priming event.
+    pub subscriptions_per_client: usize,
 }
 
 impl LoadSpec {
+    /// Subscriptions each client holds.
+    fn subscriptions(&self) -> usize {
+        match self.transport {
+            Transport::Ws => self.subscriptions_per_client.max(1),
+            Transport::Sse => 1,
+        }
+    }
+
     fn authorization(&self, index: usize) -> String {
         authorization(index % self.contexts.max(1))
     }
@@ -121,7 +135,7 @@ struct Shared {
     subscribed: AtomicUsize,
     /// When the last client subscribed, ns since the epoch.
     last_subscribed_ns: AtomicU64,
-    /// Clients that received a priming event.
+    /// Clients that received a priming event on each of their subscriptions.
     primed: AtomicUsize,
     /// Clients that gave up before subscribing.
     failed: AtomicUsize,
@@ -151,6 +165,8 @@ struct ClientReport {
     /// The server closed or dropped the connection before the harness stopped the client.
     disconnected: bool,
     primed: bool,
+    /// The subscriptions that received a priming event, by id.
+    primed_ids: HashSet<Option<String>>,
 }
 
 /// The clients of one scenario run.
@@ -361,9 +377,11 @@ async fn client(
         };
         let received_ns = tick::now_ns();
         match delivery {
-            Delivery::Result(payload) => match Tick::decode(&payload) {
+            Delivery::Result { id, payload } => match Tick::decode(&payload) {
                 Some(tick) if tick.n == tick::PRIMING_N => {
-                    if !report.primed {
+                    report.primed_ids.insert(id);
+                    let all = report.primed_ids.len() >= spec.subscriptions();
+                    if all && !report.primed {
                         report.primed = true;
                         shared.primed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -436,8 +454,12 @@ fn record(shard: &Mutex<Histogram<u64>>, batch: &mut Vec<u64>) {
 
 /// What a connection delivered.
 enum Delivery {
-    /// A `next` payload: a GraphQL result, as JSON text.
-    Result(String),
+    /// A `next` payload: a GraphQL result, as JSON text, and its operation id where the
+    /// transport has one.
+    Result {
+        id: Option<String>,
+        payload: String,
+    },
     /// An `error` message, a binary frame, or something that does not parse.
     Error,
     Complete,
@@ -468,7 +490,9 @@ impl Connection {
         let request = spec.request(index);
         Ok(match spec.transport {
             Transport::Ws => {
-                Connection::Ws(Box::new(open_ws(&spec.url, &authorization, request).await?))
+                let subscriptions = spec.subscriptions();
+                let socket = open_ws(&spec.url, &authorization, request, subscriptions).await?;
+                Connection::Ws(Box::new(socket))
             }
             Transport::Sse => {
                 Connection::Sse(open_sse(http, &spec.url, &authorization, request).await?)
@@ -509,7 +533,10 @@ async fn next_ws(socket: &mut Socket) -> Delivery {
         Some(Ok(Message::Close(_)) | Err(_)) | None => return Delivery::Closed,
     };
     match ServerMessage::decode(text.as_str(), MAX_MESSAGE_BYTES) {
-        Ok(ServerMessage::Next { payload, .. }) => Delivery::Result(payload.as_str().to_owned()),
+        Ok(ServerMessage::Next { id, payload }) => Delivery::Result {
+            id: Some(id),
+            payload: payload.as_str().to_owned(),
+        },
         Ok(ServerMessage::Error { .. }) | Err(_) => Delivery::Error,
         Ok(ServerMessage::Complete { .. }) => Delivery::Complete,
         Ok(ServerMessage::Ping { .. }) => {
@@ -556,7 +583,10 @@ fn sse_delivery(event: &str) -> Delivery {
         }
     }
     match kind {
-        "next" | "message" if !data.is_empty() => Delivery::Result(data),
+        "next" | "message" if !data.is_empty() => Delivery::Result {
+            id: None,
+            payload: data,
+        },
         "complete" => Delivery::Complete,
         "error" => Delivery::Error,
         // Comments (keep-alives) and empty events.
@@ -607,11 +637,13 @@ async fn open_sse(
     })
 }
 
-/// Connects, initialises and subscribes over graphql-transport-ws.
+/// Connects, initialises and subscribes over graphql-transport-ws, `subscriptions` times
+/// (ids `1`, `2`, …).
 async fn open_ws(
     url: &str,
     authorization: &str,
     request: GraphqlRequest,
+    subscriptions: usize,
 ) -> anyhow::Result<Socket> {
     let mut handshake = url.into_client_request()?;
     let headers = handshake.headers_mut();
@@ -653,11 +685,14 @@ async fn open_ws(
             other => bail!("expected connection_ack, got {other:?}"),
         }
     }
-    let subscribe = ClientMessage::Subscribe {
-        id: "1".into(),
-        payload: request,
-    };
-    socket.send(Message::text(subscribe.encode())).await?;
+    for id in 1..=subscriptions {
+        let subscribe = ClientMessage::Subscribe {
+            id: id.to_string(),
+            payload: request.clone(),
+        };
+        socket.feed(Message::text(subscribe.encode())).await?;
+    }
+    socket.flush().await?;
     Ok(socket)
 }
 
@@ -667,7 +702,7 @@ mod tests {
 
     fn result(delivery: Delivery) -> Option<String> {
         match delivery {
-            Delivery::Result(data) => Some(data),
+            Delivery::Result { payload, .. } => Some(payload),
             _ => None,
         }
     }
@@ -708,6 +743,7 @@ mod tests {
             transport: Transport::Ws,
             contexts: 2,
             distinct: true,
+            subscriptions_per_client: 1,
         };
         assert_eq!(spec.authorization(0), spec.authorization(2));
         assert_ne!(spec.authorization(0), spec.authorization(1));

@@ -103,6 +103,11 @@ pub struct RunArgs {
     /// Idle: transports of the idle subscribers.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "ws,sse")]
     pub idle_transports: Vec<Transport>,
+    /// Idle: subscriptions per WebSocket client, all to the same stream (an SSE client
+    /// always holds one). subplex refuses more than `max_operations_per_connection` (200
+    /// by default) on one connection.
+    #[arg(long, default_value_t = 1)]
+    pub idle_subscriptions_per_client: usize,
     /// Events per second per subscription.
     #[arg(long, default_value_t = 10)]
     pub rate: u64,
@@ -267,6 +272,10 @@ pub struct Figures {
     pub memory_after: Option<Memory>,
     /// (RSS at the end − RSS before) / N.
     pub rss_per_subscriber_kib: Option<f64>,
+    /// Subscriptions each client held, when more than one (idle, WebSocket), and
+    /// (RSS at the end − RSS before) / (N × that).
+    pub subscriptions_per_client: Option<usize>,
+    pub rss_per_subscription_kib: Option<f64>,
     pub emitter_cpu_s: f64,
     /// This process (the load generator), for context: it shares the machine.
     pub harness_cpu_s: f64,
@@ -472,6 +481,14 @@ fn summarise(figures: &Figures) {
     if let Some(kib) = figures.rss_per_subscriber_kib {
         parts.push(format!("{kib:.1} KiB per subscriber"));
     }
+    if let (Some(per_client), Some(kib)) = (
+        figures.subscriptions_per_client,
+        figures.rss_per_subscription_kib,
+    ) {
+        parts.push(format!(
+            "{per_client} subscriptions per client, {kib:.2} KiB per subscription"
+        ));
+    }
     parts.push(format!("{} upstream sockets", figures.upstream_sockets));
     parts.push(if figures.problems.is_empty() {
         "all checks passed".to_owned()
@@ -649,6 +666,14 @@ async fn prime(emitter: &mut Emitter, load: &Load, clients: usize) -> anyhow::Re
     }
 }
 
+/// Subscriptions each client of `variant` holds (see `--idle-subscriptions-per-client`).
+fn subscriptions_per_client(args: &RunArgs, variant: Variant) -> usize {
+    match (variant.scenario, variant.transport) {
+        (Scenario::Idle, Transport::Ws) => args.idle_subscriptions_per_client.max(1),
+        _ => 1,
+    }
+}
+
 /// Measures `kind` in `variant` on fresh processes.
 async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyhow::Result<Figures> {
     let args = &harness.args;
@@ -687,6 +712,7 @@ async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyho
         transport: variant.transport,
         contexts,
         distinct: variant.scenario == Scenario::Distinct,
+        subscriptions_per_client: subscriptions_per_client(args, variant),
     };
     let mut figures = Figures {
         memory_before,
@@ -733,6 +759,11 @@ async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyho
     if let (Some(before), Some(after)) = (figures.memory_before, figures.memory_after) {
         let delta = after.rss_kib as f64 - before.rss_kib as f64;
         figures.rss_per_subscriber_kib = Some(delta / n as f64);
+        let per_client = subscriptions_per_client(args, variant);
+        if per_client > 1 {
+            figures.subscriptions_per_client = Some(per_client);
+            figures.rss_per_subscription_kib = Some(delta / (n * per_client) as f64);
+        }
     }
     check_clients(&clients, &mut figures.problems);
     if !with_events && clients.events > 0 {

@@ -357,19 +357,27 @@ async fn a_stuck_client_of_a_shared_operation_is_cut_alone(config: &str, expecte
     // every event in order.
     match expected_cut {
         Cut::SlowConsumer => {
-            // 300 events of 4 KiB are far more than the stuck client's socket buffers
-            // and its 64 KiB queue hold.
-            read_ticks(&mut reader, &mut last, 300).await;
+            // 3,000 events of 4 KiB (12 MB) are far more than the stuck client's socket
+            // buffers (the kernel's send buffer grows to 4 MB by default) and its 256 KiB
+            // queue hold, while the reader's queue has room for a stall of 64 events.
+            // (The session learns of the cut only once its pending write completes, so
+            // the count is checked after the stuck client read again.)
+            read_ticks(&mut reader, &mut last, 3000).await;
             // Still connected: once it reads, it finds the ticks written before the cut,
-            // then the close.
-            let close = loop {
-                match stuck.recv().await {
-                    Received::Json(message) => {
-                        tick_n(&message, "s");
+            // then the close. Bounded: a client that was not cut would read forever.
+            let drain = async {
+                loop {
+                    match stuck.recv().await {
+                        Received::Json(message) => {
+                            tick_n(&message, "s");
+                        }
+                        other => break other,
                     }
-                    other => break other,
                 }
             };
+            let close = tokio::time::timeout(EVENT_TIMEOUT, drain)
+                .await
+                .expect("the stuck client was cut: its stream ends");
             assert_eq!(
                 close,
                 Received::Close {
@@ -407,7 +415,7 @@ async fn a_stuck_client_of_a_shared_operation_is_cut_alone(config: &str, expecte
 async fn a_slow_client_of_a_shared_operation_is_cut_alone_by_the_slow_consumer_policy() {
     a_stuck_client_of_a_shared_operation_is_cut_alone(
         "[server]\nclient_write_timeout_ms = 600000\n[upstreams.up]\nurl = \"http://127.0.0.1:PORT/graphql\"\n\
-         protocol = \"graphql-transport-ws\"\nsubscriber_queue = 1000000\nsubscriber_queue_bytes = 65536",
+         protocol = \"graphql-transport-ws\"\nsubscriber_queue = 1000000\nsubscriber_queue_bytes = 262144",
         Cut::SlowConsumer,
     )
     .await;

@@ -237,7 +237,15 @@ async fn an_over_long_operation_id_closes_4400_naming_the_key() {
 /// one may follow. Repeated, so the race has many chances to go wrong.
 #[tokio::test]
 async fn no_event_of_a_completed_operation_follows_the_next_one_with_the_same_id() {
-    let (gateway, _demo) = gateway_with_demo("").await;
+    let demo = DemoServer::start().await;
+    // A queue for seconds of a 1 ms stream: a test client stalled by a loaded machine
+    // must not meet the slow-consumer cut, which this test is not about.
+    let gateway = TestGateway::start(&format!(
+        "[upstreams.demo]\nurl = \"http://127.0.0.1:{}/graphql\"\nsubscriber_queue = 10000\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"demo\"\n",
+        demo.port
+    ))
+    .await;
     for protocol in [TRANSPORT_WS, LEGACY_WS] {
         let mut client = RawClient::connect(gateway.addr, protocol, &[]).await;
         client

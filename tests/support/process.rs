@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::{line_channel, EVENT_TIMEOUT};
+use crate::EVENT_TIMEOUT;
 
 /// A running gateway process, killed on drop.
 #[derive(Debug)]
@@ -18,9 +18,8 @@ pub struct GatewayProcess {
     /// Where it listens, from its `subplex listening on ADDR` line.
     pub addr: std::net::SocketAddr,
     child: Child,
-    stderr: mpsc::UnboundedReceiver<String>,
-    /// A line read past the end of a message, not looked at yet.
-    peeked: Option<String>,
+    /// Log messages: each a line and its continuation lines.
+    stderr: mpsc::UnboundedReceiver<Vec<String>>,
     /// Every log line read so far, for failure messages.
     log: Vec<String>,
 }
@@ -38,7 +37,7 @@ impl GatewayProcess {
             .spawn()
             .expect("run the subplex binary");
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr = line_channel(child.stderr.take().unwrap());
+        let stderr = message_channel(child.stderr.take().unwrap());
         let banner = tokio::time::timeout(EVENT_TIMEOUT, stdout.next_line())
             .await
             .expect("subplex prints its address in time")
@@ -54,7 +53,6 @@ impl GatewayProcess {
             addr,
             child,
             stderr,
-            peeked: None,
             log: Vec::new(),
         }
     }
@@ -84,40 +82,22 @@ impl GatewayProcess {
     /// prints). Fails the test after [`EVENT_TIMEOUT`] or if the process exits.
     pub async fn wait_log(&mut self, text: &str) -> Vec<String> {
         let found = tokio::time::timeout(EVENT_TIMEOUT, async {
-            while let Some(line) = self.next_line().await {
-                if line.contains(text) {
-                    return Some(line);
+            while let Some(message) = self.stderr.recv().await {
+                self.log.extend(message.iter().cloned());
+                if let Some(at) = message.iter().position(|line| line.contains(text)) {
+                    return Some(message[at..].to_vec());
                 }
             }
             None
         })
         .await;
-        let Ok(Some(first)) = found else {
+        let Ok(Some(message)) = found else {
             panic!(
                 "log line with {text:?} not seen; log:\n{}",
                 self.log.join("\n")
             );
         };
-        let mut message = vec![first];
-        // Continuation lines are written with the first, so they are already queued.
-        while let Ok(line) = self.stderr.try_recv() {
-            if !line.starts_with("  ") {
-                self.peeked = Some(line);
-                break;
-            }
-            self.log.push(line.clone());
-            message.push(line);
-        }
         message
-    }
-
-    async fn next_line(&mut self) -> Option<String> {
-        let line = match self.peeked.take() {
-            Some(line) => line,
-            None => self.stderr.recv().await?,
-        };
-        self.log.push(line.clone());
-        Some(line)
     }
 
     /// Every log line read so far.
@@ -133,6 +113,37 @@ impl GatewayProcess {
             .expect("subplex exits in time after SIGTERM")
             .expect("wait for subplex")
     }
+}
+
+/// The lines a process writes to `output`, as messages: each line with the indented
+/// continuation lines that follow it (a multi-line error), sent together so that a reader
+/// never sees part of one. The gateway writes each message with one write, so when its
+/// first line has been read, its continuation lines are already in the reader's buffer.
+fn message_channel(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> mpsc::UnboundedReceiver<Vec<String>> {
+    let mut reader = BufReader::new(output);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut line = String::new();
+        loop {
+            let mut message = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => message.push(line.trim_end_matches(['\n', '\r']).to_owned()),
+                }
+                if !reader.buffer().starts_with(b"  ") {
+                    break;
+                }
+            }
+            if tx.send(message).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A file under the system temp dir, removed on drop.

@@ -110,7 +110,9 @@ impl Pool {
         if let Transport::Sse(client, gate) = &self.transport {
             let client = client.clone()?;
             let id = self.next_connection_id.fetch_add(1, Ordering::Relaxed);
-            return SseOperationTask::start(
+            // Boxed: the operation task is built inside this future, which would
+            // otherwise make every subscribe future (WebSocket ones too) that large.
+            return Box::pin(SseOperationTask::start(
                 client,
                 gate.clone(),
                 params.key,
@@ -119,7 +121,7 @@ impl Pool {
                 request,
                 self.registry.register(params.key, id),
                 self.shutdown.child_token(),
-            )
+            ))
             .await;
         }
         // Keyed on the request as it reaches the pool, i.e. after any rewrite by the

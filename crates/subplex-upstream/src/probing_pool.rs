@@ -91,7 +91,8 @@ impl ProbingPool {
             Err(error) if self.is_auto() && error.is_protocol_mismatch() => {
                 info!(upstream = %self.settings.name, reason = %error, "upstream no longer speaks the probed protocol; probing again");
                 self.forget(&pool).await;
-                self.pool(params).await?.subscribe(params, request).await
+                // Boxed, as the probe below: rare, and it would double this future.
+                Box::pin(async { self.pool(params).await?.subscribe(params, request).await }).await
             }
             other => other,
         }
@@ -139,7 +140,11 @@ impl ProbingPool {
             }
             info!(upstream = %self.settings.name, "a connection failed in a protocol way; probing again");
         }
-        let pool = Arc::new(self.resolve(params).await?);
+        // Boxed: probing takes kilobytes of future, and every subscribe future would
+        // carry them while it waits for its connection, though only the first probes.
+        // 10,000 clients subscribing 10 times each held 7.5 KiB per subscribe in flight
+        // (massif), which the allocator kept after the burst.
+        let pool = Arc::new(Box::pin(self.resolve(params)).await?);
         *current = Some(pool.clone());
         Ok(pool)
     }

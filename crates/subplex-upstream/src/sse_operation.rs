@@ -417,7 +417,7 @@ impl SseOperationTask {
 
     /// Ends the subscription with `error` without retrying.
     fn over(&self, error: UpstreamError) -> Attempt {
-        let _ = self.subscriber.failure.set(error);
+        self.subscriber.fail(error);
         Attempt::Over
     }
 

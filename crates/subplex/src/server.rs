@@ -259,7 +259,9 @@ where
 {
     match tls {
         None => Some(Box::new(io)),
-        Some(tls) => match tls.accept(io).await {
+        // Boxed: the handshake's state would otherwise be room in every connection task
+        // for the connection's whole life (an SSE stream's, for one), plain TCP included.
+        Some(tls) => match Box::pin(tls.accept(io)).await {
             Ok(stream) => Some(Box::new(stream)),
             Err(err) => {
                 debug!(%peer, error = %err, "tls handshake failed");

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use subplex_hooks::HookScript;
@@ -139,18 +139,31 @@ impl Upstream {
     /// ones enter the security context. With a hook script on the route, or an
     /// `init_payload` template, every header is kept: a script may read any of them, and
     /// which it reads is not known before it runs.
+    ///
+    /// The values are copies (see [`detached`]), in a map of exactly their size.
     pub fn client_headers(&self, path: &str, headers: &HeaderMap) -> HeaderMap {
         if self.hooks_for(path).is_some() || self.config.init_template.is_some() {
-            return headers.clone();
-        }
-        let mut kept = HeaderMap::new();
-        let for_hooks = [http::header::COOKIE, http::header::ORIGIN];
-        for name in self.config.keyed_headers.iter().chain(&for_hooks) {
-            if kept.contains_key(name) {
-                continue;
+            let mut kept = HeaderMap::with_capacity(headers.len());
+            for (name, value) in headers {
+                kept.append(name.clone(), detached(value));
             }
+            return kept;
+        }
+        let for_hooks = [http::header::COOKIE, http::header::ORIGIN];
+        let mut names: Vec<&HeaderName> = Vec::new();
+        for name in self.config.keyed_headers.iter().chain(&for_hooks) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let count = names
+            .iter()
+            .map(|name| headers.get_all(*name).iter().count())
+            .sum();
+        let mut kept = HeaderMap::with_capacity(count);
+        for name in names {
             for value in headers.get_all(name) {
-                kept.append(name.clone(), value.clone());
+                kept.append(name.clone(), detached(value));
             }
         }
         kept
@@ -195,6 +208,18 @@ impl Upstream {
             init_payload,
         }
     }
+}
+
+/// A copy of `value` in an allocation of its own. hyper parses a request's header values
+/// as slices of the connection's read buffer (16 KiB once hyper-util's protocol sniff has
+/// read the first bytes), so a kept clone would keep that whole buffer alive for as long
+/// as the client stays: it did so for every WebSocket client, long after the upgrade had
+/// released the HTTP connection (16 KiB of heap per idle subscriber, `valgrind
+/// --tool=massif`; see docs/benchmarks.md).
+fn detached(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
 }
 
 /// Counts of what happened to clients, for logs, tests and metrics.
@@ -482,6 +507,57 @@ mod tests {
             text += &format!("[[routes]]\npath = \"{path}\"\nupstream = \"{upstream}\"\n");
         }
         Config::parse(&text, "gateway.toml").unwrap()
+    }
+
+    /// A request's header values as hyper hands them over: slices of one shared buffer.
+    fn request_headers(raw: &'static [u8], values: &[(&str, std::ops::Range<usize>)]) -> HeaderMap {
+        let buffer = bytes::Bytes::from_static(raw);
+        let mut headers = HeaderMap::new();
+        for (name, range) in values {
+            let value = HeaderValue::from_maybe_shared(buffer.slice(range.clone())).unwrap();
+            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+        }
+        headers
+    }
+
+    #[test]
+    fn kept_headers_are_the_ones_that_matter_copied_out_of_the_request() {
+        const RAW: &[u8] = b"Bearer t|a=1|https://app.example|x";
+        let mut headers = request_headers(
+            RAW,
+            &[
+                ("authorization", 0..8),
+                ("cookie", 9..12),
+                ("origin", 13..32),
+                ("x-other", 33..34),
+            ],
+        );
+        headers
+            .get_mut("authorization")
+            .unwrap()
+            .set_sensitive(true);
+        let state = GatewayState::new(
+            &config(&[("up", "")], &[("/graphql", "up")]),
+            &CancellationToken::new(),
+        )
+        .unwrap();
+        let kept = state
+            .routes()
+            .get("/graphql")
+            .unwrap()
+            .client_headers("/graphql", &headers);
+
+        let names: Vec<&str> = kept.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["authorization", "cookie", "origin"]);
+        assert_eq!(kept["authorization"], "Bearer t");
+        assert!(kept["authorization"].is_sensitive());
+        assert_eq!(kept["origin"], "https://app.example");
+        // None of them points into the request's buffer, which they would otherwise keep
+        // alive for as long as the client stays.
+        let buffer = RAW.as_ptr_range();
+        for value in kept.values() {
+            assert!(!buffer.contains(&value.as_bytes().as_ptr()), "{value:?}");
+        }
     }
 
     #[tokio::test]

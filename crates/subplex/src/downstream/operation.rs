@@ -94,7 +94,9 @@ pub(crate) enum Delivery {
     /// The client fell behind and the upstream layer cut this operation off (the
     /// slow-consumer policy); nothing more of it comes. A verdict on the client, not an
     /// event of the operation: the session ends the client's connection with it.
-    TooSlow(UpstreamError),
+    /// Boxed: rare, and the error is several times the size of an event, which every
+    /// session's future would otherwise keep room for.
+    TooSlow(Box<UpstreamError>),
 }
 
 impl Operation {
@@ -251,7 +253,9 @@ impl<S: Stream<Item = Result<Event, UpstreamError>>> Stream for Deliveries<S> {
         }
         Poll::Ready(match ready!(this.outcomes.poll_next(cx)) {
             Some(Ok(event)) => Some(Delivery::Event(event)),
-            Some(Err(error)) if is_slow_consumer_cut(&error) => Some(Delivery::TooSlow(error)),
+            Some(Err(error)) if is_slow_consumer_cut(&error) => {
+                Some(Delivery::TooSlow(Box::new(error)))
+            }
             Some(Err(error)) => {
                 *this.complete = true;
                 Some(Delivery::Event(failure_result(&error)))

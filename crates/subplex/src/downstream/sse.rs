@@ -11,6 +11,7 @@
 //! stream ends; see `Operation::events`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -60,7 +61,7 @@ pub(crate) async fn handle(
         "sse",
         upstream,
         request,
-        |operation, tx| feed(operation.events(stats), tx, keepalive, shutdown),
+        |operation, tx| feed(Box::pin(operation.events(stats)), tx, keepalive, shutdown),
     ) {
         Ok(rx) => rx,
         Err(refusal) => return hooks::refusal_response(refusal),
@@ -142,41 +143,47 @@ pub(crate) fn event_stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Respo
 
 /// Feeds one operation's `events` to the client as SSE events, with a keep-alive comment
 /// at once and every `keepalive_every` after.
-async fn feed(
-    events: impl Stream<Item = Event>,
+///
+/// Not an `async fn`, and the operation's stream comes boxed: an `async fn`'s arguments,
+/// and anything pinned by moving it into a local, are stored twice in the task's future,
+/// which every idle SSE subscriber keeps.
+#[allow(clippy::manual_async_fn)]
+fn feed(
+    mut events: Pin<Box<dyn Stream<Item = Event> + Send>>,
     tx: mpsc::Sender<Bytes>,
     keepalive_every: time::Duration,
     shutdown: CancellationToken,
-) {
-    // Sent at once: some browsers and proxies stall until the first bytes arrive.
-    if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
-        return;
-    }
-    tokio::pin!(events);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
-    loop {
-        // Biased: a closed client or a draining gateway ends the stream before anything
-        // else is read from the upstream.
-        let text = tokio::select! {
-            biased;
-            _ = tx.closed() => {
-                debug!("client left; stopping the operation");
-                return;
-            }
-            _ = &mut cancelled => {
-                push(&tx, sse::encode_event(&shutdown_event())).await;
-                return;
-            }
-            event = events.next() => match event {
-                Some(event) => sse::encode_event(&event),
-                None => return,
-            },
-            _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
-        };
-        if !push(&tx, text).await {
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        // Sent at once: some browsers and proxies stall until the first bytes arrive.
+        if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
             return;
+        }
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
+        loop {
+            // Biased: a closed client or a draining gateway ends the stream before anything
+            // else is read from the upstream.
+            let text = tokio::select! {
+                biased;
+                _ = tx.closed() => {
+                    debug!("client left; stopping the operation");
+                    return;
+                }
+                _ = &mut cancelled => {
+                    push(&tx, sse::encode_event(&shutdown_event())).await;
+                    return;
+                }
+                event = events.next() => match event {
+                    Some(event) => sse::encode_event(&event),
+                    None => return,
+                },
+                _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
+            };
+            if !push(&tx, text).await {
+                return;
+            }
         }
     }
 }
@@ -200,7 +207,7 @@ mod tests {
             Event::Complete
         });
         let feed = tokio::spawn(feed(
-            events,
+            Box::pin(events),
             tx,
             Duration::from_millis(1000),
             CancellationToken::new(),

@@ -158,65 +158,82 @@ impl DownstreamSession {
         }
     }
 
-    pub(super) async fn run<S: ClientIo>(mut self, mut socket: WebSocketStream<S>) {
-        debug!("session started");
-        let shutdown_token = self.state.downstream_shutdown.clone();
-        // Built once: a fresh `cancelled()` per iteration would re-register with the token
-        // (one lock shared by every session) on every event.
-        let shutdown = shutdown_token.cancelled();
-        tokio::pin!(shutdown);
-        let init_deadline = time::sleep(self.state.server.connection_init_timeout);
-        tokio::pin!(init_deadline);
-        let keepalive_every = self.state.server.keepalive_interval;
-        let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
-        let mut last_heard = Instant::now();
+    /// Serves the client until the session ends.
+    ///
+    /// Not an `async fn`: its arguments would be stored in the future twice (as the
+    /// arguments and as the locals they are moved into), 728 bytes more in every session
+    /// for its whole life. An `async move` block uses its captures in place.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn run<S: ClientIo>(
+        mut self,
+        mut socket: WebSocketStream<S>,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            debug!("session started");
+            let shutdown_token = self.state.downstream_shutdown.clone();
+            // Built once: a fresh `cancelled()` per iteration would re-register with the token
+            // (one lock shared by every session) on every event.
+            let shutdown = shutdown_token.cancelled();
+            tokio::pin!(shutdown);
+            let init_deadline = time::sleep(self.state.server.connection_init_timeout);
+            tokio::pin!(init_deadline);
+            let keepalive_every = self.state.server.keepalive_interval;
+            let mut keepalive =
+                time::interval_at(Instant::now() + keepalive_every, keepalive_every);
+            let mut last_heard = Instant::now();
 
-        let flow = loop {
-            // Biased: shutdown first so draining is prompt; then the client's own frames,
-            // so a `complete` is acted on before more events for that id are sent.
-            let flow = tokio::select! {
-                biased;
-                _ = &mut shutdown => Flow::Close(close::GOING_AWAY.code, close::GOING_AWAY.reason.into()),
-                message = socket.next() => {
-                    last_heard = Instant::now();
-                    self.on_client_message(&mut socket, message).await
-                }
-                Some((framer, delivery)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.on_events(&mut socket, framer, delivery).await
-                }
-                _ = &mut init_deadline, if self.rules.awaiting_init() => {
-                    self.init_timeout(&mut socket).await
-                }
-                _ = keepalive.tick() => self.keepalive(&mut socket, last_heard.elapsed()).await,
-            };
-            if !matches!(flow, Flow::Continue) {
-                break flow;
-            }
-        };
-
-        match flow {
-            Flow::Close(code, reason) => {
-                debug!(code, %reason, "closing session");
-                if code == close::MESSAGE_TOO_BIG.code {
-                    self.state.stats.limit_cut();
-                } else if code == close::SLOW_CONSUMER.code {
-                    self.state.stats.slow_consumer_cut();
-                }
-                let frame = CloseFrame {
-                    code: CloseCode::from(code),
-                    reason: reason.into(),
+            let flow = loop {
+                // Biased: shutdown first so draining is prompt; then the client's own frames,
+                // so a `complete` is acted on before more events for that id are sent.
+                let flow = tokio::select! {
+                    biased;
+                    _ = &mut shutdown => Flow::Close(close::GOING_AWAY.code, close::GOING_AWAY.reason.into()),
+                    message = socket.next() => {
+                        last_heard = Instant::now();
+                        // Boxed: handling a client frame is the largest thing the session
+                        // awaits (a kilobyte), and clients send few frames; unboxed, that
+                        // space would be part of every idle session's future.
+                        Box::pin(self.on_client_message(&mut socket, message)).await
+                    }
+                    Some((framer, delivery)) = self.streams.next(), if !self.streams.is_empty() => {
+                        self.on_events(&mut socket, framer, delivery).await
+                    }
+                    _ = &mut init_deadline, if self.rules.awaiting_init() => {
+                        self.init_timeout(&mut socket).await
+                    }
+                    _ = keepalive.tick() => self.keepalive(&mut socket, last_heard.elapsed()).await,
                 };
-                close_handshake(&mut socket, Some(frame), self.writes.timeout).await;
+                if !matches!(flow, Flow::Continue) {
+                    break flow;
+                }
+            };
+
+            match flow {
+                Flow::Close(code, reason) => {
+                    debug!(code, %reason, "closing session");
+                    if code == close::MESSAGE_TOO_BIG.code {
+                        self.state.stats.limit_cut();
+                    } else if code == close::SLOW_CONSUMER.code {
+                        self.state.stats.slow_consumer_cut();
+                    }
+                    let frame = CloseFrame {
+                        code: CloseCode::from(code),
+                        reason: reason.into(),
+                    };
+                    close_handshake(&mut socket, Some(frame), self.writes.timeout).await;
+                }
+                Flow::ClosedByClient => {
+                    close_handshake(&mut socket, None, self.writes.timeout).await
+                }
+                Flow::Cut(reason) => {
+                    debug!(reason, "client cut off");
+                    self.state.stats.stuck_client_cut();
+                }
+                Flow::End | Flow::Continue => {}
             }
-            Flow::ClosedByClient => close_handshake(&mut socket, None, self.writes.timeout).await,
-            Flow::Cut(reason) => {
-                debug!(reason, "client cut off");
-                self.state.stats.stuck_client_cut();
-            }
-            Flow::End | Flow::Continue => {}
+            // Dropping the streams (with the session) stops every operation upstream.
+            debug!("session ended");
         }
-        // Dropping the streams (with the session) stops every operation upstream.
-        debug!("session ended");
     }
 
     /// Pings the client (every browser and client library answers WebSocket pings), sends
@@ -640,12 +657,12 @@ async fn bounded(
     let mut write = std::pin::pin!(write);
     let result = match poll_immediate(&mut write).await {
         Some(result) => result,
-        None => tokio::select! {
-            biased;
-            result = &mut write => result,
-            _ = bound.shutdown.cancelled() => {
-                return Flow::Cut("the gateway is shutting down and a write was stuck");
-            }
+        // Boxed: the token's waiter takes a few hundred bytes, which every
+        // session would otherwise carry for its whole life in its (idle) future, while
+        // only a write that has to wait needs them.
+        None => match Box::pin(bounded_wait(bound, write)).await {
+            Ok(result) => result,
+            Err(cut) => return cut,
         },
     };
     match result {
@@ -653,6 +670,21 @@ async fn bounded(
         Err(err) => {
             debug!(error = %err, "client socket write failed");
             Flow::End
+        }
+    }
+}
+
+/// Waits for a write that could not complete at once, until shutdown at most (its time
+/// bound is the socket's); `Err` with the cut if the gateway drains first.
+async fn bounded_wait(
+    bound: &WriteBound,
+    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
+) -> Result<Result<(), tungstenite::Error>, Flow> {
+    tokio::select! {
+        biased;
+        result = write => Ok(result),
+        _ = bound.shutdown.cancelled() => {
+            Err(Flow::Cut("the gateway is shutting down and a write was stuck"))
         }
     }
 }
@@ -938,5 +970,35 @@ mod tests {
         time::sleep(ms(1000)).await;
         h.state.downstream_shutdown.cancel();
         assert_eq!(h.ended().await, ms(1000));
+    }
+
+    /// Every idle client keeps its session's future for its whole life, so its size is
+    /// memory per subscriber. It was 3,016 bytes (in this test's build) before the cold
+    /// paths were boxed and `run` stopped storing its arguments twice; a new large await
+    /// in the loop shows up here.
+    #[tokio::test]
+    async fn an_idle_session_future_stays_small() {
+        let harness = Harness::start(Subprotocol::GraphqlTransportWs, "").await;
+        let upstream = harness.state.routes().get("/graphql").unwrap().clone();
+        let (_client, server_io) = tokio::io::duplex(1024);
+        let socket = WebSocketStream::from_raw_socket(server_io, Role::Server, None).await;
+        let details = ClientDetails {
+            path: "/graphql".into(),
+            peer: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+            headers: HeaderMap::new(),
+        };
+        let session = DownstreamSession::new(
+            Subprotocol::GraphqlTransportWs,
+            upstream,
+            details,
+            harness.state.clone(),
+        );
+        let fixed = std::mem::size_of_val(&session) + std::mem::size_of_val(&socket);
+        let run = session.run(socket);
+        let size = std::mem::size_of_val(&run);
+        assert!(
+            size <= fixed + 900,
+            "{size} bytes, {fixed} of them session and socket"
+        );
     }
 }

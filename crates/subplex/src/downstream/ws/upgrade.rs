@@ -21,9 +21,11 @@ use crate::state::{GatewayState, Upstream};
 
 /// Read buffer per client socket. tungstenite allocates its default (128 KiB) up front for
 /// every connection and zero-fills the free part before each read, so all of it stays
-/// resident. Client frames are small (subscribe, ping, complete); a larger frame is read in
-/// more steps. 4 KiB → 1 KiB measured 23.0 → 20.4 KiB per idle subscription (bench idle).
-const CLIENT_READ_BUFFER: usize = 1024;
+/// resident. Client frames are small (subscribe, ping, complete); tungstenite grows the
+/// buffer to a larger frame's length once it has read the frame's header, and reads it in
+/// steps of this size. 4 KiB → 1 KiB measured 23.0 → 20.4 KiB per idle subscription, and
+/// 1 KiB → 256 B 7.3 → 6.8 KiB (`subplex-bench --scenarios idle`).
+const CLIENT_READ_BUFFER: usize = 256;
 
 /// Answers a WebSocket upgrade request, then runs the session on the upgraded connection.
 pub(crate) fn upgrade(
