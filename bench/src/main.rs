@@ -1,5 +1,5 @@
 //! `subplex-bench`: subplex, a floor forwarder, a naive forwarder and peer gateways (Hive
-//! Router, Hive Gateway), side by side, in front of the same upstream, in one run.
+//! Router, Hive Gateway, Grafbase), side by side, in front of the same upstream, in one run.
 //!
 //! ```text
 //! cargo build --release -p subplex

@@ -12,6 +12,11 @@
 //!   cores, so it runs at `nice -n 19` with one job.
 //! - Hive Gateway: `npm ci` of `bench/peers/hive-gateway/package.json` (exact versions,
 //!   with its lock file).
+//! - Grafbase: `npm ci` of `bench/peers/grafbase/package.json`: the Grafbase CLI's binary
+//!   for x86_64 Linux (`@grafbase/cli-x86_64-unknown-linux-musl`, which the `grafbase`
+//!   package would pick for this platform; depending on it directly gets the newest
+//!   release, 0.103.0, while `grafbase` itself stops at 0.80.4). Its `dev` command serves
+//!   Grafbase's gateway.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -38,17 +43,31 @@ fn hive_router_bin(cache: &Path) -> PathBuf {
     cache.join("hive-router").join("bin").join("hive_router")
 }
 
+/// Where the npm project `bench/peers/<project>/` is installed.
+fn npm_dir(cache: &Path, project: &str) -> PathBuf {
+    cache.join(project)
+}
+
+/// `file` (a path under `node_modules`) of the installed npm project `project`.
+fn npm_file(cache: &Path, project: &str, file: &str) -> PathBuf {
+    npm_dir(cache, project).join("node_modules").join(file)
+}
+
 fn hive_gateway_dir(cache: &Path) -> PathBuf {
-    cache.join("hive-gateway")
+    npm_dir(cache, "hive-gateway")
 }
 
 fn hive_gateway_bin(cache: &Path) -> PathBuf {
-    hive_gateway_dir(cache)
-        .join("node_modules")
-        .join("@graphql-hive")
-        .join("gateway")
-        .join("dist")
-        .join("bin.js")
+    npm_file(cache, "hive-gateway", "@graphql-hive/gateway/dist/bin.js")
+}
+
+/// The Grafbase CLI's executable for x86_64 Linux.
+fn grafbase_bin(cache: &Path) -> PathBuf {
+    npm_file(
+        cache,
+        "grafbase",
+        "@grafbase/cli-x86_64-unknown-linux-musl/grafbase",
+    )
 }
 
 /// `Ok` when `kind` is installed in `cache`.
@@ -56,6 +75,7 @@ pub fn installed(kind: SystemKind, cache: &Path) -> anyhow::Result<()> {
     let bin = match kind {
         SystemKind::HiveRouter => hive_router_bin(cache),
         SystemKind::HiveGateway => hive_gateway_bin(cache),
+        SystemKind::Grafbase => grafbase_bin(cache),
         _ => return Ok(()),
     };
     if !bin.is_file() {
@@ -68,7 +88,13 @@ pub fn installed(kind: SystemKind, cache: &Path) -> anyhow::Result<()> {
 pub fn install(kind: SystemKind, cache: &Path) -> anyhow::Result<()> {
     match kind {
         SystemKind::HiveRouter => install_hive_router(cache),
-        SystemKind::HiveGateway => install_hive_gateway(cache),
+        SystemKind::HiveGateway => npm_ci(
+            "Hive Gateway",
+            cache,
+            "hive-gateway",
+            &hive_gateway_bin(cache),
+        ),
+        SystemKind::Grafbase => npm_ci("Grafbase", cache, "grafbase", &grafbase_bin(cache)),
         _ => Ok(()),
     }
 }
@@ -96,28 +122,34 @@ fn install_hive_router(cache: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn install_hive_gateway(cache: &Path) -> anyhow::Result<()> {
-    if hive_gateway_bin(cache).is_file() {
+/// Installs the npm project `bench/peers/<name>/` (its package.json and lock file) into
+/// `cache` with `npm ci`, unless `bin` is there already.
+fn npm_ci(what: &str, cache: &Path, name: &str, bin: &Path) -> anyhow::Result<()> {
+    if bin.is_file() {
         return Ok(());
     }
-    let dir = hive_gateway_dir(cache);
-    eprintln!(
-        "installing Hive Gateway into {} (npm ci; once)",
-        dir.display()
-    );
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = &npm_dir(cache, name);
+    eprintln!("installing {what} into {} (npm ci; once)", dir.display());
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for file in ["package.json", "package-lock.json"] {
-        let from = config_dir().join("hive-gateway").join(file);
+        let from = config_dir().join(name).join(file);
         std::fs::copy(&from, dir.join(file))
             .with_context(|| format!("copying {}", from.display()))?;
     }
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
+        .current_dir(dir)
         .status()
         .context("running npm ci")?;
-    if !status.success() || !hive_gateway_bin(cache).is_file() {
-        bail!("npm ci of @graphql-hive/gateway failed ({status})");
+    if !status.success() {
+        bail!("npm ci of bench/peers/{name} failed ({status})");
+    }
+    if !bin.is_file() {
+        bail!(
+            "npm ci of bench/peers/{name} did not install {} (a package for another \
+             platform?)",
+            bin.display()
+        );
     }
     Ok(())
 }
@@ -127,6 +159,18 @@ fn install_hive_gateway(cache: &Path) -> anyhow::Result<()> {
 fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?)
+}
+
+/// Writes the committed configuration `bench/peers/<template>` to `to`, each placeholder
+/// replaced by its value, and returns `to`.
+fn write_config(template: &str, values: &[(&str, String)], to: PathBuf) -> anyhow::Result<PathBuf> {
+    let mut config = std::fs::read_to_string(config_dir().join(template))
+        .with_context(|| format!("reading bench/peers/{template}"))?;
+    for (placeholder, value) in values {
+        config = config.replace(placeholder, value);
+    }
+    std::fs::write(&to, config).with_context(|| format!("writing {}", to.display()))?;
+    Ok(to)
 }
 
 /// Starts an installed peer in front of `emitter`, with its files in `temp`.
@@ -143,17 +187,15 @@ pub async fn start(
     match kind {
         SystemKind::HiveRouter => {
             let dir = config_dir().join("hive-router");
-            let template = std::fs::read_to_string(dir.join("router.config.yaml"))
-                .context("reading bench/peers/hive-router/router.config.yaml")?;
-            let config = template
-                .replace(
-                    "@SUPERGRAPH@",
-                    &dir.join("supergraph.graphql").display().to_string(),
-                )
-                .replace("@UPSTREAM_HTTP@", &emitter.http_url());
-            let config_path = temp.join(format!("{run_name}.router.yaml"));
-            std::fs::write(&config_path, config)
-                .with_context(|| format!("writing {}", config_path.display()))?;
+            let supergraph = dir.join("supergraph.graphql").display().to_string();
+            let config_path = write_config(
+                "hive-router/router.config.yaml",
+                &[
+                    ("@SUPERGRAPH@", supergraph),
+                    ("@UPSTREAM_HTTP@", emitter.http_url()),
+                ],
+                temp.join(format!("{run_name}.router.yaml")),
+            )?;
             let mut command = Command::new(hive_router_bin(cache));
             command
                 .env("ROUTER_CONFIG_FILE_PATH", &config_path)
@@ -189,6 +231,34 @@ pub async fn start(
             // `/readiness` asks the upstream a query over HTTP, which the emitter does not
             // serve; `/healthcheck` answers once the gateway is up.
             System::external(bench_exe, command, addr, "/healthcheck", log).await
+        }
+        SystemKind::Grafbase => {
+            let schema = config_dir().join("emitter.graphql").display().to_string();
+            let config_path = write_config(
+                "grafbase/grafbase.toml",
+                &[
+                    ("@UPSTREAM_HTTP@", emitter.http_url()),
+                    ("@UPSTREAM_WS@", emitter.ws_url()),
+                    ("@SCHEMA@", schema),
+                ],
+                temp.join(format!("{run_name}.grafbase.toml")),
+            )?;
+            // `dev` unpacks its web IDE into `$HOME/.grafbase` (its `--home` option does
+            // not move that): keep it in the run's temporary directory.
+            let mut command = Command::new(grafbase_bin(cache));
+            command
+                .env("HOME", temp.join("grafbase-home"))
+                .args(["--log-style", "text"])
+                .arg("dev")
+                .arg("--config")
+                .arg(&config_path)
+                .args(["--listen-address", &addr.to_string()])
+                // Warnings and errors only, like the other peers.
+                .env("RUST_LOG", "warn")
+                .env("NO_COLOR", "1")
+                .current_dir(temp);
+            let system = System::external(bench_exe, command, addr, "/health", log).await?;
+            Ok(system.with_ws_path("/ws"))
         }
         other => bail!("{other} is not a peer gateway"),
     }

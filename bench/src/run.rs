@@ -67,7 +67,7 @@ pub struct RunArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "subplex,floor,baseline-tuned,hive-router,hive-gateway"
+        default_value = "subplex,floor,baseline-tuned,hive-router,hive-gateway,grafbase"
     )]
     pub systems: Vec<SystemKind>,
     /// Scenarios to run, in this order.
@@ -384,7 +384,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     );
     let mut unavailable = Vec::new();
     for &system in &args.systems {
-        if !matches!(system, SystemKind::HiveRouter | SystemKind::HiveGateway) {
+        if !matches!(
+            system,
+            SystemKind::HiveRouter | SystemKind::HiveGateway | SystemKind::Grafbase
+        ) {
             continue;
         }
         let installed = if args.no_install {
@@ -572,10 +575,11 @@ impl Harness {
             _ => {}
         }
         // Open files: the load generator holds N sockets, the gateway N client sockets
-        // plus its upstream sockets (N for the per-client forwarders), and the emitter
-        // one per upstream socket.
+        // plus its upstream sockets (N for the per-client forwarders, and for Grafbase,
+        // which opens one upstream WebSocket per subscription), and the emitter one per
+        // upstream socket.
         let gateway = match system {
-            SystemKind::Baseline | SystemKind::BaselineTuned => 2 * n,
+            SystemKind::Baseline | SystemKind::BaselineTuned | SystemKind::Grafbase => 2 * n,
             _ => n,
         };
         let needed = gateway.max(n) + FD_MARGIN;
@@ -620,7 +624,7 @@ impl Harness {
             }
             SystemKind::Direct => Ok(System::direct(emitter)),
             SystemKind::Floor => System::floor(&self.bench_exe, emitter).await,
-            SystemKind::HiveRouter | SystemKind::HiveGateway => {
+            SystemKind::HiveRouter | SystemKind::HiveGateway | SystemKind::Grafbase => {
                 peers::start(
                     kind,
                     &self.args.peers_dir,

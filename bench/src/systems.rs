@@ -25,6 +25,9 @@ use crate::emitter::{EmitterStats, TickMode};
 /// client sockets.
 pub const TUNED_READ_BUFFER_BYTES: usize = 4 * 1024;
 
+/// The path every system serves GraphQL on (over HTTP, and over WebSocket unless
+/// [`System::with_ws_path`] says otherwise).
+const GRAPHQL_PATH: &str = "/graphql";
 /// How long a child may take to print its address.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a peer gateway may take to answer its readiness probe (Node starts slowly).
@@ -58,6 +61,9 @@ pub enum SystemKind {
     /// Hive Gateway (Node, npm `@graphql-hive/gateway`) in proxy mode
     /// (`bench/peers/hive-gateway/`).
     HiveGateway,
+    /// Grafbase's gateway (`grafbase dev` of the Grafbase CLI, a Rust binary from npm) with
+    /// the emitter as its only subgraph (`bench/peers/grafbase/`).
+    Grafbase,
 }
 
 impl fmt::Display for SystemKind {
@@ -70,6 +76,7 @@ impl fmt::Display for SystemKind {
             SystemKind::Floor => "floor",
             SystemKind::HiveRouter => "hive-router",
             SystemKind::HiveGateway => "hive-gateway",
+            SystemKind::Grafbase => "grafbase",
         })
     }
 }
@@ -179,12 +186,23 @@ pub struct System {
     _stdin: Option<ChildStdin>,
     /// subplex's log (stderr), for the warnings it logged under load.
     pub log: Option<PathBuf>,
+    /// The path WebSocket clients connect to: `/graphql` but for systems that serve
+    /// WebSockets on a path of their own.
+    ws_path: &'static str,
 }
 
 impl System {
     /// `ws://` URL WebSocket clients connect to.
     pub fn url(&self) -> String {
-        format!("ws://{}/graphql", self.addr)
+        format!("ws://{}{}", self.addr, self.ws_path)
+    }
+
+    /// The same system with WebSocket clients sent to `path` instead of `/graphql`.
+    pub fn with_ws_path(self, path: &'static str) -> System {
+        System {
+            ws_path: path,
+            ..self
+        }
     }
 
     /// `http://` URL SSE clients post to.
@@ -265,6 +283,7 @@ impl System {
             addr: addr.context("no address")?,
             _stdin: Some(stdin),
             log: Some(log_path),
+            ws_path: GRAPHQL_PATH,
         })
     }
 
@@ -285,6 +304,7 @@ impl System {
             addr,
             _stdin: Some(stdin),
             log: None,
+            ws_path: GRAPHQL_PATH,
         })
     }
 
@@ -345,6 +365,7 @@ impl System {
             addr,
             _stdin: Some(stdin),
             log: Some(log_path),
+            ws_path: GRAPHQL_PATH,
         };
         let url = format!("http://{addr}{ready_path}");
         let deadline = time::Instant::now() + PEER_STARTUP_TIMEOUT;
@@ -393,6 +414,7 @@ impl System {
             addr: emitter.addr,
             _stdin: None,
             log: None,
+            ws_path: GRAPHQL_PATH,
         }
     }
 
