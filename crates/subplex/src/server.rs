@@ -12,6 +12,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
@@ -134,6 +135,9 @@ impl Gateway {
         }
         let connections = state.connection_slots.clone();
         let graceful = GracefulShutdown::new();
+        // HTTP/1 connections served without hyper-util's detection, which its
+        // `GracefulShutdown` cannot watch: drained by `drained_http1` and waited for here.
+        let http1_connections = TaskTracker::new();
         let builder = auto::Builder::new(TokioExecutor::new());
         let write_timeout = state.server.client_write_timeout;
         let stats = state.stats.clone();
@@ -155,6 +159,7 @@ impl Gateway {
                 accepted = accept(&listener) => accepted,
             };
             let _ = stream.set_nodelay(true);
+            let (stats, drain) = (stats.clone(), state.downstream_shutdown.clone());
             let state = state.clone();
             // Shared with the requests: an upgraded WebSocket outlives the HTTP connection
             // task and must keep counting against max_connections until it ends.
@@ -165,18 +170,33 @@ impl Gateway {
                 req.extensions_mut().insert(request_permit.clone());
                 async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
             });
-            let io = WriteDeadline::new(stream, write_timeout, stats.clone());
             let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
             // The handshake runs in the connection's task: a slow client must not hold up
             // the accept loop.
-            tokio::spawn(async move {
-                if let Some(io) = client_io(io, tls.as_deref(), peer).await {
-                    let connection = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), service)
-                        .into_owned();
-                    if let Err(err) = watcher.watch(connection).await {
-                        debug!(%peer, error = %err, "client connection ended with an error");
+            http1_connections.spawn(async move {
+                // Plain TCP that does not open with the HTTP/2 preface is served as HTTP/1
+                // directly: hyper-util's detection reads the first bytes itself and hands
+                // them back through a buffer, after which hyper's read buffer grows to
+                // 16 KiB, kept for the life of every SSE or multipart stream.
+                let http1 = tls.is_none() && !may_be_http2(&stream).await;
+                let io = WriteDeadline::new(stream, write_timeout, stats);
+                let ended = match client_io(io, tls.as_deref(), peer).await {
+                    None => Ok(()),
+                    Some(io) if http1 => {
+                        let connection = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(io), service)
+                            .with_upgrades();
+                        drained_http1(connection, &drain).await.map_err(Into::into)
                     }
+                    Some(io) => {
+                        let connection = builder
+                            .serve_connection_with_upgrades(TokioIo::new(io), service)
+                            .into_owned();
+                        watcher.watch(connection).await
+                    }
+                };
+                if let Err(err) = ended {
+                    debug!(%peer, error = %err, "client connection ended with an error");
                 }
                 drop(permit);
             });
@@ -190,7 +210,12 @@ impl Gateway {
         // One budget for the whole shutdown: clients first, then the upstream goodbyes.
         let deadline = tokio::time::Instant::now() + grace;
         let drain = tokio::time::timeout_at(deadline, async {
-            tokio::join!(graceful.shutdown(), state.sessions.wait());
+            http1_connections.close();
+            tokio::join!(
+                graceful.shutdown(),
+                state.sessions.wait(),
+                http1_connections.wait()
+            );
         });
         // The listener stays open during the drain so that load balancers polling
         // `/readyz` see 503 instead of a refused connection, which many treat as a
@@ -239,6 +264,53 @@ pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, So
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Whether a plain TCP client may be speaking HTTP/2 with prior knowledge: its first bytes
+/// are (so far) the HTTP/2 preface, or could not be peeked. Peeked, not read, so that the
+/// connection's server reads them itself. An HTTP/1 request line differs from the preface
+/// (`PRI * HTTP/2.0`) within its first bytes, so one peek decides; whatever it cannot
+/// decide goes to the detecting server.
+async fn may_be_http2(stream: &tokio::net::TcpStream) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; 24];
+    match stream.peek(&mut first).await {
+        Ok(read) if read > 0 => first[..read] == PREFACE[..read],
+        _ => true,
+    }
+}
+
+/// Serves an HTTP/1 connection until it ends; once the gateway drains, it finishes the
+/// request in flight and closes, as `GracefulShutdown` makes the detecting server do.
+async fn drained_http1<C>(connection: C, drain: &CancellationToken) -> hyper::Result<()>
+where
+    C: std::future::Future<Output = hyper::Result<()>> + GracefulHttp1,
+{
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        ended = connection.as_mut() => return ended,
+        _ = drain.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    connection.await
+}
+
+/// hyper's HTTP/1 connection, with or without upgrades, asked to end gracefully.
+trait GracefulHttp1 {
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulHttp1 for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
     }
 }
 
