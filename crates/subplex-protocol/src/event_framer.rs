@@ -8,6 +8,8 @@
 //! `next` frame is one allocation and two copies: prefix, payload, closing brace. Nothing
 //! is re-serialised. Terminal events are rare and use the general encoders.
 
+use std::sync::Arc;
+
 use crate::envelope::frame;
 use crate::graphql::push_json_string;
 use crate::{legacy_ws, transport_ws, Event, Subprotocol};
@@ -16,23 +18,24 @@ use crate::{legacy_ws, transport_ws, Event, Subprotocol};
 #[derive(Debug)]
 pub struct EventFramer {
     subprotocol: Subprotocol,
-    id: Box<str>,
+    /// Shared with whoever else holds the operation's id (the session's map of operations).
+    id: Arc<str>,
     /// Everything of a `next` (or legacy `data`) frame before the payload.
     next_prefix: Box<str>,
 }
 
 impl EventFramer {
-    pub fn new(subprotocol: Subprotocol, id: &str) -> Self {
+    pub fn new(subprotocol: Subprotocol, id: Arc<str>) -> Self {
         let kind = match subprotocol {
             Subprotocol::GraphqlTransportWs => "next",
             Subprotocol::GraphqlWs => "data",
         };
         // The same envelope `frame` writes, without the payload and the closing brace.
-        let mut next_prefix = frame(kind, Some(id), Some(""));
+        let mut next_prefix = frame(kind, Some(&id), Some(""));
         next_prefix.pop();
         EventFramer {
             subprotocol,
-            id: id.into(),
+            id,
             next_prefix: next_prefix.into_boxed_str(),
         }
     }
@@ -86,8 +89,8 @@ mod tests {
             Event::Complete,
         ];
         for id in ["1", "a\"b\\c\n", "\u{1F600}"] {
-            let transport = EventFramer::new(Subprotocol::GraphqlTransportWs, id);
-            let legacy = EventFramer::new(Subprotocol::GraphqlWs, id);
+            let transport = EventFramer::new(Subprotocol::GraphqlTransportWs, id.into());
+            let legacy = EventFramer::new(Subprotocol::GraphqlWs, id.into());
             assert_eq!(transport.id(), id);
             for event in &events {
                 assert_eq!(
@@ -101,7 +104,7 @@ mod tests {
             }
         }
         assert_eq!(
-            EventFramer::new(Subprotocol::GraphqlTransportWs, "7").frame(&events[0]),
+            EventFramer::new(Subprotocol::GraphqlTransportWs, "7".into()).frame(&events[0]),
             r#"{"type":"next","id":"7","payload":{"data":{"n":1}}}"#
         );
     }

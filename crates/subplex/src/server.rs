@@ -283,9 +283,16 @@ async fn may_be_http2(stream: &tokio::net::TcpStream) -> bool {
 
 /// Serves an HTTP/1 connection until it ends; once the gateway drains, it finishes the
 /// request in flight and closes, as `GracefulShutdown` makes the detecting server do.
-async fn drained_http1<C>(connection: C, drain: &CancellationToken) -> hyper::Result<()>
+async fn drained_http1<I, S, B>(
+    connection: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    drain: &CancellationToken,
+) -> hyper::Result<()>
 where
-    C: std::future::Future<Output = hyper::Result<()>> + GracefulHttp1,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
@@ -294,24 +301,6 @@ where
     }
     connection.as_mut().graceful_shutdown();
     connection.await
-}
-
-/// hyper's HTTP/1 connection, with or without upgrades, asked to end gracefully.
-trait GracefulHttp1 {
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S, B> GracefulHttp1 for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
-        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
-    }
 }
 
 /// What a client connection is read and written through: the TCP stream, or TLS over it.

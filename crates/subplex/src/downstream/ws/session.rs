@@ -529,7 +529,7 @@ impl DownstreamSession {
             connect: connected.params.clone(),
             upstream: self.upstream.clone(),
         };
-        let framer = Arc::new(EventFramer::new(self.subprotocol, &id));
+        let framer = Arc::new(EventFramer::new(self.subprotocol, id.clone()));
         let events = operation
             .deliveries()
             .map(move |delivery| (framer.clone(), delivery));
