@@ -41,6 +41,12 @@ impl EventFramer {
     }
 
     /// The operation's id as the client gave it.
+    /// The start of this operation's `next` (`data`) frame: the frame is this, then the
+    /// payload, then `}`. For writers that put the parts together themselves (`writev`).
+    pub fn next_prefix(&self) -> &str {
+        &self.next_prefix
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -103,6 +109,11 @@ mod tests {
                 );
             }
         }
+        let framer = EventFramer::new(Subprotocol::GraphqlWs, "7".into());
+        assert_eq!(
+            format!("{}{}}}", framer.next_prefix(), r#"{"data":{"n":1}}"#),
+            framer.frame(&events[0])
+        );
         assert_eq!(
             EventFramer::new(Subprotocol::GraphqlTransportWs, "7".into()).frame(&events[0]),
             r#"{"type":"next","id":"7","payload":{"data":{"n":1}}}"#

@@ -61,24 +61,69 @@ struct Operation {
     subscribers: Vec<(u64, Subscriber)>,
 }
 
+/// Subscribers one task hands an event to. An operation with more is fanned out by
+/// several tasks at once, on all of the runtime's threads: handing an event over can mean
+/// writing it to the client's socket (write-through), a few microseconds each, and ten
+/// thousand of those in one task would take the event's last client tens of
+/// milliseconds more than it needs on a machine with idle cores.
+const FAN_OUT_CHUNK: usize = 512;
+
 impl Operation {
     /// Hands `event` to every subscriber. A subscriber whose queue is full is failed with
     /// `slow` and dropped; one whose [`Subscription`] is gone is dropped too (its leave is
     /// queued and will find nothing). Returns how many were cut as too slow.
-    fn fan_out(&mut self, event: &Event, slow: impl Fn() -> UpstreamError) -> usize {
+    ///
+    /// Returns only once every subscriber has it, so each client's events stay in order.
+    async fn fan_out(&mut self, event: &Event, slow: &UpstreamError) -> usize {
+        if self.subscribers.len() <= FAN_OUT_CHUNK {
+            return hand_over(&mut self.subscribers, event, slow);
+        }
+        let mut subscribers = std::mem::take(&mut self.subscribers).into_iter();
+        let mut tasks = Vec::new();
+        loop {
+            let mut chunk: Vec<_> = subscribers.by_ref().take(FAN_OUT_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let (event, slow) = (event.clone(), slow.clone());
+            tasks.push(tokio::spawn(async move {
+                let cut = hand_over(&mut chunk, &event, &slow);
+                (chunk, cut)
+            }));
+        }
         let mut cut = 0;
-        self.subscribers
-            .retain(|(_, subscriber)| match subscriber.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    subscriber.fail(slow());
-                    cut += 1;
-                    false
+        for task in tasks {
+            match task.await {
+                Ok((chunk, chunk_cut)) => {
+                    self.subscribers.extend(chunk);
+                    cut += chunk_cut;
                 }
-            });
+                // Only a panic gets here; its subscribers were dropped with it, and their
+                // clients see the operation end.
+                Err(error) => warn!(%error, "a fan-out task failed"),
+            }
+        }
         cut
     }
+}
+
+/// [`Operation::fan_out`] for one group of subscribers.
+fn hand_over(
+    subscribers: &mut Vec<(u64, Subscriber)>,
+    event: &Event,
+    slow: &UpstreamError,
+) -> usize {
+    let mut cut = 0;
+    subscribers.retain(|(_, subscriber)| match subscriber.try_send(event.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            subscriber.fail(slow.clone());
+            cut += 1;
+            false
+        }
+    });
+    cut
 }
 
 pub(crate) struct UpstreamConnection {
@@ -523,10 +568,10 @@ impl UpstreamConnection {
         let settings = &self.settings;
         // Once per upstream event, however many clients share the operation.
         settings.stats.event_in();
-        let cut = operation.fan_out(&event, || settings.slow_consumer());
+        let error = settings.slow_consumer();
+        let cut = operation.fan_out(&event, &error).await;
         if cut > 0 {
             // Counted by the gateway once it ends each cut client's connection.
-            let error = settings.slow_consumer();
             let left = operation.subscribers.len();
             warn!(op = id, cut, left, %error, "subscriber too slow; cutting it off");
         }
@@ -550,5 +595,67 @@ impl UpstreamConnection {
         };
         link.close(self.operations.keys().copied(), code, reason)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use subplex_protocol::RawJson;
+
+    use super::*;
+    use crate::subscription::{self, Leave};
+
+    fn next(n: usize) -> Event {
+        Event::Next(RawJson::parse(&format!(r#"{{"data":{{"n":{n}}}}}"#)).unwrap())
+    }
+
+    /// More subscribers than one fan-out task takes: the event goes out from several tasks
+    /// at once, yet every client gets every event in order, the subscribers stay in the
+    /// order they joined, and only the one whose queue is full is cut.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_fan_out_reaches_everyone_in_order_and_cuts_only_the_full() {
+        let (unsubscribe, _leaves) = mpsc::unbounded_channel();
+        let clients = 3 * FAN_OUT_CHUNK + 7;
+        let slow_client = FAN_OUT_CHUNK + 3;
+        let mut operation = Operation {
+            request: GraphqlRequest::new("subscription { n }"),
+            dedup_key: None,
+            subscribers: Vec::new(),
+        };
+        let mut subscriptions = Vec::new();
+        for k in 0..clients {
+            let capacity = if k == slow_client { 1 } else { 8 };
+            let leave = Leave {
+                operation: 1,
+                subscriber: k as u64,
+            };
+            let (subscriber, subscription) =
+                subscription::channel(capacity, 1 << 20, unsubscribe.clone(), leave);
+            operation.subscribers.push((k as u64, subscriber));
+            subscriptions.push(subscription);
+        }
+        let slow = UpstreamError::SlowConsumer {
+            queued_events: 8,
+            queued_bytes: 1 << 20,
+        };
+        let mut cuts = Vec::new();
+        for n in 0..3 {
+            cuts.push(operation.fan_out(&next(n), &slow).await);
+        }
+        assert_eq!(cuts, [0, 1, 0]);
+        let ids: Vec<u64> = operation.subscribers.iter().map(|(id, _)| *id).collect();
+        let expected: Vec<u64> = (0..clients as u64)
+            .filter(|k| *k != slow_client as u64)
+            .collect();
+        assert_eq!(ids, expected);
+        for (k, subscription) in subscriptions.iter_mut().enumerate() {
+            if k == slow_client {
+                assert_eq!(subscription.recv().await, Some(Err(slow.clone())));
+                continue;
+            }
+            for n in 0..3 {
+                assert_eq!(subscription.recv().await, Some(Ok(next(n))), "client {k}");
+            }
+        }
     }
 }

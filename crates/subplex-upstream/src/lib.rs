@@ -47,7 +47,7 @@ pub use reconnect::ReconnectSettings;
 pub use security_context::{SecurityContext, SettingsFingerprint};
 pub use settings::{SseMethod, UpstreamProtocol, UpstreamSettings};
 pub use stats::UpstreamStats;
-pub use subscription::Subscription;
+pub use subscription::{Subscription, WriteThrough, WriteThroughRefused};
 
 /// Shows a header list by names only, for `Debug` impls: the values are credentials.
 pub(crate) struct HeaderNames<'a>(pub &'a [(::http::HeaderName, ::http::HeaderValue)]);

@@ -177,22 +177,24 @@ impl Gateway {
                 // Plain TCP that does not open with the HTTP/2 preface is served as HTTP/1
                 // directly: hyper-util's detection reads the first bytes itself and hands
                 // them back through a buffer, after which hyper's read buffer grows to
-                // 16 KiB, kept for the life of every SSE or multipart stream.
+                // 16 KiB, kept for the life of every SSE or multipart stream. Unboxed, so that a WebSocket upgrade can reach the TCP stream again
+                // (write-through, `downstream::ws::upgrade`).
                 let http1 = tls.is_none() && !may_be_http2(&stream).await;
                 let io = WriteDeadline::new(stream, write_timeout, stats);
-                let ended = match client_io(io, tls.as_deref(), peer).await {
-                    None => Ok(()),
-                    Some(io) if http1 => {
-                        let connection = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(io), service)
-                            .with_upgrades();
-                        drained_http1(connection, &drain).await.map_err(Into::into)
-                    }
-                    Some(io) => {
-                        let connection = builder
-                            .serve_connection_with_upgrades(TokioIo::new(io), service)
-                            .into_owned();
-                        watcher.watch(connection).await
+                let ended = if http1 {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades();
+                    drained_http1(connection, &drain).await.map_err(Into::into)
+                } else {
+                    match client_io(io, tls.as_deref(), peer).await {
+                        None => Ok(()),
+                        Some(io) => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                                .into_owned();
+                            watcher.watch(connection).await
+                        }
                     }
                 };
                 if let Err(err) = ended {

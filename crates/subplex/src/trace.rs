@@ -89,6 +89,12 @@ mod enabled {
             self.events += 1;
         }
 
+        /// Events delivered without passing through the operation's stream
+        /// (write-through).
+        pub fn add_events(&mut self, events: u64) {
+            self.events += events;
+        }
+
         /// Why the operation ended; the first reason recorded wins.
         pub fn end(&mut self, reason: &str) {
             if !self.ended {
@@ -131,6 +137,8 @@ impl OperationSpan {
     pub fn upstream_protocol(&self, _protocol: Option<&'static str>) {}
 
     pub fn event(&mut self) {}
+
+    pub fn add_events(&mut self, _events: u64) {}
 
     pub fn end(&mut self, _reason: &str) {}
 }

@@ -64,6 +64,11 @@ impl<S: DiscardUnsent> WriteDeadline<S> {
         }
     }
 
+    /// The socket, without the bound.
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
+
     /// What to return for a write attempt that came back `pending` or `ready`.
     fn check<T>(
         &mut self,

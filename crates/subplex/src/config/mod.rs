@@ -292,7 +292,8 @@ pub struct RawUpstream {
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Events buffered per subscription before a slow client is cut off (WebSocket close
-    /// 1013; SSE and multipart: a `SLOW_CONSUMER` error, then the end). Default 128.
+    /// 1013; SSE and multipart: a `SLOW_CONSUMER` error, then the end); for a WebSocket
+    /// client on plain TCP, frames waiting for its socket. Default 128.
     #[serde(default = "default_subscriber_queue")]
     pub subscriber_queue: usize,
     /// Payload bytes buffered per subscription (beyond its first queued event) before a

@@ -37,7 +37,7 @@ use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
 use pin_project_lite::pin_project;
 use subplex_protocol::{Event, GraphqlRequest, RawJson};
-use subplex_upstream::{ConnectParams, Subscription, UpstreamError};
+use subplex_upstream::{ConnectParams, Subscription, UpstreamError, WriteThrough};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::debug;
 
@@ -107,6 +107,17 @@ impl Operation {
         deliveries(self.outcomes())
     }
 
+    /// [`deliveries`](Self::deliveries), with the `next` results written by `writer` on
+    /// the upstream connection's task instead (see `Subscription::write_through`): the
+    /// stream then yields only the terminal event or the cut. Routes with operation hooks
+    /// ignore `writer`: their hooks see every result, in the session.
+    pub(crate) fn deliveries_written_through(
+        self,
+        writer: Arc<dyn WriteThrough>,
+    ) -> impl Stream<Item = Delivery> + Send + 'static {
+        deliveries(self.outcomes_through(Some(writer)))
+    }
+
     /// The operation's events, for a stream that carries this operation alone (SSE
     /// distinct mode): a slow-consumer cut becomes the terminal error event (see
     /// [`ending_event`]) that ends the stream, and is counted in `stats`.
@@ -128,6 +139,13 @@ impl Operation {
     pub(crate) fn outcomes(
         self,
     ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
+        self.outcomes_through(None)
+    }
+
+    fn outcomes_through(
+        self,
+        writer: Option<Arc<dyn WriteThrough>>,
+    ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
         self.log_start();
         let watch = RouteWatch::new(&self.upstream, &self.client);
         let span = OperationSpan::start(&self);
@@ -139,11 +157,12 @@ impl Operation {
                 self.request,
                 watch,
                 span,
+                writer,
             )),
             Some(hooks) => {
                 let (upstream, connect) = (self.upstream, self.connect);
                 Either::Right(hooks.outcomes(self.request, move |request| {
-                    outcomes(upstream, connect, request, watch, span)
+                    outcomes(upstream, connect, request, watch, span, None)
                 }))
             }
         }
@@ -211,18 +230,32 @@ enum Stage {
 struct Running {
     upstream: Arc<Upstream>,
     span: OperationSpan,
+    /// Where its `next` results are written, if not through this stream; the span counts
+    /// what it wrote.
+    writer: Option<Arc<dyn WriteThrough>>,
 }
 
 impl Running {
-    fn start(upstream: Arc<Upstream>, span: OperationSpan) -> Running {
+    fn start(
+        upstream: Arc<Upstream>,
+        span: OperationSpan,
+        writer: Option<Arc<dyn WriteThrough>>,
+    ) -> Running {
         upstream.operations_active.inc();
-        Running { upstream, span }
+        Running {
+            upstream,
+            span,
+            writer,
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.upstream.operations_active.dec();
+        if let Some(writer) = &self.writer {
+            self.span.add_events(writer.written());
+        }
     }
 }
 
@@ -293,8 +326,9 @@ fn outcomes(
     request: GraphqlRequest,
     watch: RouteWatch,
     span: OperationSpan,
+    writer: Option<Arc<dyn WriteThrough>>,
 ) -> impl Stream<Item = Result<Event, UpstreamError>> + Send + 'static {
-    let running = Running::start(upstream.clone(), span);
+    let running = Running::start(upstream.clone(), span, writer);
     let subscribe = async move { upstream.pool.subscribe(&params, request).await };
     let subscribing = running.span.subscribing(&running.upstream, subscribe);
     Outcomes {
@@ -325,9 +359,12 @@ impl Stream for Outcomes {
         }
         if let Stage::Subscribing(subscribing) = this.stage {
             match ready!(subscribing.as_mut().poll(cx)) {
-                Ok(subscription) => {
+                Ok(mut subscription) => {
                     let protocol = this.running.upstream.pool.current_protocol();
                     this.running.span.upstream_protocol(protocol);
+                    if let Some(writer) = &this.running.writer {
+                        subscription.write_through(writer.clone());
+                    }
                     *this.stage = Stage::Active(subscription);
                 }
                 Err(error) => {

@@ -7,5 +7,6 @@
 
 mod session;
 mod upgrade;
+mod write_through;
 
 pub(crate) use upgrade::upgrade;

@@ -3,12 +3,13 @@
 //! a single `select!` loop.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::poll_immediate;
+use futures_util::future::{poll_immediate, Either};
 use futures_util::stream::{AbortHandle, Abortable};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
@@ -29,6 +30,7 @@ use tracing::{debug, info};
 use crate::downstream::hooks::{self, InitRefusal};
 use crate::downstream::operation::{ClientContext, Delivery, Operation};
 use crate::downstream::operation_streams::OperationStreams;
+use crate::downstream::ws::write_through::{Attention, ClientSocket, OperationWriter};
 use crate::state::{GatewayState, Upstream};
 
 /// What a session's WebSocket runs over: the upgraded hyper connection in production, an
@@ -104,12 +106,22 @@ pub(super) struct DownstreamSession {
     state: Arc<GatewayState>,
     /// Set once `connection_init` was accepted.
     connect: Option<Connected>,
-    /// Running operations by client id. Once aborted, a stream yields nothing more, so
-    /// an id reused after `complete` can never receive the old operation's events.
-    operations: HashMap<Arc<str>, AbortHandle>,
+    /// Running operations by client id. Once aborted, a stream yields nothing more, and
+    /// its writer (if written through) is retired, so an id reused after `complete` can
+    /// never receive the old operation's events.
+    operations: HashMap<Arc<str>, RunningOperation>,
     /// Polled by the session itself: no task and no queue between upstream and socket.
     streams: OperationStreams<OperationStream>,
     writes: WriteBound,
+    /// The client's socket when the upstream connection tasks write its operations'
+    /// `next` frames themselves (see `write_through`); `None` over TLS.
+    write_through: Option<Arc<ClientSocket>>,
+}
+
+/// What the session keeps of a running operation.
+struct RunningOperation {
+    abort: AbortHandle,
+    writer: Option<Arc<OperationWriter>>,
 }
 
 /// What the upgrade request told about the client.
@@ -155,7 +167,15 @@ impl DownstreamSession {
             operations: HashMap::new(),
             streams: OperationStreams::new(),
             writes,
+            write_through: None,
         }
+    }
+
+    /// The session with its operations' `next` frames written straight to `socket` by
+    /// the upstream connection tasks.
+    pub(super) fn with_write_through(mut self, socket: Arc<ClientSocket>) -> Self {
+        self.write_through = Some(socket);
+        self
     }
 
     /// Serves the client until the session ends.
@@ -181,6 +201,11 @@ impl DownstreamSession {
             let mut keepalive =
                 time::interval_at(Instant::now() + keepalive_every, keepalive_every);
             let mut last_heard = Instant::now();
+            let write_through = self.write_through.clone();
+            let attention = |cx: &mut std::task::Context<'_>| match &write_through {
+                Some(socket) => socket.poll_attention(cx),
+                None => std::task::Poll::Pending,
+            };
 
             let flow = loop {
                 // Biased: shutdown first so draining is prompt; then the client's own frames,
@@ -198,6 +223,15 @@ impl DownstreamSession {
                     Some((framer, delivery)) = self.streams.next(), if !self.streams.is_empty() => {
                         self.on_events(&mut socket, framer, delivery).await
                     }
+                    attention = poll_fn(attention), if write_through.is_some() => match attention {
+                        // What the kernel had no room for when an upstream task wrote it.
+                        Attention::Flush => bounded(&self.writes, socket.flush()).await,
+                        Attention::TooSlow => {
+                            debug!("client too slow for its written-through events; closing the session");
+                            close_with(close::SLOW_CONSUMER)
+                        }
+                        Attention::Failed => Flow::End,
+                    },
                     _ = &mut init_deadline, if self.rules.awaiting_init() => {
                         self.init_timeout(&mut socket).await
                     }
@@ -208,6 +242,10 @@ impl DownstreamSession {
                 }
             };
 
+            // Nothing of the upstream tasks' may follow the session's last frame.
+            if let Some(socket) = &write_through {
+                socket.close_to_upstream_writes();
+            }
             match flow {
                 Flow::Close(code, reason) => {
                     debug!(code, %reason, "closing session");
@@ -530,21 +568,34 @@ impl DownstreamSession {
             upstream: self.upstream.clone(),
         };
         let framer = Arc::new(EventFramer::new(self.subprotocol, id.clone()));
-        let events = operation
-            .deliveries()
-            .map(move |delivery| (framer.clone(), delivery));
+        let writer = self.write_through.as_ref().map(|socket| {
+            Arc::new(OperationWriter::new(
+                socket.clone(),
+                framer.clone(),
+                self.upstream.metrics.clone(),
+            ))
+        });
+        let deliveries = match &writer {
+            Some(writer) => Either::Left(operation.deliveries_written_through(writer.clone())),
+            None => Either::Right(operation.deliveries()),
+        };
+        let events = deliveries.map(move |delivery| (framer.clone(), delivery));
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(
             Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,
             registration,
         ));
-        self.operations.insert(id, abort);
+        self.operations
+            .insert(id, RunningOperation { abort, writer });
     }
 
     fn stop(&mut self, id: &str) {
-        if let Some(abort) = self.operations.remove(id) {
+        if let Some(running) = self.operations.remove(id) {
             debug!(%id, "operation stopped by client");
-            abort.abort();
+            running.abort.abort();
+            if let Some(writer) = running.writer {
+                writer.retire();
+            }
         }
     }
 

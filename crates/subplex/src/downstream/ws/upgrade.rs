@@ -8,16 +8,19 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use subplex_protocol::Subprotocol;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, Instrument};
 
 use super::session::{ClientDetails, DownstreamSession};
+use super::write_through::{ClientSocket, SessionIo};
 use crate::metrics::ClientTransport;
 use crate::responses::{full, json_error, ResponseBody};
 use crate::server::ConnectionPermit;
 use crate::state::{GatewayState, Upstream};
+use crate::write_deadline::WriteDeadline;
 
 /// Read buffer per client socket. tungstenite allocates its default (128 KiB) up front for
 /// every connection and zero-fills the free part before each read, so all of it stays
@@ -103,15 +106,41 @@ pub(crate) fn upgrade(
             let _connected = session_state
                 .metrics
                 .client_connected(ClientTransport::from(subprotocol));
-            let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(config),
-            )
-            .await;
-            DownstreamSession::new(subprotocol, upstream, client, session_state)
-                .run(socket)
-                .await;
+            let limits = (
+                upstream.config.settings.subscriber_queue,
+                upstream.config.settings.subscriber_queue_bytes,
+            );
+            let (timeout, stats) = (
+                session_state.server.client_write_timeout,
+                session_state.stats.clone(),
+            );
+            let session = DownstreamSession::new(subprotocol, upstream, client, session_state);
+            // A plain-TCP client's socket is taken back from hyper, so that the upstream
+            // connection tasks can write its events themselves (`write_through`); over TLS
+            // the session writes them.
+            match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
+                Ok(parts) => {
+                    let tcp = parts.io.into_inner().into_inner();
+                    let client_socket = Arc::new(ClientSocket::new(tcp, limits.0, limits.1));
+                    let io = WriteDeadline::new(
+                        SessionIo::new(client_socket.clone(), parts.read_buf),
+                        timeout,
+                        stats,
+                    );
+                    let socket =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                    session.with_write_through(client_socket).run(socket).await;
+                }
+                Err(upgraded) => {
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(config),
+                    )
+                    .await;
+                    session.run(socket).await;
+                }
+            }
             drop(permit);
         }
         .instrument(span),
