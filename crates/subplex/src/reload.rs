@@ -222,6 +222,7 @@ fn server_keys_changed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static s
         keepalive_interval: _,
         shutdown_grace: _,
         max_connections: _,
+        listen_backlog: _,
         client_write_timeout: _,
         operation_limits: _,
         cors: _,
@@ -256,6 +257,10 @@ fn server_keys_changed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static s
         (
             "server.max_connections",
             old.max_connections != new.max_connections,
+        ),
+        (
+            "server.listen_backlog",
+            old.listen_backlog != new.listen_backlog,
         ),
         (
             "server.client_write_timeout_ms",

@@ -112,6 +112,10 @@ pub struct RawServer {
     pub shutdown_grace_ms: u64,
     /// Most simultaneous client connections; more wait in the accept queue. Default 10000.
     pub max_connections: usize,
+    /// Length of the listener's accept queue (`listen(2)` backlog; the kernel caps it at
+    /// `net.core.somaxconn`). Connections beyond it are dropped by the kernel and retried
+    /// by the client a second later. Default 4096.
+    pub listen_backlog: u32,
     /// A write to a client (an event, a ping, a close frame) that has not completed after
     /// this long cuts the client: it stopped reading. Default 10000.
     pub client_write_timeout_ms: u64,
@@ -237,6 +241,7 @@ impl Default for RawServer {
             keepalive_interval_ms: 12_000,
             shutdown_grace_ms: 10_000,
             max_connections: 10_000,
+            listen_backlog: 4096,
             client_write_timeout_ms: 10_000,
             max_operations_per_connection: 200,
             max_operation_id_bytes: 128,
@@ -423,6 +428,7 @@ pub struct ServerConfig {
     pub keepalive_interval: Duration,
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    pub listen_backlog: u32,
     pub client_write_timeout: Duration,
     pub operation_limits: subplex_protocol::OperationLimits,
     pub cors: CorsConfig,

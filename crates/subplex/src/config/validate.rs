@@ -164,6 +164,12 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
     if raw.server.max_connections == 0 {
         problems.add("server.max_connections", "must be greater than 0");
     }
+    if raw.server.listen_backlog == 0 || raw.server.listen_backlog > 65_535 {
+        problems.add(
+            "server.listen_backlog",
+            "must be between 1 and 65535 (the kernel caps it at net.core.somaxconn)",
+        );
+    }
     let server = ServerConfig {
         listen,
         max_message_bytes: raw.server.max_message_bytes,
@@ -180,6 +186,7 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             raw.server.shutdown_grace_ms,
         ),
         max_connections: raw.server.max_connections.max(1),
+        listen_backlog: raw.server.listen_backlog.clamp(1, 65_535),
         client_write_timeout: problems.positive(
             "server.client_write_timeout_ms".into(),
             raw.server.client_write_timeout_ms,
@@ -850,6 +857,20 @@ mod tests {
         assert!(err.starts_with("gateway.toml: "), "{err}");
         assert!(err.contains("unknown field `idle_timeout`"), "{err}");
         assert!(err.contains("line 9"), "{err}");
+    }
+
+    #[test]
+    fn the_listen_backlog_defaults_to_4096_and_must_fit_listen() {
+        let config = Config::parse(GOOD, "gateway.toml").unwrap();
+        assert_eq!(config.server.listen_backlog, 4096);
+        for bad in ["0", "70000"] {
+            let text = GOOD.replacen("[server]", &format!("[server]\nlisten_backlog = {bad}"), 1);
+            let err = problems(&text);
+            assert!(
+                err.contains("server.listen_backlog: must be between 1 and 65535"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
