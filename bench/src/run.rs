@@ -121,7 +121,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10,20,30,50,75,100,150,200,300,400"
+        default_value = "10,20,30,50,100,200,300,400,600,800"
     )]
     pub saturation_rates: Vec<u64>,
     /// Saturation: seconds of events per step.
