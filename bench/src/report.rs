@@ -251,7 +251,7 @@ fn saturation_table(title: &str, group: &[&Measurement], report: &Report) -> Tab
                 .as_ref()
                 .map_or("none".into(), |f| f.step.rate.to_string())
         }),
-        ("… delivered events/s (share of expected)", |s, _| {
+        ("… delivered events/s (% of offered)", |s, _| {
             s.verdict
                 .first_failure
                 .as_ref()
@@ -346,15 +346,13 @@ fn latencies(figures: &Figures) -> String {
     })
 }
 
-/// `150,000 (75%)`: delivered events/s and the share of the expected events delivered.
+/// `150,000 (75%)`: delivered events/s and their share of the offered events/s.
 fn delivered_share(step: &StepFigures) -> String {
-    let share = if step.events_expected > 0 {
-        format!(
-            " ({:.0}%)",
-            step.events_delivered as f64 * 100.0 / step.events_expected as f64
-        )
-    } else {
-        String::new()
+    let share = match step.delivered_per_s {
+        Some(delivered) if step.offered_per_s > 0.0 => {
+            format!(" ({:.0}%)", delivered * 100.0 / step.offered_per_s)
+        }
+        _ => String::new(),
     };
     format!("{}{share}", opt(step.delivered_per_s, 0))
 }

@@ -121,7 +121,7 @@ pub struct RunArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10,20,30,50,100,200,300,400,600,800"
+        default_value = "10,20,30,50,100,150,200,250,300,400,500,600,800"
     )]
     pub saturation_rates: Vec<u64>,
     /// Saturation: seconds of events per step.
@@ -539,7 +539,11 @@ async fn measure_saturation(
             duration_s: harness.args.saturation_duration,
         };
         let outcome = measure_outcome(harness, system, variant, pace).await;
-        steps.push(Step { rate, outcome });
+        steps.push(Step {
+            rate,
+            offered_per_s: variant.n as f64 * rate as f64,
+            outcome,
+        });
     }
     let verdict = saturation::verdict(&steps);
     match (&verdict.saturation, &verdict.first_failure) {

@@ -2,8 +2,10 @@
 //! what a system's steps add up to. No I/O: [`crate::run`] measures each step (a fan-out
 //! measurement at that rate) and hands the results here.
 //!
-//! A step passes when every event reached every client in order, the p99 latency stayed
-//! under [`P99_LIMIT_MS`] and every other check of the measurement passed. The rates are
+//! A step passes when every event reached every client in order, at no less than
+//! [`PACE_SHARE`] of the offered events/s (a source that falls behind its schedule stamps
+//! its events late, so latency alone would not show it), the p99 latency stayed under
+//! [`P99_LIMIT_MS`] and every other check of the measurement passed. The rates are
 //! tried in ascending order and stepping stops at the first step that fails: higher rates
 //! would only fail again, slowly. A system's saturation throughput is the highest
 //! delivered events/s of a passing step.
@@ -19,10 +21,18 @@ use crate::run::{Figures, Outcome};
 /// A step fails when its p99 latency is at or above this, in ms.
 pub const P99_LIMIT_MS: f64 = 100.0;
 
+/// A step fails when the clients received fewer events/s than this share of the offered
+/// rate (clients × rate per subscription). The delivered rate is measured from the start
+/// of the ticks to the last delivery, so a system that keeps up loses only its last
+/// event's latency over the step: under 2% at 100 ms over 5 s.
+pub const PACE_SHARE: f64 = 0.95;
+
 /// One rate step: events per second per subscription, and what its measurement found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
     pub rate: u64,
+    /// Events/s all clients together should receive: clients × `rate`.
+    pub offered_per_s: f64,
     /// [`Outcome::Measured`] or [`Outcome::Failed`].
     pub outcome: Outcome,
 }
@@ -40,6 +50,11 @@ pub struct Saturation {
 pub enum Failure {
     /// p99 latency at or above [`P99_LIMIT_MS`].
     Latency { p99_ms: f64 },
+    /// The clients received less than [`PACE_SHARE`] of the offered events/s.
+    BehindPace {
+        delivered_per_s: f64,
+        offered_per_s: f64,
+    },
     /// Not one measured event arrived, so there is no latency to judge.
     NoEvents,
     /// A check of the measurement failed (events not delivered, lost or out of order,
@@ -55,6 +70,15 @@ impl std::fmt::Display for Failure {
             Failure::Latency { p99_ms } => {
                 write!(f, "p99 {p99_ms:.1} ms, not under {P99_LIMIT_MS:.0} ms")
             }
+            Failure::BehindPace {
+                delivered_per_s,
+                offered_per_s,
+            } => write!(
+                f,
+                "{delivered_per_s:.0} events/s delivered, {:.0}% of the {offered_per_s:.0} \
+                 offered",
+                delivered_per_s * 100.0 / offered_per_s
+            ),
             Failure::NoEvents => f.write_str("no event arrived"),
             Failure::Check(problem) => f.write_str(problem),
             Failure::NotMeasured(reason) => write!(f, "not measured: {reason}"),
@@ -67,6 +91,7 @@ impl std::fmt::Display for Failure {
 pub struct StepFigures {
     /// Events per second per subscription.
     pub rate: u64,
+    pub offered_per_s: f64,
     /// Events all clients received per second; `None` if none arrived or not measured.
     pub delivered_per_s: Option<f64>,
     pub events_delivered: u64,
@@ -95,8 +120,8 @@ pub struct Verdict {
 }
 
 /// Why the step failed; empty when it passed.
-pub fn judge(outcome: &Outcome) -> Vec<Failure> {
-    let figures = match outcome {
+pub fn judge(step: &Step) -> Vec<Failure> {
+    let figures = match &step.outcome {
         Outcome::Measured(figures) => figures,
         Outcome::Failed(reason) | Outcome::NotApplicable(reason) => {
             return vec![Failure::NotMeasured(reason.clone())]
@@ -110,6 +135,15 @@ pub fn judge(outcome: &Outcome) -> Vec<Failure> {
         Some(p99_ms) if p99_ms >= P99_LIMIT_MS => failures.push(Failure::Latency { p99_ms }),
         Some(_) => {}
         None => failures.push(Failure::NoEvents),
+    }
+    match figures.delivered_per_s {
+        Some(delivered_per_s) if delivered_per_s < PACE_SHARE * step.offered_per_s => {
+            failures.push(Failure::BehindPace {
+                delivered_per_s,
+                offered_per_s: step.offered_per_s,
+            });
+        }
+        _ => {}
     }
     failures.extend(figures.problems.iter().cloned().map(Failure::Check));
     // The measurement's own checks report undelivered events; this holds even if a
@@ -134,6 +168,7 @@ fn step_figures(step: &Step) -> StepFigures {
     };
     StepFigures {
         rate: step.rate,
+        offered_per_s: step.offered_per_s,
         delivered_per_s: figures.and_then(|f| f.delivered_per_s),
         events_delivered: figures.map_or(0, |f| f.events_delivered),
         events_expected: figures.map_or(0, |f| f.events_expected),
@@ -146,7 +181,7 @@ pub fn verdict(steps: &[Step]) -> Verdict {
     let mut saturation: Option<StepFigures> = None;
     let mut first_failure = None;
     for step in steps {
-        let failures = judge(&step.outcome);
+        let failures = judge(step);
         let figures = step_figures(step);
         if !failures.is_empty() {
             first_failure = Some(FailedStep {
@@ -181,7 +216,7 @@ pub fn ascending(rates: &[u64]) -> Vec<u64> {
 /// The stop rule: the next rate of `rates` (ascending, see [`ascending`]) to measure
 /// after `steps`, or `None` once a step failed or every rate was measured.
 pub fn next_rate(rates: &[u64], steps: &[Step]) -> Option<u64> {
-    if steps.iter().any(|step| !judge(&step.outcome).is_empty()) {
+    if steps.iter().any(|step| !judge(step).is_empty()) {
         return None;
     }
     match steps.last() {
@@ -195,9 +230,11 @@ mod tests {
     use super::*;
     use crate::run::Percentiles;
 
-    /// A measured step at `rate` over 1,000 clients for 5 s: `delivered` of the expected
-    /// events at `delivered_per_s`, with that p99, and these check problems.
+    /// A measured step at `rate` over 1,000 clients for 5 s: `delivered_share` of the
+    /// expected events arrived, at that share of the offered events/s, with that p99 and
+    /// these check problems.
     fn step(rate: u64, delivered_share: f64, p99_ms: f64, problems: &[&str]) -> Step {
+        let offered_per_s = 1000.0 * rate as f64;
         let expected = 1000 * rate * 5;
         let delivered = (expected as f64 * delivered_share) as u64;
         let figures = Figures {
@@ -217,6 +254,7 @@ mod tests {
         };
         Step {
             rate,
+            offered_per_s,
             outcome: Outcome::Measured(Box::new(figures)),
         }
     }
@@ -225,34 +263,47 @@ mod tests {
         step(rate, 1.0, 20.0, &[])
     }
 
+    fn figures_mut(step: &mut Step) -> &mut Figures {
+        match &mut step.outcome {
+            Outcome::Measured(figures) => figures,
+            _ => unreachable!("the test steps are measured"),
+        }
+    }
+
     #[test]
     fn a_step_passes_only_with_every_event_and_p99_under_the_limit() {
-        assert_eq!(judge(&passing(100).outcome), vec![]);
+        assert_eq!(judge(&passing(100)), vec![]);
         assert_eq!(
-            judge(&step(100, 1.0, 100.0, &[]).outcome),
+            judge(&step(100, 1.0, 100.0, &[])),
             vec![Failure::Latency { p99_ms: 100.0 }]
         );
-        assert_eq!(judge(&step(100, 1.0, 99.9, &[]).outcome), vec![]);
-        // Undelivered events always come with the measurement's own problem text.
+        assert_eq!(judge(&step(100, 1.0, 99.9, &[])), vec![]);
+        // Undelivered events come with the measurement's own problem text.
         let lost = "5 events missing from client sequences";
         assert_eq!(
-            judge(&step(100, 0.9, 20.0, &[lost]).outcome),
+            judge(&step(100, 0.99, 20.0, &[lost])),
             vec![Failure::Check(lost.into())]
-        );
-        // Without it, the shortfall still fails the step.
-        assert_eq!(
-            judge(&step(100, 0.5, 20.0, &[]).outcome),
-            vec![Failure::Check("250000 of 500000 events delivered".into())]
         );
         let reordered = "3 events out of order or duplicated";
         assert_eq!(
-            judge(&step(100, 1.0, 150.0, &[reordered]).outcome),
+            judge(&step(100, 1.0, 150.0, &[reordered])),
             vec![
                 Failure::Latency { p99_ms: 150.0 },
                 Failure::Check(reordered.into())
             ]
         );
-        let failed = Outcome::Failed("800 of 1000 clients could not subscribe".into());
+        // Without the problem text, a shortfall still fails the step.
+        let mut short = passing(100);
+        figures_mut(&mut short).events_delivered -= 1;
+        assert_eq!(
+            judge(&short),
+            vec![Failure::Check("499999 of 500000 events delivered".into())]
+        );
+        let failed = Step {
+            rate: 100,
+            offered_per_s: 100_000.0,
+            outcome: Outcome::Failed("800 of 1000 clients could not subscribe".into()),
+        };
         assert_eq!(
             judge(&failed),
             vec![Failure::NotMeasured(
@@ -262,12 +313,43 @@ mod tests {
     }
 
     #[test]
+    fn a_step_that_falls_behind_the_offered_rate_fails_even_with_every_event() {
+        // The source fell behind its schedule: every event arrived, in order and with a
+        // low latency from its (late) stamp, but over a longer time.
+        let mut behind = passing(600);
+        figures_mut(&mut behind).delivered_per_s = Some(414_000.0);
+        assert_eq!(
+            judge(&behind),
+            vec![Failure::BehindPace {
+                delivered_per_s: 414_000.0,
+                offered_per_s: 600_000.0
+            }]
+        );
+        // The last event's latency over the step is within the margin.
+        let mut on_pace = passing(600);
+        figures_mut(&mut on_pace).delivered_per_s = Some(0.96 * 600_000.0);
+        assert_eq!(judge(&on_pace), vec![]);
+        // Half the events lost: behind the pace too.
+        let lost = "1500000 of 3000000 events never reached a client";
+        assert_eq!(
+            judge(&step(600, 0.5, 20.0, &[lost])),
+            vec![
+                Failure::BehindPace {
+                    delivered_per_s: 300_000.0,
+                    offered_per_s: 600_000.0
+                },
+                Failure::Check(lost.into())
+            ]
+        );
+    }
+
+    #[test]
     fn no_events_is_a_failure_not_a_zero_latency() {
         let mut silent = step(10, 0.0, 1.0, &[]);
-        if let Outcome::Measured(figures) = &mut silent.outcome {
-            figures.latency_us = None;
-        }
-        assert_eq!(judge(&silent.outcome)[0], Failure::NoEvents);
+        let figures = figures_mut(&mut silent);
+        figures.latency_us = None;
+        figures.delivered_per_s = None;
+        assert_eq!(judge(&silent), vec![Failure::NoEvents]);
     }
 
     #[test]
@@ -291,6 +373,7 @@ mod tests {
         let verdict = verdict(&steps);
         let saturation = verdict.saturation.expect("two steps passed");
         assert_eq!(saturation.rate, 50);
+        assert_eq!(saturation.offered_per_s, 50_000.0);
         assert_eq!(saturation.delivered_per_s, Some(50_000.0));
         assert_eq!(saturation.p99_ms, Some(20.0));
         let failure = verdict.first_failure.expect("the third step failed");
@@ -310,10 +393,10 @@ mod tests {
     fn the_saturation_is_the_highest_delivered_rate_not_the_last_step() {
         // Delivered events/s can dip at a higher rate (a noisy step) and still pass.
         let mut dip = passing(100);
-        if let Outcome::Measured(figures) = &mut dip.outcome {
-            figures.delivered_per_s = Some(40_000.0);
-        }
-        let verdict = verdict(&[passing(10), passing(50), dip]);
+        figures_mut(&mut dip).delivered_per_s = Some(96_000.0);
+        let mut best = passing(50);
+        figures_mut(&mut best).delivered_per_s = Some(99_000.0);
+        let verdict = verdict(&[passing(10), best, dip]);
         assert_eq!(verdict.saturation.map(|s| s.rate), Some(50));
         assert_eq!(verdict.first_failure, None);
     }
@@ -322,6 +405,7 @@ mod tests {
     fn a_first_step_that_fails_leaves_no_saturation() {
         let steps = [Step {
             rate: 10,
+            offered_per_s: 10_000.0,
             outcome: Outcome::Failed("gateway did not start".into()),
         }];
         let verdict = verdict(&steps);
