@@ -217,8 +217,14 @@ fn saturation_table(title: &str, group: &[&Measurement], report: &Report) -> Tab
     };
     let title = format!(
         "{title}: {rates} events/s per subscription, {} s per step, {:?} ticks, ~{} B \
-         payloads; a step passes with every event delivered in order and p99 under {} ms",
-        p.saturation_duration_s, p.mode, p.payload_bytes, p.saturation_p99_limit_ms
+         payloads; a step passes with every event delivered in order, at {:.0}% of the offered \
+         rate or more, with p99 under {} ms; a rate fails when {} attempt(s) fail",
+        p.saturation_duration_s,
+        p.mode,
+        p.payload_bytes,
+        p.saturation_pace_share * 100.0,
+        p.saturation_p99_limit_ms,
+        p.saturation_attempts
     );
     let highest_rate = p.saturation_rates.last().copied().unwrap_or(0);
     let rows: Vec<(&'static str, Cell<Saturation>)> = vec![
@@ -261,10 +267,17 @@ fn saturation_table(title: &str, group: &[&Measurement], report: &Report) -> Tab
             failed_figures(s).map_or("-".into(), latencies)
         }),
         ("steps run", |s, _| {
+            let repeated = match s.verdict.repeated.as_slice() {
+                [] => String::new(),
+                rates => format!("; again: {}", join(rates)),
+            };
             match (s.steps.first(), s.steps.last()) {
-                (Some(first), Some(last)) => {
-                    format!("{} ({} → {})", s.steps.len(), first.rate, last.rate)
-                }
+                (Some(first), Some(last)) => format!(
+                    "{} ({} → {}{repeated})",
+                    s.steps.len(),
+                    first.rate,
+                    last.rate
+                ),
                 _ => "0".into(),
             }
         }),
@@ -307,6 +320,14 @@ fn saturation_table(title: &str, group: &[&Measurement], report: &Report) -> Tab
         rows,
         notes,
     }
+}
+
+fn join(rates: &[u64]) -> String {
+    rates
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn saturation_of(m: &Measurement) -> Option<&Saturation> {

@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Saturation: seconds of events per step.
     #[arg(long, default_value_t = 5)]
     pub saturation_duration: u64,
+    /// Saturation: a rate fails when this many attempts in a row fail (one burst of
+    /// other work on the machine can fail one).
+    #[arg(long, default_value_t = 2)]
+    pub saturation_attempts: usize,
     /// Events per second per subscription.
     #[arg(long, default_value_t = 10)]
     pub rate: u64,
@@ -216,8 +220,11 @@ pub struct Parameters {
     /// Saturation: the rates per subscription to step through, ascending.
     pub saturation_rates: Vec<u64>,
     pub saturation_duration_s: u64,
+    pub saturation_attempts: usize,
     /// Saturation: a step fails at or above this p99.
     pub saturation_p99_limit_ms: f64,
+    /// Saturation: a step fails below this share of the offered events/s.
+    pub saturation_pace_share: f64,
 }
 
 /// One scenario variant (scenario, N, transport) against one system.
@@ -446,7 +453,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         open_file_limit,
         saturation_rates: saturation::ascending(&args.saturation_rates),
         saturation_duration_s: args.saturation_duration,
+        saturation_attempts: args.saturation_attempts.max(1),
         saturation_p99_limit_ms: saturation::P99_LIMIT_MS,
+        saturation_pace_share: saturation::PACE_SHARE,
     };
     let harness = Harness {
         args: args.clone(),
@@ -468,8 +477,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                         variant_name(variant.scenario, variant.n, variant.transport)
                     );
                     if variant.scenario == Scenario::Saturation {
-                        let rates = &parameters.saturation_rates;
-                        let steps = measure_saturation(&harness, system, variant, rates).await;
+                        let steps = measure_saturation(&harness, system, variant, &parameters);
+                        let steps = steps.await;
                         Outcome::Saturation(Box::new(steps))
                     } else {
                         let pace = Pace {
@@ -523,16 +532,18 @@ async fn measure_outcome(
     }
 }
 
-/// Saturation: measures `system` at each of `rates` (ascending) in turn, on fresh
-/// processes each time, until a step fails.
+/// Saturation: measures `system` at each of the rates (ascending) in turn, on fresh
+/// processes each time, until a rate fails every attempt.
 async fn measure_saturation(
     harness: &Harness,
     system: SystemKind,
     variant: Variant,
-    rates: &[u64],
+    parameters: &Parameters,
 ) -> Saturation {
+    let rates = &parameters.saturation_rates;
+    let attempts = parameters.saturation_attempts;
     let mut steps: Vec<Step> = Vec::new();
-    while let Some(rate) = saturation::next_rate(rates, &steps) {
+    while let Some(rate) = saturation::next_rate(rates, attempts, &steps) {
         eprintln!("  {rate} events/s per subscription");
         let pace = Pace {
             rate,
@@ -553,7 +564,10 @@ async fn measure_saturation(
             best.rate
         ),
         (None, Some(failed)) => {
-            eprintln!("  saturation: below {} per subscription", failed.step.rate)
+            eprintln!(
+                "  saturation: none, the first step ({} events/s per subscription) failed",
+                failed.step.rate
+            )
         }
         (None, None) => {}
     }

@@ -6,9 +6,11 @@
 //! [`PACE_SHARE`] of the offered events/s (a source that falls behind its schedule stamps
 //! its events late, so latency alone would not show it), the p99 latency stayed under
 //! [`P99_LIMIT_MS`] and every other check of the measurement passed. The rates are
-//! tried in ascending order and stepping stops at the first step that fails: higher rates
-//! would only fail again, slowly. A system's saturation throughput is the highest
-//! delivered events/s of a passing step.
+//! tried in ascending order. A step that fails is measured again, up to `attempts` times
+//! in all, because on a shared machine one burst of other work can push a p99 over the
+//! limit; a rate passes when one of its attempts passes. Stepping stops at the first rate
+//! whose every attempt failed: higher rates would only fail again, slowly. A system's
+//! saturation throughput is the highest delivered events/s of a passing step.
 //!
 //! Main types: [`Saturation`] (a system's [`Step`]s, one rate each, and their
 //! [`Verdict`], made by [`verdict`]) and [`Failure`] (why a step failed); [`next_rate`]
@@ -114,9 +116,12 @@ pub struct Verdict {
     /// The passing step with the highest delivered events/s: the saturation throughput.
     /// `None` when the lowest rate already failed.
     pub saturation: Option<StepFigures>,
-    /// The first step that failed (where the system broke); `None` when every rate
-    /// passed, so the saturation point lies above the highest rate tried.
+    /// The last attempt at the first rate whose every attempt failed (where the system
+    /// broke); `None` when every rate passed, so the saturation point lies above the
+    /// highest rate tried.
     pub first_failure: Option<FailedStep>,
+    /// Rates measured more than once because an attempt failed.
+    pub repeated: Vec<u64>,
 }
 
 /// Why the step failed; empty when it passed.
@@ -176,32 +181,43 @@ fn step_figures(step: &Step) -> StepFigures {
     }
 }
 
-/// The verdict over the steps run so far, in the order they ran.
+/// The verdict over the steps run so far, in the order they ran (the attempts at one
+/// rate next to each other).
 pub fn verdict(steps: &[Step]) -> Verdict {
     let mut saturation: Option<StepFigures> = None;
     let mut first_failure = None;
-    for step in steps {
-        let failures = judge(step);
-        let figures = step_figures(step);
-        if !failures.is_empty() {
+    let mut repeated = Vec::new();
+    for attempts in steps.chunk_by(|a, b| a.rate == b.rate) {
+        if attempts.len() > 1 {
+            repeated.push(attempts[0].rate);
+        }
+        let mut passed = false;
+        for step in attempts.iter().filter(|step| judge(step).is_empty()) {
+            passed = true;
+            let figures = step_figures(step);
+            let higher = match (&saturation, figures.delivered_per_s) {
+                (None, _) => true,
+                (Some(best), Some(rate)) => best.delivered_per_s.is_none_or(|best| rate > best),
+                (Some(_), None) => false,
+            };
+            if higher {
+                saturation = Some(figures);
+            }
+        }
+        if !passed {
+            // Chunks are never empty.
+            let last = &attempts[attempts.len() - 1];
             first_failure = Some(FailedStep {
-                step: figures,
-                failures,
+                step: step_figures(last),
+                failures: judge(last),
             });
             break;
-        }
-        let higher = match (&saturation, figures.delivered_per_s) {
-            (None, _) => true,
-            (Some(best), Some(rate)) => best.delivered_per_s.is_none_or(|best| rate > best),
-            (Some(_), None) => false,
-        };
-        if higher {
-            saturation = Some(figures);
         }
     }
     Verdict {
         saturation,
         first_failure,
+        repeated,
     }
 }
 
@@ -213,16 +229,23 @@ pub fn ascending(rates: &[u64]) -> Vec<u64> {
     rates
 }
 
-/// The stop rule: the next rate of `rates` (ascending, see [`ascending`]) to measure
-/// after `steps`, or `None` once a step failed or every rate was measured.
-pub fn next_rate(rates: &[u64], steps: &[Step]) -> Option<u64> {
-    if steps.iter().any(|step| !judge(step).is_empty()) {
-        return None;
+/// The stop rule: the rate to measure after `steps`, or `None` when done. After a
+/// passing step, the next of `rates` (ascending, see [`ascending`]); after a failing one,
+/// the same rate again until it has failed `attempts` times in a row; then `None`, as
+/// after the last rate.
+pub fn next_rate(rates: &[u64], attempts: usize, steps: &[Step]) -> Option<u64> {
+    let Some(last) = steps.last() else {
+        return rates.first().copied();
+    };
+    if judge(last).is_empty() {
+        return rates.iter().copied().find(|&rate| rate > last.rate);
     }
-    match steps.last() {
-        None => rates.first().copied(),
-        Some(last) => rates.iter().copied().find(|&rate| rate > last.rate),
-    }
+    let failed_in_a_row = steps
+        .iter()
+        .rev()
+        .take_while(|step| step.rate == last.rate)
+        .count();
+    (failed_in_a_row < attempts).then_some(last.rate)
 }
 
 #[cfg(test)]
@@ -352,18 +375,45 @@ mod tests {
         assert_eq!(judge(&silent), vec![Failure::NoEvents]);
     }
 
+    fn slow(rate: u64) -> Step {
+        step(rate, 1.0, 250.0, &[])
+    }
+
     #[test]
-    fn stepping_goes_up_until_the_first_failure() {
+    fn stepping_goes_up_until_a_rate_fails_every_attempt() {
         let rates = ascending(&[400, 10, 50, 50, 0, 100]);
         assert_eq!(rates, vec![10, 50, 100, 400]);
-        assert_eq!(next_rate(&rates, &[]), Some(10));
-        assert_eq!(next_rate(&rates, &[passing(10)]), Some(50));
-        assert_eq!(next_rate(&rates, &[passing(10), passing(50)]), Some(100));
-        let broke = [passing(10), step(50, 1.0, 250.0, &[])];
-        assert_eq!(next_rate(&rates, &broke), None);
+        assert_eq!(next_rate(&rates, 2, &[]), Some(10));
+        assert_eq!(next_rate(&rates, 2, &[passing(10)]), Some(50));
+        assert_eq!(next_rate(&rates, 2, &[passing(10), passing(50)]), Some(100));
+        // A failure is measured again, and stops the stepping when it repeats.
+        assert_eq!(next_rate(&rates, 2, &[passing(10), slow(50)]), Some(50));
+        assert_eq!(
+            next_rate(&rates, 2, &[passing(10), slow(50), slow(50)]),
+            None
+        );
+        assert_eq!(
+            next_rate(&rates, 2, &[passing(10), slow(50), passing(50)]),
+            Some(100)
+        );
+        // Each rate gets its own attempts.
+        let flaky = [passing(10), slow(50), passing(50), slow(100)];
+        assert_eq!(next_rate(&rates, 2, &flaky), Some(100));
+        // One attempt: the first failure stops.
+        assert_eq!(next_rate(&rates, 1, &[passing(10), slow(50)]), None);
         let all = [passing(10), passing(50), passing(100), passing(400)];
-        assert_eq!(next_rate(&rates, &all), None);
-        assert_eq!(next_rate(&[], &[]), None);
+        assert_eq!(next_rate(&rates, 2, &all), None);
+        assert_eq!(next_rate(&[], 2, &[]), None);
+    }
+
+    #[test]
+    fn a_rate_that_passes_on_a_second_attempt_passes() {
+        let verdict = verdict(&[passing(10), slow(50), passing(50), slow(100), slow(100)]);
+        assert_eq!(verdict.saturation.map(|s| s.rate), Some(50));
+        let failure = verdict.first_failure.expect("100 failed twice");
+        assert_eq!(failure.step.rate, 100);
+        assert_eq!(failure.failures, vec![Failure::Latency { p99_ms: 250.0 }]);
+        assert_eq!(verdict.repeated, vec![50, 100]);
     }
 
     #[test]
@@ -371,6 +421,7 @@ mod tests {
         let lost = "120 of 1000000 events never reached a client";
         let steps = [passing(10), passing(50), step(100, 0.99, 180.0, &[lost])];
         let verdict = verdict(&steps);
+        assert_eq!(verdict.repeated, Vec::<u64>::new());
         let saturation = verdict.saturation.expect("two steps passed");
         assert_eq!(saturation.rate, 50);
         assert_eq!(saturation.offered_per_s, 50_000.0);
