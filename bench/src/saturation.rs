@@ -18,7 +18,7 @@
 
 use serde::Serialize;
 
-use crate::run::{Figures, Outcome};
+use crate::run::{thousands, Figures, Outcome};
 
 /// A step fails when its p99 latency is at or above this, in ms.
 pub const P99_LIMIT_MS: f64 = 100.0;
@@ -77,9 +77,10 @@ impl std::fmt::Display for Failure {
                 offered_per_s,
             } => write!(
                 f,
-                "{delivered_per_s:.0} events/s delivered, {:.0}% of the {offered_per_s:.0} \
-                 offered",
-                delivered_per_s * 100.0 / offered_per_s
+                "{} events/s delivered, {:.0}% of the {} offered",
+                thousands(delivered_per_s.round() as u64),
+                delivered_per_s * 100.0 / offered_per_s,
+                thousands(offered_per_s.round() as u64)
             ),
             Failure::NoEvents => f.write_str("no event arrived"),
             Failure::Check(problem) => f.write_str(problem),
@@ -363,6 +364,22 @@ mod tests {
                 },
                 Failure::Check(lost.into())
             ]
+        );
+    }
+
+    #[test]
+    fn failures_read_as_sentences() {
+        let behind = Failure::BehindPace {
+            delivered_per_s: 391_763.4,
+            offered_per_s: 500_000.0,
+        };
+        assert_eq!(
+            behind.to_string(),
+            "391,763 events/s delivered, 78% of the 500,000 offered"
+        );
+        assert_eq!(
+            Failure::Latency { p99_ms: 103.35 }.to_string(),
+            "p99 103.3 ms, not under 100 ms"
         );
     }
 
