@@ -12,7 +12,7 @@
 //! whose every attempt failed: higher rates would only fail again, slowly. A system's
 //! saturation throughput is the highest delivered events/s of a passing step.
 //!
-//! Main types: [`Saturation`] (a system's [`Step`]s, one rate each, and their
+//! Main types: [`Saturation`] (a system's [`Step`]s, one per attempt at a rate, and their
 //! [`Verdict`], made by [`verdict`]) and [`Failure`] (why a step failed); [`next_rate`]
 //! is the stop rule.
 
