@@ -369,10 +369,14 @@ async fn client(
 
     let shard = &shared.histograms[index % HISTOGRAM_SHARDS];
     let mut batch = Vec::with_capacity(LATENCY_BATCH);
+    // One wait for the stop, polled across events: a fresh `cancelled()` per event
+    // registered and dropped a waiter each time, about 5% of this process's CPU at
+    // 100,000 events/s.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let delivery = tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = &mut stopped => break,
             delivery = connection.next() => delivery,
         };
         let received_ns = tick::now_ns();

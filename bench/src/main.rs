@@ -25,6 +25,7 @@ mod peers;
 mod proc_stats;
 mod report;
 mod run;
+mod saturation;
 mod supervise;
 mod systems;
 mod tick;

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::run::{thousands, Figures, Measurement, Outcome, Report, Scenario};
+use crate::saturation::{Saturation, StepFigures};
 use crate::systems::SystemKind;
 
 /// The markers between which `--write-markdown` replaces a file's text.
@@ -37,19 +38,20 @@ fn tables(report: &Report) -> Vec<Table> {
                 .iter()
                 .filter(|m| m.variant() == *variant)
                 .collect();
-            variant_table(variant, &group, report)
+            if group[0].scenario == Scenario::Saturation {
+                saturation_table(variant, &group, report)
+            } else {
+                variant_table(variant, &group, report)
+            }
         })
         .collect()
 }
 
-type Cell = fn(&Figures, Option<&Figures>) -> String;
+/// A cell: from a system's figures, and subplex's for ratios.
+type Cell<T> = fn(&T, Option<&T>) -> String;
 
 fn variant_table(title: &str, group: &[&Measurement], report: &Report) -> Table {
     let scenario = group[0].scenario;
-    let subplex = group
-        .iter()
-        .find(|m| m.system == SystemKind::Subplex)
-        .and_then(|m| m.figures());
     let p = &report.parameters;
     let title = match scenario {
         Scenario::Fanout | Scenario::Distinct | Scenario::Contexts => format!(
@@ -65,9 +67,10 @@ fn variant_table(title: &str, group: &[&Measurement], report: &Report) -> Table 
             }
         ),
         Scenario::Storm => format!("{title}, {} handshakes in flight", p.storm_concurrency),
-        Scenario::Idle => title.to_owned(),
+        // Saturation has a table of its own.
+        Scenario::Idle | Scenario::Saturation => title.to_owned(),
     };
-    let event_rows: Vec<(&'static str, Cell)> = vec![
+    let event_rows: Vec<(&'static str, Cell<Figures>)> = vec![
         ("delivered events/s", |f, _| opt(f.delivered_per_s, 0)),
         ("events delivered / expected", |f, _| {
             format!(
@@ -76,11 +79,7 @@ fn variant_table(title: &str, group: &[&Measurement], report: &Report) -> Table 
                 thousands(f.events_expected)
             )
         }),
-        ("latency p50 / p99 / p99.9 (ms)", |f, _| {
-            f.latency_us.as_ref().map_or("-".into(), |l| {
-                format!("{} / {} / {}", ms(l.p50), ms(l.p99), ms(l.p999))
-            })
-        }),
+        ("latency p50 / p99 / p99.9 (ms)", |f, _| latencies(f)),
         ("gateway CPU-s per 1M events", |f, _| {
             opt(f.gateway_cpu_s_per_million_events, 1)
         }),
@@ -92,12 +91,12 @@ fn variant_table(title: &str, group: &[&Measurement], report: &Report) -> Table 
         }),
         ("emitter CPU (s)", |f, _| format!("{:.2}", f.emitter_cpu_s)),
     ];
-    let storm_rows: Vec<(&'static str, Cell)> = vec![
+    let storm_rows: Vec<(&'static str, Cell<Figures>)> = vec![
         ("connects+subscribes/s", |f, _| opt(f.connects_per_s, 0)),
         ("all attached after (s)", |f, _| opt(f.attach_s, 2)),
         ("gateway CPU (s)", |f, _| opt(f.gateway_cpu_s, 2)),
     ];
-    let common_rows: Vec<(&'static str, Cell)> = vec![
+    let common_rows: Vec<(&'static str, Cell<Figures>)> = vec![
         ("upstream sockets / subscriptions", |f, _| {
             format!("{} / {}", f.upstream_sockets, f.upstream_subscriptions)
         }),
@@ -128,40 +127,19 @@ fn variant_table(title: &str, group: &[&Measurement], report: &Report) -> Table 
             }
         }),
     ];
-    let mut chosen: Vec<(&'static str, Cell)> = Vec::new();
+    let mut chosen: Vec<(&'static str, Cell<Figures>)> = Vec::new();
     match scenario {
         Scenario::Fanout | Scenario::Distinct | Scenario::Contexts => chosen.extend(event_rows),
         Scenario::Storm => chosen.extend(storm_rows),
-        Scenario::Idle => {}
+        Scenario::Idle | Scenario::Saturation => {}
     }
     chosen.extend(common_rows);
-    let rows = chosen
-        .into_iter()
-        .map(|(label, cell)| {
-            let values = group
-                .iter()
-                .map(|m| match &m.outcome {
-                    Outcome::Measured(figures) => cell(figures, subplex),
-                    Outcome::NotApplicable(_) => "n/a".into(),
-                    Outcome::Failed(_) => "failed".into(),
-                })
-                .collect();
-            (label, values)
-        })
-        .collect();
+    let rows = fill_rows(chosen, group, Measurement::figures);
     let mut notes = Vec::new();
     for m in group {
         match &m.outcome {
-            Outcome::Measured(figures) => {
-                for problem in &figures.problems {
-                    notes.push(format!("{}: {problem}", m.system));
-                }
-                for sample in &figures.gateway_warning_samples {
-                    notes.push(format!("{} logged: {sample}", m.system));
-                }
-            }
-            Outcome::NotApplicable(reason) => notes.push(format!("{}: n/a: {reason}", m.system)),
-            Outcome::Failed(reason) => notes.push(format!("{}: failed: {reason}", m.system)),
+            Outcome::Measured(figures) => notes.extend(figure_notes(m, figures)),
+            other => notes.extend(unmeasured_note(m, other)),
         }
     }
     Table {
@@ -170,6 +148,234 @@ fn variant_table(title: &str, group: &[&Measurement], report: &Report) -> Table 
         rows,
         notes,
     }
+}
+
+/// One row per cell function, one value per system of `group`: `pick` finds the figures
+/// a cell reads; each cell also gets subplex's, for ratios.
+fn fill_rows<T>(
+    cells: Vec<(&'static str, Cell<T>)>,
+    group: &[&Measurement],
+    pick: fn(&Measurement) -> Option<&T>,
+) -> Vec<(&'static str, Vec<String>)> {
+    let subplex = group
+        .iter()
+        .find(|m| m.system == SystemKind::Subplex)
+        .and_then(|m| pick(m));
+    cells
+        .into_iter()
+        .map(|(label, cell)| {
+            let values = group
+                .iter()
+                .map(|m| match pick(m) {
+                    Some(figures) => cell(figures, subplex),
+                    None => unmeasured_cell(&m.outcome),
+                })
+                .collect();
+            (label, values)
+        })
+        .collect()
+}
+
+/// The cell of a system that has no figures of this table's kind.
+fn unmeasured_cell(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::NotApplicable(_) => "n/a".into(),
+        Outcome::Failed(_) => "failed".into(),
+        Outcome::Measured(_) | Outcome::Saturation(_) => "-".into(),
+    }
+}
+
+/// Why a system has no figures, as a note.
+fn unmeasured_note(m: &Measurement, outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::NotApplicable(reason) => Some(format!("{}: n/a: {reason}", m.system)),
+        Outcome::Failed(reason) => Some(format!("{}: failed: {reason}", m.system)),
+        Outcome::Measured(_) | Outcome::Saturation(_) => None,
+    }
+}
+
+/// A measurement's problems and the gateway's logged warnings, as notes.
+fn figure_notes(m: &Measurement, figures: &Figures) -> Vec<String> {
+    let problems = figures
+        .problems
+        .iter()
+        .map(|problem| format!("{}: {problem}", m.system));
+    let warnings = figures
+        .gateway_warning_samples
+        .iter()
+        .map(|sample| format!("{} logged: {sample}", m.system));
+    problems.chain(warnings).collect()
+}
+
+/// The saturation table: per system, the best passing step and the first failing one.
+fn saturation_table(title: &str, group: &[&Measurement], report: &Report) -> Table {
+    let p = &report.parameters;
+    let rates = match (p.saturation_rates.first(), p.saturation_rates.last()) {
+        (Some(low), Some(high)) if low != high => format!("{low} → {high}"),
+        (Some(rate), _) => rate.to_string(),
+        _ => "no".into(),
+    };
+    let title = format!(
+        "{title}: {rates} events/s per subscription, {} s per step, {:?} ticks, ~{} B \
+         payloads; a step passes with every event delivered in order, at {:.0}% of the offered \
+         rate or more, with p99 under {} ms; a rate fails when {} attempt(s) fail",
+        p.saturation_duration_s,
+        p.mode,
+        p.payload_bytes,
+        p.saturation_pace_share * 100.0,
+        p.saturation_p99_limit_ms,
+        p.saturation_attempts
+    );
+    let highest_rate = p.saturation_rates.last().copied().unwrap_or(0);
+    let rows: Vec<(&'static str, Cell<Saturation>)> = vec![
+        ("saturation throughput (events/s)", |s, _| {
+            best(s).map_or("none".into(), |b| opt(b.delivered_per_s, 0))
+        }),
+        ("saturation throughput, × subplex", |s, subplex| {
+            ratio(
+                best(s).and_then(|b| b.delivered_per_s),
+                subplex.and_then(best).and_then(|b| b.delivered_per_s),
+            )
+        }),
+        ("… reached at events/s per subscription", |s, _| {
+            best(s).map_or("-".into(), |b| b.rate.to_string())
+        }),
+        ("… latency p50 / p99 / p99.9 (ms)", |s, _| {
+            best_figures(s).map_or("-".into(), latencies)
+        }),
+        ("… gateway CPU-s per 1M events", |s, _| {
+            best_figures(s).map_or("-".into(), |f| opt(f.gateway_cpu_s_per_million_events, 1))
+        }),
+        ("… load generator / emitter CPU (s)", |s, _| {
+            best_figures(s).map_or("-".into(), |f| {
+                format!("{:.1} / {:.1}", f.harness_cpu_s, f.emitter_cpu_s)
+            })
+        }),
+        ("first failing step: events/s per subscription", |s, _| {
+            s.verdict
+                .first_failure
+                .as_ref()
+                .map_or("none".into(), |f| f.step.rate.to_string())
+        }),
+        ("… delivered events/s (% of offered)", |s, _| {
+            s.verdict
+                .first_failure
+                .as_ref()
+                .map_or("-".into(), |f| delivered_share(&f.step))
+        }),
+        ("… latency p50 / p99 / p99.9 (ms)", |s, _| {
+            failed_figures(s).map_or("-".into(), latencies)
+        }),
+        ("steps run", |s, _| {
+            let repeated = match s.verdict.repeated.as_slice() {
+                [] => String::new(),
+                rates => format!("; again: {}", join(rates)),
+            };
+            match (s.steps.first(), s.steps.last()) {
+                (Some(first), Some(last)) => format!(
+                    "{} ({} → {}{repeated})",
+                    s.steps.len(),
+                    first.rate,
+                    last.rate
+                ),
+                _ => "0".into(),
+            }
+        }),
+    ];
+    let rows = fill_rows(rows, group, saturation_of);
+    let mut notes = Vec::new();
+    for m in group {
+        let Outcome::Saturation(steps) = &m.outcome else {
+            notes.extend(unmeasured_note(m, &m.outcome));
+            continue;
+        };
+        match &steps.verdict.first_failure {
+            Some(failed) => {
+                let why = failed
+                    .failures
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                notes.push(format!(
+                    "{}: failed at {} events/s per subscription: {why}",
+                    m.system, failed.step.rate
+                ));
+            }
+            None => notes.push(format!(
+                "{}: every rate passed, up to {highest_rate} events/s per subscription: it \
+                 saturates higher",
+                m.system
+            )),
+        }
+        if let Some(figures) = failed_figures(steps) {
+            for sample in &figures.gateway_warning_samples {
+                notes.push(format!("{} logged: {sample}", m.system));
+            }
+        }
+    }
+    Table {
+        title,
+        columns: group.iter().map(|m| m.system.to_string()).collect(),
+        rows,
+        notes,
+    }
+}
+
+fn join(rates: &[u64]) -> String {
+    rates
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn saturation_of(m: &Measurement) -> Option<&Saturation> {
+    match &m.outcome {
+        Outcome::Saturation(steps) => Some(steps),
+        _ => None,
+    }
+}
+
+fn best(s: &Saturation) -> Option<&StepFigures> {
+    s.verdict.saturation.as_ref()
+}
+
+/// The figures of the step at `rate`.
+fn step_figures(s: &Saturation, rate: u64) -> Option<&Figures> {
+    s.steps
+        .iter()
+        .find(|step| step.rate == rate)
+        .and_then(|step| match &step.outcome {
+            Outcome::Measured(figures) => Some(&**figures),
+            _ => None,
+        })
+}
+
+fn best_figures(s: &Saturation) -> Option<&Figures> {
+    best(s).and_then(|b| step_figures(s, b.rate))
+}
+
+fn failed_figures(s: &Saturation) -> Option<&Figures> {
+    let failed = s.verdict.first_failure.as_ref()?;
+    step_figures(s, failed.step.rate)
+}
+
+fn latencies(figures: &Figures) -> String {
+    figures.latency_us.as_ref().map_or("-".into(), |l| {
+        format!("{} / {} / {}", ms(l.p50), ms(l.p99), ms(l.p999))
+    })
+}
+
+/// `150,000 (75%)`: delivered events/s and their share of the offered events/s.
+fn delivered_share(step: &StepFigures) -> String {
+    let share = match step.delivered_per_s {
+        Some(delivered) if step.offered_per_s > 0.0 => {
+            format!(" ({:.0}%)", delivered * 100.0 / step.offered_per_s)
+        }
+        _ => String::new(),
+    };
+    format!("{}{share}", opt(step.delivered_per_s, 0))
 }
 
 /// Events lost between gateway and clients that the per-client sequence check cannot see:

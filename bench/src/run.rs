@@ -12,6 +12,8 @@
 //!   connects+subscribes per second.
 //! - **idle**: N subscribers (WebSocket or SSE) that receive nothing after priming:
 //!   resident memory per subscriber.
+//! - **saturation**: the fan-out measurement repeated at rising rates per subscription,
+//!   each step on fresh processes, until a step fails (see [`crate::saturation`]).
 //!
 //! Before the measured events every client is primed (see [`crate::emitter`]): the harness
 //! has the emitter send priming events until every client has received one, so it knows
@@ -29,6 +31,7 @@ use crate::emitter::{EmitterStats, TickMode};
 use crate::loadgen::{Load, LoadSpec, LoadSummary, Transport};
 use crate::peers;
 use crate::proc_stats::{self, Machine, Memory};
+use crate::saturation::{self, Saturation, Step};
 use crate::systems::{self, Emitter, System, SystemKind};
 use crate::tick;
 
@@ -41,6 +44,7 @@ pub enum Scenario {
     Contexts,
     Storm,
     Idle,
+    Saturation,
 }
 
 impl std::fmt::Display for Scenario {
@@ -51,6 +55,7 @@ impl std::fmt::Display for Scenario {
             Scenario::Contexts => "security contexts",
             Scenario::Storm => "connection storm",
             Scenario::Idle => "idle",
+            Scenario::Saturation => "saturation",
         })
     }
 }
@@ -108,6 +113,24 @@ pub struct RunArgs {
     /// by default) on one connection.
     #[arg(long, default_value_t = 1)]
     pub idle_subscriptions_per_client: usize,
+    /// Saturation: clients (one subscription each, all on one stream).
+    #[arg(long, default_value_t = 1000)]
+    pub saturation_clients: usize,
+    /// Saturation: events per second per subscription, one step each, tried in
+    /// ascending order until a step fails.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "10,20,30,50,100,150,200,250,300,400,500,600,800"
+    )]
+    pub saturation_rates: Vec<u64>,
+    /// Saturation: seconds of events per step.
+    #[arg(long, default_value_t = 5)]
+    pub saturation_duration: u64,
+    /// Saturation: a rate fails when this many attempts in a row fail (one burst of
+    /// other work on the machine can fail one).
+    #[arg(long, default_value_t = 2)]
+    pub saturation_attempts: usize,
     /// Events per second per subscription.
     #[arg(long, default_value_t = 10)]
     pub rate: u64,
@@ -194,6 +217,14 @@ pub struct Parameters {
     /// `None`: subplex's default.
     pub subplex_subscriber_queue: Option<usize>,
     pub open_file_limit: u64,
+    /// Saturation: the rates per subscription to step through, ascending.
+    pub saturation_rates: Vec<u64>,
+    pub saturation_duration_s: u64,
+    pub saturation_attempts: usize,
+    /// Saturation: a step fails at or above this p99.
+    pub saturation_p99_limit_ms: f64,
+    /// Saturation: a step fails below this share of the offered events/s.
+    pub saturation_pace_share: f64,
 }
 
 /// One scenario variant (scenario, N, transport) against one system.
@@ -242,6 +273,8 @@ pub fn thousands(value: u64) -> String {
 #[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum Outcome {
     Measured(Box<Figures>),
+    /// Saturation: the rate steps measured, and their verdict.
+    Saturation(Box<Saturation>),
     /// The system cannot do this scenario; why.
     NotApplicable(String),
     /// The measurement could not be completed; why.
@@ -338,6 +371,7 @@ fn variants(args: &RunArgs) -> Vec<Variant> {
             Scenario::Distinct => out.push(ws(scenario, args.distinct_subscribers)),
             Scenario::Contexts => out.push(ws(scenario, args.contexts_subscribers)),
             Scenario::Storm => out.push(ws(scenario, args.storm_clients)),
+            Scenario::Saturation => out.push(ws(scenario, args.saturation_clients)),
             Scenario::Idle => {
                 for &transport in &args.idle_transports {
                     for &n in &args.idle_sizes {
@@ -363,6 +397,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(
         args.rate > 0 && args.duration > 0,
         "--rate and --duration must be > 0"
+    );
+    anyhow::ensure!(
+        !args.scenarios.contains(&Scenario::Saturation)
+            || (args.saturation_duration > 0
+                && !saturation::ascending(&args.saturation_rates).is_empty()),
+        "saturation needs --saturation-duration > 0 and a rate > 0 in --saturation-rates"
     );
     let bench_exe = std::env::current_exe().context("locating this executable")?;
     let subplex_bin = if args.systems.contains(&SystemKind::Subplex) {
@@ -411,6 +451,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         storm_concurrency: args.storm_concurrency,
         subplex_subscriber_queue: args.subplex_subscriber_queue,
         open_file_limit,
+        saturation_rates: saturation::ascending(&args.saturation_rates),
+        saturation_duration_s: args.saturation_duration,
+        saturation_attempts: args.saturation_attempts.max(1),
+        saturation_p99_limit_ms: saturation::P99_LIMIT_MS,
+        saturation_pace_share: saturation::PACE_SHARE,
     };
     let harness = Harness {
         args: args.clone(),
@@ -431,15 +476,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
                         "{} / {system}",
                         variant_name(variant.scenario, variant.n, variant.transport)
                     );
-                    match measure(&harness, system, variant).await {
-                        Ok(figures) => {
-                            summarise(&figures);
-                            Outcome::Measured(Box::new(figures))
-                        }
-                        Err(err) => {
-                            eprintln!("  failed: {err:#}");
-                            Outcome::Failed(format!("{err:#}"))
-                        }
+                    if variant.scenario == Scenario::Saturation {
+                        let steps = measure_saturation(&harness, system, variant, &parameters);
+                        let steps = steps.await;
+                        Outcome::Saturation(Box::new(steps))
+                    } else {
+                        let pace = Pace {
+                            rate: args.rate,
+                            duration_s: args.duration,
+                        };
+                        measure_outcome(&harness, system, variant, pace).await
                     }
                 }
             };
@@ -465,6 +511,67 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
         measurements,
         wall_time_s: run_started.elapsed().as_secs_f64(),
     })
+}
+
+/// [`measure`], with its result or error as an [`Outcome`] (and a summary on stderr).
+async fn measure_outcome(
+    harness: &Harness,
+    system: SystemKind,
+    variant: Variant,
+    pace: Pace,
+) -> Outcome {
+    match measure(harness, system, variant, pace).await {
+        Ok(figures) => {
+            summarise(&figures);
+            Outcome::Measured(Box::new(figures))
+        }
+        Err(err) => {
+            eprintln!("  failed: {err:#}");
+            Outcome::Failed(format!("{err:#}"))
+        }
+    }
+}
+
+/// Saturation: measures `system` at each of the rates (ascending) in turn, on fresh
+/// processes each time, until a rate fails every attempt.
+async fn measure_saturation(
+    harness: &Harness,
+    system: SystemKind,
+    variant: Variant,
+    parameters: &Parameters,
+) -> Saturation {
+    let rates = &parameters.saturation_rates;
+    let attempts = parameters.saturation_attempts;
+    let mut steps: Vec<Step> = Vec::new();
+    while let Some(rate) = saturation::next_rate(rates, attempts, &steps) {
+        eprintln!("  {rate} events/s per subscription");
+        let pace = Pace {
+            rate,
+            duration_s: harness.args.saturation_duration,
+        };
+        let outcome = measure_outcome(harness, system, variant, pace).await;
+        steps.push(Step {
+            rate,
+            offered_per_s: variant.n as f64 * rate as f64,
+            outcome,
+        });
+    }
+    let verdict = saturation::verdict(&steps);
+    match (&verdict.saturation, &verdict.first_failure) {
+        (Some(best), _) => eprintln!(
+            "  saturation: {} events/s at {} events/s per subscription",
+            best.delivered_per_s.map_or(0, |rate| rate.round() as u64),
+            best.rate
+        ),
+        (None, Some(failed)) => {
+            eprintln!(
+                "  saturation: none, the first step ({} events/s per subscription) failed",
+                failed.step.rate
+            )
+        }
+        (None, None) => {}
+    }
+    Saturation { steps, verdict }
 }
 
 fn summarise(figures: &Figures) {
@@ -569,7 +676,9 @@ impl Harness {
                         .into(),
                 )
             }
-            (SystemKind::Direct, scenario) if scenario != Scenario::Fanout => {
+            (SystemKind::Direct, scenario)
+                if !matches!(scenario, Scenario::Fanout | Scenario::Saturation) =>
+            {
                 return Some("no gateway to measure".into())
             }
             _ => {}
@@ -678,23 +787,40 @@ fn subscriptions_per_client(args: &RunArgs, variant: Variant) -> usize {
     }
 }
 
-/// Measures `kind` in `variant` on fresh processes.
-async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyhow::Result<Figures> {
+/// The events of a measurement: per subscription, `rate` per second for `duration_s`.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    rate: u64,
+    duration_s: u64,
+}
+
+/// Measures `kind` in `variant` on fresh processes; events (in the scenarios that have
+/// them) come at `pace`.
+async fn measure(
+    harness: &Harness,
+    kind: SystemKind,
+    variant: Variant,
+    pace: Pace,
+) -> anyhow::Result<Figures> {
     let args = &harness.args;
     let n = variant.n;
     let contexts = variant.contexts(args);
     let with_events = matches!(
         variant.scenario,
-        Scenario::Fanout | Scenario::Distinct | Scenario::Contexts
+        Scenario::Fanout | Scenario::Distinct | Scenario::Contexts | Scenario::Saturation
     );
     let (rate, payload) = if with_events {
-        (args.rate, args.payload_bytes)
+        (pace.rate, args.payload_bytes)
     } else {
         (1, 0)
     };
     let mut emitter = Emitter::spawn(&harness.bench_exe, rate, args.mode, payload).await?;
-    let run_name =
-        format!("{kind}-{:?}-{n}-{:?}", variant.scenario, variant.transport).to_lowercase();
+    // Saturation runs one measurement per rate: keep each one's configs and logs.
+    let run_name = format!(
+        "{kind}-{:?}-{n}-{:?}-{rate}",
+        variant.scenario, variant.transport
+    )
+    .to_lowercase();
     let system = harness.start_system(kind, &emitter, &run_name, n).await?;
     let gateway_pid = system.pid;
     if gateway_pid.is_some() {
@@ -747,7 +873,7 @@ async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyho
     figures.upstream_subscriptions = attached.subscriptions_active;
 
     if with_events {
-        measure_events(harness, &mut emitter, &load, gateway_pid, n, &mut figures).await?;
+        measure_events(&mut emitter, &load, gateway_pid, n, pace, &mut figures).await?;
     } else if variant.scenario == Scenario::Idle {
         time::sleep(Duration::from_millis(args.settle_ms)).await;
     }
@@ -794,15 +920,14 @@ async fn measure(harness: &Harness, kind: SystemKind, variant: Variant) -> anyho
 /// Starts the ticker and waits until delivery is complete or has stopped; fills in the
 /// event figures.
 async fn measure_events(
-    harness: &Harness,
     emitter: &mut Emitter,
     load: &Load,
     gateway_pid: Option<u32>,
     n: usize,
+    pace: Pace,
     figures: &mut Figures,
 ) -> anyhow::Result<()> {
-    let args = &harness.args;
-    let events_per_subscription = args.rate * args.duration;
+    let events_per_subscription = pace.rate * pace.duration_s;
     let events_before = load.events();
     let gateway_cpu = optional_cpu_seconds(gateway_pid)?;
     let emitter_cpu = proc_stats::cpu_seconds(emitter.pid)?;
@@ -814,7 +939,7 @@ async fn measure_events(
     // Wait for the ticker to finish and delivery to settle: everything arrived, or nothing
     // new arrived for DRAIN_QUIET (events a gateway dropped never will).
     let events_expected = n as u64 * events_per_subscription;
-    let ticks_end = started + Duration::from_secs(args.duration);
+    let ticks_end = started + Duration::from_secs(pace.duration_s);
     let mut last_progress = (load.events(), Instant::now());
     loop {
         time::sleep(POLL).await;
