@@ -45,7 +45,7 @@ use subplex_protocol::transport_ws::server::{Accepted, ServerRules};
 use subplex_protocol::transport_ws::{ClientMessage, ServerMessage};
 use subplex_protocol::{close, graphql_errors};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -167,8 +167,7 @@ impl Shared {
 /// Runs the emitter until stdin closes or `max_seconds` pass.
 pub async fn main(args: EmitterArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0, "--rate must be at least 1");
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = crate::helper::listen(args.listen)
         .with_context(|| format!("emitter: cannot listen on {}", args.listen))?;
     let slots = match args.mode {
         TickMode::Broadcast => 1,

@@ -23,7 +23,7 @@ use futures_util::{SinkExt, StreamExt};
 use subplex_protocol::transport_ws::server::{Accepted, ServerRules};
 use subplex_protocol::transport_ws::{ClientMessage, ServerMessage};
 use subplex_protocol::{GraphqlRequest, RawJson};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -63,8 +63,7 @@ fn client_socket_config() -> WebSocketConfig {
 
 /// Runs the floor until stdin closes or `max_seconds` pass.
 pub async fn main(args: FloorArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = helper::listen(args.listen)
         .with_context(|| format!("floor: cannot listen on {}", args.listen))?;
     let (events, _) = broadcast::channel::<Arc<str>>(BROADCAST_QUEUE);
     let upstream = subscribe_upstream(&args.upstream, &args.authorization).await?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::{SinkExt, Stream, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
@@ -50,8 +50,7 @@ pub async fn main(args: ForwarderArgs) -> anyhow::Result<()> {
         .as_str()
         .into_client_request()
         .with_context(|| format!("forwarder: bad --upstream {}", args.upstream))?;
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = helper::listen(args.listen)
         .with_context(|| format!("forwarder: cannot listen on {}", args.listen))?;
     let upstream: Arc<str> = Arc::from(args.upstream);
     let config = args

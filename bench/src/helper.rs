@@ -26,6 +26,20 @@ pub fn offers_subprotocol(request: &Request) -> bool {
 }
 
 /// Prints `READY <address>` on stdout, the line the harness waits for.
+/// A listener on `address` with subplex's default accept queue (`server.listen_backlog`,
+/// 4096), not `TcpListener::bind`'s 128: in the connection storm a queue of 128
+/// overflows, and each connection the kernel drops costs its client a one-second SYN
+/// retry, which would measure the kernel knob rather than the system.
+pub fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(4096)
+}
+
 pub async fn announce_ready(listener: &TcpListener) -> anyhow::Result<()> {
     let mut stdout = tokio::io::stdout();
     stdout
