@@ -25,6 +25,11 @@ const READER_EVENTS: u64 = 100;
 /// a raw TCP socket with a 4 KiB receive buffer, so the gateway's writes stall at once,
 /// and nothing of it in this process's memory but the socket.
 async fn stuck_client(gateway: &TestGateway) -> TcpStream {
+    stuck_client_of(gateway, QUERY).await
+}
+
+/// [`stuck_client`] subscribed to `query`.
+async fn stuck_client_of(gateway: &TestGateway, query: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(gateway.addr).await.expect("connect");
@@ -56,7 +61,7 @@ async fn stuck_client(gateway: &TestGateway) -> TcpStream {
     // The ack needs no reading: the session handles `connection_init` before `subscribe`.
     for message in [
         json!({ "type": "connection_init", "payload": {} }),
-        json!({ "type": "subscribe", "id": "1", "payload": { "query": QUERY } }),
+        json!({ "type": "subscribe", "id": "1", "payload": { "query": query } }),
     ] {
         stream
             .write_all(&masked_text_frame(&message.to_string()))
@@ -201,4 +206,43 @@ async fn a_thousand_clients_that_stop_reading_hold_bounded_memory_and_slow_no_re
     // One upstream subscription served all 1,003 clients.
     assert_eq!(server.events_named("subscription_start").len(), 1);
     drop(stuck);
+}
+
+/// A client cut for not reading is reset, not closed: what sits unsent in the gateway's
+/// socket buffer is stale by then, and a graceful close would keep it, and the connection,
+/// alive until the client had read all of it. Read after the cut, the socket ends in
+/// `ECONNRESET`; closed gracefully it would end in EOF.
+#[tokio::test]
+async fn a_client_cut_for_not_reading_is_reset_not_closed() {
+    let server = NodeServer::start(Upstream::Yoga).await;
+    let gateway = TestGateway::start(&format!(
+        "[server]\nclient_write_timeout_ms = 300\n\
+         [upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nprotocol = \"graphql-transport-ws\"\n\
+         subscriber_queue = 100000\nsubscriber_queue_bytes = 268435456\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        server.port
+    ))
+    .await;
+    // 6.4 MB/s fills the socket buffers fast; the queue limits are far above what arrives
+    // meanwhile, so the cut is the write timeout's, not the slow-consumer policy's.
+    let mut stuck = stuck_client_of(
+        &gateway,
+        "subscription { forever(intervalMs: 10) { n padding(bytes: 65536) } }",
+    )
+    .await;
+    // The cut ends the client's only operation, which stops it upstream.
+    server.wait_for_events("subscription_end", 1).await;
+    assert_eq!(gateway.stats.stuck_clients_cut(), 1);
+    let mut sink = vec![0u8; 64 * 1024];
+    let ended = loop {
+        let read = tokio::time::timeout(EVENT_TIMEOUT, stuck.read(&mut sink))
+            .await
+            .expect("the socket ends");
+        match read {
+            Ok(0) => break Ok(()),
+            Ok(_) => continue,
+            Err(error) => break Err(error.kind()),
+        }
+    };
+    assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
 }

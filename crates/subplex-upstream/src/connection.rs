@@ -75,8 +75,10 @@ impl Operation {
     ///
     /// Returns only once every subscriber has it, so each client's events stay in order.
     async fn fan_out(&mut self, event: &Event, slow: &UpstreamError) -> usize {
+        // The frame was read just now; every client's latency starts here.
+        let read_at = Instant::now();
         if self.subscribers.len() <= FAN_OUT_CHUNK {
-            return hand_over(&mut self.subscribers, event, slow);
+            return hand_over(&mut self.subscribers, event, read_at, slow);
         }
         let mut subscribers = std::mem::take(&mut self.subscribers).into_iter();
         let mut tasks = Vec::new();
@@ -87,7 +89,7 @@ impl Operation {
             }
             let (event, slow) = (event.clone(), slow.clone());
             tasks.push(tokio::spawn(async move {
-                let cut = hand_over(&mut chunk, &event, &slow);
+                let cut = hand_over(&mut chunk, &event, read_at, &slow);
                 (chunk, cut)
             }));
         }
@@ -111,16 +113,19 @@ impl Operation {
 fn hand_over(
     subscribers: &mut Vec<(u64, Subscriber)>,
     event: &Event,
+    read_at: Instant,
     slow: &UpstreamError,
 ) -> usize {
     let mut cut = 0;
-    subscribers.retain(|(_, subscriber)| match subscriber.try_send(event.clone()) {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            subscriber.fail(slow.clone());
-            cut += 1;
-            false
+    subscribers.retain(|(_, subscriber)| {
+        match subscriber.try_send_read_at(event.clone(), read_at) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                subscriber.fail(slow.clone());
+                cut += 1;
+                false
+            }
         }
     });
     cut

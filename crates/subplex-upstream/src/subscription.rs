@@ -143,6 +143,17 @@ impl Subscriber {
     /// Called right after the event's frame was read and decoded, with no wait in
     /// between, so the instant taken here is the frame's read time.
     pub fn try_send(&self, event: Event) -> Result<(), TrySendError<Event>> {
+        self.try_send_read_at(event, Instant::now())
+    }
+
+    /// [`try_send`](Self::try_send) of an event whose frame was read at `read_at`: a
+    /// fan-out to thousands takes the instant once, and the latency each client's event
+    /// is counted with starts when the frame arrived, not when its turn came.
+    pub(crate) fn try_send_read_at(
+        &self,
+        event: Event,
+        read_at: Instant,
+    ) -> Result<(), TrySendError<Event>> {
         let size = payload_bytes(&event);
         let queue = &*self.queue;
         let mut state = queue.lock();
@@ -152,7 +163,7 @@ impl Subscriber {
         if let (Some(sink), Event::Next(payload)) = (&state.write_through, &event) {
             // The queue holds no `next` once write-through is on (they were written when it
             // was turned on), so nothing queued can be overtaken.
-            return match sink.write(payload, Instant::now()) {
+            return match sink.write(payload, read_at) {
                 Ok(()) => Ok(()),
                 Err(WriteThroughRefused::TooSlow) => Err(TrySendError::Full(event)),
                 Err(WriteThroughRefused::Closed) => Err(TrySendError::Closed(event)),
@@ -164,7 +175,7 @@ impl Subscriber {
             return Err(TrySendError::Full(event));
         }
         state.queued_bytes += size;
-        state.events.push_back((event, Instant::now()));
+        state.events.push_back((event, read_at));
         let receiver = state.receiver.take();
         drop(state);
         if let Some(receiver) = receiver {
