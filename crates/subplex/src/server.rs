@@ -193,15 +193,21 @@ impl Gateway {
                         .with_upgrades();
                     drained_http1(connection, &drain).await.map_err(Into::into)
                 } else {
-                    match client_io(io, tls.as_deref(), peer).await {
-                        None => Ok(()),
-                        Some(io) => {
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                                .into_owned();
-                            watcher.watch(connection).await
+                    // Boxed: inline, the TLS handshake's and the detecting server's state
+                    // would be room in every plain HTTP/1 connection's task too, which an
+                    // SSE or multipart stream keeps for its whole life.
+                    Box::pin(async move {
+                        match client_io(io, tls.as_deref(), peer).await {
+                            None => Ok(()),
+                            Some(io) => {
+                                let connection = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                                    .into_owned();
+                                watcher.watch(connection).await
+                            }
                         }
-                    }
+                    })
+                    .await
                 };
                 if let Err(err) = ended {
                     debug!(%peer, error = %err, "client connection ended with an error");
