@@ -5,6 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -165,10 +166,15 @@ impl Gateway {
             // task and must keep counting against max_connections until it ends.
             let permit = ConnectionPermit(Arc::new(permit));
             let request_permit = permit.clone();
+            // The request's future boxed: hyper keeps room for its service's future in
+            // every HTTP/1 connection for the connection's whole life, and an SSE or
+            // multipart stream lasts that long. Inline, that room is the largest request
+            // path (3.4 KiB in a test build); boxed, the request's future is freed once
+            // the response head is out.
             let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 req.extensions_mut().insert(request_permit.clone());
-                async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
+                async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }.boxed()
             });
             let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
             // The handshake runs in the connection's task: a slow client must not hold up
@@ -187,15 +193,21 @@ impl Gateway {
                         .with_upgrades();
                     drained_http1(connection, &drain).await.map_err(Into::into)
                 } else {
-                    match client_io(io, tls.as_deref(), peer).await {
-                        None => Ok(()),
-                        Some(io) => {
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                                .into_owned();
-                            watcher.watch(connection).await
+                    // Boxed: inline, the TLS handshake's and the detecting server's state
+                    // would be room in every plain HTTP/1 connection's task too, which an
+                    // SSE or multipart stream keeps for its whole life.
+                    Box::pin(async move {
+                        match client_io(io, tls.as_deref(), peer).await {
+                            None => Ok(()),
+                            Some(io) => {
+                                let connection = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                                    .into_owned();
+                                watcher.watch(connection).await
+                            }
                         }
-                    }
+                    })
+                    .await
                 };
                 if let Err(err) = ended {
                     debug!(%peer, error = %err, "client connection ended with an error");

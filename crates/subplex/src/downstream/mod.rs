@@ -6,6 +6,7 @@ mod hooks;
 pub(crate) mod http;
 pub(crate) mod multipart;
 pub(crate) mod operation;
+mod operation_body;
 mod operation_streams;
 pub(crate) mod origins;
 pub(crate) mod reservations;

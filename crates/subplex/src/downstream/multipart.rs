@@ -1,8 +1,8 @@
 //! Apollo's multipart HTTP subscriptions: one request, one operation, one
 //! `multipart/mixed` response (framing in `subplex_protocol::multipart`).
 //!
-//! A task polls the operation's events and feeds the response body through a small
-//! queue, as for SSE. It writes a heartbeat part at once and then whenever the
+//! The response body polls the operation's events itself (`operation_body`), as for SSE.
+//! It writes a heartbeat part at once and then whenever the
 //! subscription has been idle for `server.multipart.heartbeat_interval_ms`. An upstream
 //! failure (or the gateway draining, or the client being cut off as too slow, counted as
 //! a `slow_consumer` cut) is a transport error: a part with a `null` payload and top-level
@@ -16,19 +16,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{header, HeaderValue, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use subplex_protocol::{multipart, OperationType};
+use subplex_protocol::{multipart, Event, OperationType};
 use subplex_upstream::UpstreamError;
-use tokio::sync::mpsc;
-use tokio::time::{self, Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::hooks;
-use super::operation::{is_slow_consumer_cut, Operation};
-use super::streaming::{any_accept, push, queued_response, read_operation, spawn_feed};
+use super::operation::is_slow_consumer_cut;
+use super::operation_body::{Framing, OperationBody};
+use super::streaming::{any_accept, http_operation, read_operation};
 use crate::responses::ResponseBody;
 use crate::state::{DownstreamStats, GatewayState, Upstream};
 
@@ -58,22 +56,20 @@ pub(crate) async fn handle(
         return super::http::forward_body(parts, body, upstream).await;
     }
 
-    let heartbeat = state.server.multipart_heartbeat_interval;
-    let shutdown = state.downstream_shutdown.clone();
-    let stats = state.stats.clone();
-    let rx = match spawn_feed(
-        &state,
-        &parts,
-        peer,
-        "multipart",
-        upstream,
-        request,
-        |operation, tx| feed(operation, tx, heartbeat, shutdown, stats),
-    ) {
-        Ok(rx) => rx,
+    let (operation, span) = match http_operation(&parts, peer, "multipart", upstream, request) {
+        Ok(prepared) => prepared,
         Err(refusal) => return hooks::refusal_response(refusal),
     };
-    let mut response = queued_response(rx);
+    let body = OperationBody::new(
+        operation.outcomes(),
+        MultipartFraming {
+            stats: state.stats.clone(),
+        },
+        state.server.multipart_heartbeat_interval,
+        state.downstream_shutdown.clone().cancelled_owned(),
+        span,
+    );
+    let mut response = Response::new(BodyExt::boxed_unsync(body));
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -85,58 +81,56 @@ pub(crate) async fn handle(
     response
 }
 
-async fn feed(
-    operation: Operation,
-    tx: mpsc::Sender<Bytes>,
-    heartbeat_every: Duration,
-    shutdown: CancellationToken,
+/// Multipart framing of one operation's outcomes: the opening delimiter and a heartbeat
+/// at once, then a heartbeat whenever the subscription has been idle for the interval; an
+/// upstream failure, a slow-consumer cut (counted in `stats`) or the gateway draining as a
+/// transport error, which ends the body.
+struct MultipartFraming {
     stats: Arc<DownstreamStats>,
-) {
-    // The first heartbeat at once, as Apollo Router does: it gets the headers and the
-    // first delimiter through proxies before the first event.
-    let opening = [multipart::OPENING, multipart::HEARTBEAT].concat();
-    if !push(&tx, opening).await {
-        return;
+}
+
+impl Framing for MultipartFraming {
+    type Item = Result<Event, UpstreamError>;
+    const KEEP_ALIVE_FILLS_IDLE_TIME: bool = true;
+
+    /// The first heartbeat at once, as Apollo Router does: it gets the headers and the
+    /// first delimiter through proxies before the first event.
+    fn opening(&self) -> Bytes {
+        Bytes::from([multipart::OPENING, multipart::HEARTBEAT].concat())
     }
-    let outcomes = operation.outcomes();
-    tokio::pin!(outcomes);
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
-    let mut heartbeat = time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
-    loop {
-        // Biased: a closed client or a draining gateway ends the body before anything
-        // else is read from the upstream.
-        let (text, last) = tokio::select! {
-            biased;
-            _ = tx.closed() => {
-                debug!("client left; stopping the operation");
-                return;
+
+    fn keep_alive(&self) -> Bytes {
+        Bytes::from_static(multipart::HEARTBEAT.as_bytes())
+    }
+
+    fn encode(&self, outcome: Result<Event, UpstreamError>) -> (Bytes, bool) {
+        match outcome {
+            Ok(event) => (
+                Bytes::from(multipart::encode_event(&event)),
+                event.is_terminal(),
+            ),
+            Err(error) => {
+                if is_slow_consumer_cut(&error) {
+                    self.stats.slow_consumer_cut();
+                }
+                (transport_error(&error), true)
             }
-            _ = &mut cancelled => (transport_error(&UpstreamError::ShuttingDown), true),
-            outcome = outcomes.next() => match outcome {
-                Some(Ok(event)) => {
-                    // Heartbeats fill idle time only.
-                    heartbeat.reset();
-                    (multipart::encode_event(&event), event.is_terminal())
-                }
-                Some(Err(error)) => {
-                    if is_slow_consumer_cut(&error) {
-                        stats.slow_consumer_cut();
-                    }
-                    (transport_error(&error), true)
-                }
-                // Not reached: the stream ends only after a terminal event or a failure.
-                None => (multipart::CLOSING.to_owned(), true),
-            },
-            _ = heartbeat.tick() => (multipart::HEARTBEAT.to_owned(), false),
-        };
-        if !push(&tx, text).await || last {
-            return;
         }
+    }
+
+    fn shutdown(&self) -> Bytes {
+        transport_error(&UpstreamError::ShuttingDown)
+    }
+
+    /// Not reached: the stream ends only after a terminal event or a failure.
+    fn end(&self) -> Option<Bytes> {
+        Some(Bytes::from_static(multipart::CLOSING.as_bytes()))
     }
 }
 
-fn transport_error(error: &UpstreamError) -> String {
+fn transport_error(error: &UpstreamError) -> Bytes {
     debug!(%error, "operation failed upstream");
-    multipart::encode_transport_error(&error.to_graphql_errors())
+    Bytes::from(multipart::encode_transport_error(
+        &error.to_graphql_errors(),
+    ))
 }

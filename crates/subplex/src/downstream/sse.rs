@@ -1,37 +1,33 @@
 //! GraphQL over SSE, distinct-connections mode: one request, one operation, one stream.
 //!
-//! A task owns the upstream subscription and feeds the response body through a small
-//! queue. A client that disconnects drops the body; the task sees the queue close, and
-//! dropping the subscription stops the operation upstream. With `[server.sse]` resume on,
-//! the task is `sse_resume::feed` instead, which numbers the events and outlives a cut for
-//! `resume_window_ms` (see `sse_resume.rs`).
+//! The response body polls the operation's events itself (`operation_body`), with no task
+//! or queue in between. A client that disconnects drops the body, and with it the
+//! upstream subscription, which stops the operation upstream. With `[server.sse]` resume
+//! on, a task (`sse_resume::feed`) feeds the body through a small queue instead: it numbers
+//! the events and outlives a cut for `resume_window_ms` (see `sse_resume.rs`).
 //!
 //! A client too slow for its operation (the slow-consumer cut) gets the `SLOW_CONSUMER`
 //! error as the stream's last event (a `next` carrying it, then `complete`), and the
 //! stream ends; see `Operation::events`.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use http::request::Parts;
 use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use subplex_protocol::{sse, Event, GraphqlRequest};
 use tokio::sync::mpsc;
-use tokio::time::{self, Instant};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, Instrument};
 
 use super::hooks;
 use super::operation::shutdown_event;
+use super::operation_body::{Framing, OperationBody};
 pub(crate) use super::sse_resume::ResumableStreams;
 use super::sse_resume::{self, parse_last_event_id};
-use super::streaming::{
-    http_operation, push, queued_response, read_operation, spawn_feed, STREAM_QUEUE,
-};
+use super::streaming::{http_operation, queued_body, read_operation, STREAM_QUEUE};
 use crate::config::SseResumeConfig;
 use crate::responses::{json_error, ResponseBody};
 use crate::state::{GatewayState, Upstream};
@@ -51,22 +47,18 @@ pub(crate) async fn handle(
     if let Some(settings) = state.server.sse_resume.clone() {
         return resumable(&parts, peer, upstream, request, &state, settings).await;
     }
-    let keepalive = state.server.keepalive_interval;
-    let shutdown = state.downstream_shutdown.clone();
-    let stats = state.stats.clone();
-    let rx = match spawn_feed(
-        &state,
-        &parts,
-        peer,
-        "sse",
-        upstream,
-        request,
-        |operation, tx| feed(Box::pin(operation.events(stats)), tx, keepalive, shutdown),
-    ) {
-        Ok(rx) => rx,
+    let (operation, span) = match http_operation(&parts, peer, "sse", upstream, request) {
+        Ok(prepared) => prepared,
         Err(refusal) => return hooks::refusal_response(refusal),
     };
-    event_stream_response(rx)
+    let body = OperationBody::new(
+        operation.events(state.stats.clone()),
+        SseFraming,
+        state.server.keepalive_interval,
+        state.downstream_shutdown.clone().cancelled_owned(),
+        span,
+    );
+    event_stream_response(BodyExt::boxed_unsync(body))
 }
 
 /// A stream with `[server.sse]` resume on: the stream named by `Last-Event-ID`, if it can
@@ -96,7 +88,7 @@ async fn resumable(
             .resume(stream, &key, after, tx.clone())
             .await
         {
-            return event_stream_response(rx);
+            return event_stream_response(queued_body(rx));
         }
         debug!(parent: &span, "stream cannot be resumed; starting a fresh subscription");
     }
@@ -123,12 +115,12 @@ async fn resumable(
         )
         .instrument(span),
     );
-    event_stream_response(rx)
+    event_stream_response(queued_body(rx))
 }
 
-/// A `text/event-stream` response fed from `rx`, with the headers graphql-sse sends.
-pub(crate) fn event_stream_response(rx: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
-    let mut response = queued_response(rx);
+/// A `text/event-stream` response of `body`, with the headers graphql-sse sends.
+pub(crate) fn event_stream_response(body: ResponseBody) -> Response<ResponseBody> {
+    let mut response = Response::new(body);
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -141,50 +133,33 @@ pub(crate) fn event_stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Respo
     response
 }
 
-/// Feeds one operation's `events` to the client as SSE events, with a keep-alive comment
-/// at once and every `keepalive_every` after.
-///
-/// Not an `async fn`, and the operation's stream comes boxed: an `async fn`'s arguments,
-/// and anything pinned by moving it into a local, are stored twice in the task's future,
-/// which every idle SSE subscriber keeps.
-#[allow(clippy::manual_async_fn)]
-fn feed(
-    mut events: Pin<Box<dyn Stream<Item = Event> + Send>>,
-    tx: mpsc::Sender<Bytes>,
-    keepalive_every: time::Duration,
-    shutdown: CancellationToken,
-) -> impl std::future::Future<Output = ()> {
-    async move {
-        // Sent at once: some browsers and proxies stall until the first bytes arrive.
-        if !push(&tx, sse::KEEP_ALIVE.to_owned()).await {
-            return;
-        }
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
-        let mut keepalive = time::interval_at(Instant::now() + keepalive_every, keepalive_every);
-        loop {
-            // Biased: a closed client or a draining gateway ends the stream before anything
-            // else is read from the upstream.
-            let text = tokio::select! {
-                biased;
-                _ = tx.closed() => {
-                    debug!("client left; stopping the operation");
-                    return;
-                }
-                _ = &mut cancelled => {
-                    push(&tx, sse::encode_event(&shutdown_event())).await;
-                    return;
-                }
-                event = events.next() => match event {
-                    Some(event) => sse::encode_event(&event),
-                    None => return,
-                },
-                _ = keepalive.tick() => sse::KEEP_ALIVE.to_owned(),
-            };
-            if !push(&tx, text).await {
-                return;
-            }
-        }
+/// SSE framing of one operation's events: a keep-alive comment at once and every
+/// keep-alive interval, whatever the events; the shutdown event when the gateway drains.
+struct SseFraming;
+
+impl Framing for SseFraming {
+    type Item = Event;
+    const KEEP_ALIVE_FILLS_IDLE_TIME: bool = false;
+
+    fn opening(&self) -> Bytes {
+        Bytes::from_static(sse::KEEP_ALIVE.as_bytes())
+    }
+
+    fn keep_alive(&self) -> Bytes {
+        Bytes::from_static(sse::KEEP_ALIVE.as_bytes())
+    }
+
+    /// Never the last: the operation's stream ends after its terminal event.
+    fn encode(&self, event: Event) -> (Bytes, bool) {
+        (Bytes::from(sse::encode_event(&event)), false)
+    }
+
+    fn shutdown(&self) -> Bytes {
+        Bytes::from(sse::encode_event(&shutdown_event()))
+    }
+
+    fn end(&self) -> Option<Bytes> {
+        None
     }
 }
 
@@ -193,6 +168,9 @@ mod tests {
     use std::time::Duration;
 
     use futures_util::stream;
+    use http_body_util::BodyExt;
+    use tokio::time::{self, Instant};
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
@@ -200,20 +178,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn keep_alive_at_once_then_every_interval_until_the_operation_ends() {
         let started = Instant::now();
-        let (tx, mut rx) = mpsc::channel(8);
         // One event, 2.5 intervals in: keep-alives come before it and none after.
         let events = stream::once(async {
             time::sleep(Duration::from_millis(2500)).await;
             Event::Complete
         });
-        let feed = tokio::spawn(feed(
-            Box::pin(events),
-            tx,
+        let body = OperationBody::new(
+            events,
+            SseFraming,
             Duration::from_millis(1000),
-            CancellationToken::new(),
-        ));
+            CancellationToken::new().cancelled_owned(),
+            tracing::Span::none(),
+        );
+        let mut body = std::pin::pin!(body);
         let mut received = Vec::new();
-        while let Some(chunk) = rx.recv().await {
+        while let Some(frame) = body.frame().await {
+            let chunk = frame.unwrap().into_data().unwrap();
             received.push((started.elapsed().as_millis(), chunk));
         }
         let keep_alive = Bytes::from_static(sse::KEEP_ALIVE.as_bytes());
@@ -227,7 +207,6 @@ mod tests {
                 (2500, complete),
             ]
         );
-        feed.await.unwrap();
         assert_eq!(started.elapsed(), Duration::from_millis(2500));
     }
 }

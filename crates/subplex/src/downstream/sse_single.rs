@@ -38,7 +38,9 @@ use super::operation::{ending_event, shutdown_event, Delivery, Operation};
 use super::operation_streams::OperationStreams;
 use super::reservations::{OpenStream, PendingOperation, Reservations, StreamError};
 use super::sse::event_stream_response;
-use super::streaming::{any_accept, http_client_context, push, read_request, STREAM_QUEUE};
+use super::streaming::{
+    any_accept, http_client_context, push, queued_body, read_request, STREAM_QUEUE,
+};
 use crate::responses::{full, json_error, method_not_allowed, refuse_get_mutation, ResponseBody};
 use crate::routes::accepts_event_stream;
 use crate::state::{GatewayState, Upstream};
@@ -196,7 +198,7 @@ fn open_stream(
         .sessions
         .clone()
         .spawn(feed(upstream, state, open, tx).instrument(span));
-    event_stream_response(rx)
+    event_stream_response(queued_body(rx))
 }
 
 /// Forgets the stream when its task ends, however it ends.

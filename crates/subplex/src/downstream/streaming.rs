@@ -1,8 +1,10 @@
 //! Pieces every streamed HTTP response shares (SSE in both modes, multipart): reading the
-//! GraphQL request, and a response body fed through a small bounded queue by a task.
+//! GraphQL request, the one operation of a request, and a response body fed through a
+//! small bounded queue by a task (where a task must own the stream: SSE with resume, SSE
+//! single connection mode; a one-operation body is driven by its operation instead, see
+//! `operation_body`).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,7 +15,6 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use subplex_protocol::{sse, GraphqlRequest, RawJson};
 use tokio::sync::mpsc;
-use tracing::Instrument;
 
 use super::hooks;
 use super::operation::{ClientContext, Operation};
@@ -21,9 +22,9 @@ use super::operation::{ClientContext, Operation};
 use crate::responses::{
     json_error, method_not_allowed, read_body, refuse_get_mutation, ResponseBody,
 };
-use crate::state::{GatewayState, Upstream};
+use crate::state::Upstream;
 
-/// Encoded chunks queued toward one streaming client. Small: each chunk is a whole event, and
+/// Encoded chunks queued toward one client of a task-fed stream. Small: each chunk is a whole event, and
 /// a client that does not read lets its upstream queue overflow (slow-consumer policy).
 pub(crate) const STREAM_QUEUE: usize = 16;
 
@@ -75,31 +76,11 @@ pub(crate) async fn read_operation(
     }
 }
 
-/// Starts the task that feeds a one-operation stream (SSE distinct mode, multipart) and
-/// returns the queue it feeds. SSE and multipart have no `connection_init`: the payload is
-/// `{}` and the request's keyed headers carry identity. The upstream's
-/// `on_connection_init` hook runs with that `{}`; its refusal comes back instead (see
-/// `hooks::refusal_response`).
-pub(crate) fn spawn_feed<Feed>(
-    state: &GatewayState,
-    parts: &Parts,
-    peer: SocketAddr,
-    protocol: &'static str,
-    upstream: Arc<Upstream>,
-    request: GraphqlRequest,
-    feed: impl FnOnce(Operation, mpsc::Sender<Bytes>) -> Feed,
-) -> Result<mpsc::Receiver<Bytes>, hooks::InitRefusal>
-where
-    Feed: Future<Output = ()> + Send + 'static,
-{
-    let (operation, span) = http_operation(parts, peer, protocol, upstream, request)?;
-    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_QUEUE);
-    state.sessions.spawn(feed(operation, tx).instrument(span));
-    Ok(rx)
-}
-
-/// The one operation of a streamed request, not started yet, and the span its task runs
-/// in; the refusal of the `on_connection_init` hook instead, if it refuses.
+/// The one operation of a streamed request (SSE distinct mode, multipart), not started
+/// yet, and the span it runs in; the refusal of the `on_connection_init` hook instead, if
+/// it refuses (see `hooks::refusal_response`). SSE and multipart have no
+/// `connection_init`: the payload is `{}` and the request's keyed headers carry identity;
+/// the upstream's `on_connection_init` hook runs with that `{}`.
 pub(crate) fn http_operation(
     parts: &Parts,
     peer: SocketAddr,
@@ -150,15 +131,16 @@ pub(crate) fn any_accept(headers: &HeaderMap, test: impl Fn(&str) -> bool) -> bo
         .any(|value| value.to_str().is_ok_and(&test))
 }
 
-/// A streaming response whose body is whatever the feeding task queues; the body ends
-/// when the task drops its sender, and the task sees the queue close when the client goes.
-pub(crate) fn queued_response(rx: mpsc::Receiver<Bytes>) -> Response<ResponseBody> {
+/// A streaming body of whatever a feeding task queues (SSE with resume, SSE single
+/// connection mode); it ends when the task drops its sender, and the task sees the queue
+/// close when the client goes.
+pub(crate) fn queued_body(rx: mpsc::Receiver<Bytes>) -> ResponseBody {
     let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|chunk| (Ok::<_, Infallible>(Frame::data(chunk)), rx))
     });
-    Response::new(BodyExt::boxed_unsync(StreamBody::new(chunks)))
+    BodyExt::boxed_unsync(StreamBody::new(chunks))
 }
 
 /// Queues encoded text for the response body; false once the client has gone.
