@@ -183,8 +183,9 @@ impl Gateway {
                 // Plain TCP that does not open with the HTTP/2 preface is served as HTTP/1
                 // directly: hyper-util's detection reads the first bytes itself and hands
                 // them back through a buffer, after which hyper's read buffer grows to
-                // 16 KiB, kept for the life of every SSE or multipart stream. Unboxed, so that a WebSocket upgrade can reach the TCP stream again
-                // (write-through, `downstream::ws::upgrade`).
+                // 16 KiB, kept for the life of every SSE or multipart stream. Unboxed, so
+                // that a WebSocket upgrade can reach the TCP stream again (write-through,
+                // `downstream::ws::upgrade`).
                 let http1 = tls.is_none() && !may_be_http2(&stream).await;
                 let io = WriteDeadline::new(stream, write_timeout, stats);
                 let ended = if http1 {
