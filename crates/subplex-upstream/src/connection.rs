@@ -35,7 +35,7 @@ use crate::handle::{Command, SubscribeRefused, UpstreamHandle};
 use crate::reconnect::{Backoff, Retry};
 use crate::registry::Registration;
 use crate::request_key::RequestKey;
-use crate::subscription::{self, Leave, Subscriber};
+use crate::subscription::{self, HeldWrites, Leave, Subscriber};
 use crate::ws::WsLink;
 use crate::{SecurityContext, Subscription, UpstreamError, UpstreamSettings};
 
@@ -68,18 +68,30 @@ struct Operation {
 /// milliseconds more than it needs on a machine with idle cores.
 const FAN_OUT_CHUNK: usize = 512;
 
+/// Upstream frames handled as one burst at most (see `UpstreamConnection::on_burst`): a
+/// held frame waits for the burst's end, so it stays short.
+const MAX_BURST_FRAMES: usize = 16;
+
 impl Operation {
     /// Hands `event` to every subscriber. A subscriber whose queue is full is failed with
     /// `slow` and dropped; one whose [`Subscription`] is gone is dropped too (its leave is
     /// queued and will find nothing). Returns how many were cut as too slow.
     ///
     /// Returns only once every subscriber has it, so each client's events stay in order.
-    async fn fan_out(&mut self, event: &Event, slow: &UpstreamError) -> usize {
+    /// With `held`, write-through frames are held for the end of the burst (see
+    /// [`HeldWrites`]).
+    async fn fan_out(
+        &mut self,
+        event: &Event,
+        slow: &UpstreamError,
+        mut held: Option<&mut HeldWrites>,
+    ) -> usize {
         // The frame was read just now; every client's latency starts here.
         let read_at = Instant::now();
         if self.subscribers.len() <= FAN_OUT_CHUNK {
-            return hand_over(&mut self.subscribers, event, read_at, slow);
+            return hand_over(&mut self.subscribers, event, read_at, slow, held);
         }
+        let holding = held.is_some();
         let mut subscribers = std::mem::take(&mut self.subscribers).into_iter();
         let mut tasks = Vec::new();
         loop {
@@ -89,16 +101,26 @@ impl Operation {
             }
             let (event, slow) = (event.clone(), slow.clone());
             tasks.push(tokio::spawn(async move {
-                let cut = hand_over(&mut chunk, &event, read_at, &slow);
-                (chunk, cut)
+                let mut chunk_held = HeldWrites::default();
+                let cut = hand_over(
+                    &mut chunk,
+                    &event,
+                    read_at,
+                    &slow,
+                    holding.then_some(&mut chunk_held),
+                );
+                (chunk, cut, chunk_held)
             }));
         }
         let mut cut = 0;
         for task in tasks {
             match task.await {
-                Ok((chunk, chunk_cut)) => {
+                Ok((chunk, chunk_cut, mut chunk_held)) => {
                     self.subscribers.extend(chunk);
                     cut += chunk_cut;
+                    if let Some(held) = held.as_deref_mut() {
+                        held.append(&mut chunk_held);
+                    }
                 }
                 // Only a panic gets here; its subscribers were dropped with it, and their
                 // clients see the operation end.
@@ -115,10 +137,11 @@ fn hand_over(
     event: &Event,
     read_at: Instant,
     slow: &UpstreamError,
+    mut held: Option<&mut HeldWrites>,
 ) -> usize {
     let mut cut = 0;
     subscribers.retain(|(_, subscriber)| {
-        match subscriber.try_send_read_at(event.clone(), read_at) {
+        match subscriber.try_send_with(event.clone(), read_at, held.as_deref_mut()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -487,9 +510,16 @@ impl UpstreamConnection {
                     let result = match step {
                         Err(error) => Err(error),
                         Ok(None) => Ok(()),
-                        Ok(Some(step)) => self.on_step(link, step).await,
+                        Ok(Some(step)) => self.on_step(link, step, None).await,
                     };
                     if let Err(error) = result {
+                        return Ending::Failed(error);
+                    }
+                    // The frames already here are a burst (the upstream sent faster than
+                    // the last fan-out took): their events are held and each client's go
+                    // out in one write at the end. A lone frame, above, was written at
+                    // once: holding costs a copy, and there was nothing to batch it with.
+                    if let Err(error) = self.on_burst(link).await {
                         return Ending::Failed(error);
                     }
                 }
@@ -542,13 +572,36 @@ impl UpstreamConnection {
         }
     }
 
-    async fn on_step(&mut self, link: &mut WsLink, step: ClientStep) -> Result<(), UpstreamError> {
+    /// Handles the upstream frames that are ready now, at most [`MAX_BURST_FRAMES`], with
+    /// their write-through frames held, then writes them.
+    async fn on_burst(&mut self, link: &mut WsLink) -> Result<(), UpstreamError> {
+        let mut held = HeldWrites::default();
+        for _ in 0..MAX_BURST_FRAMES {
+            let Some(step) = futures_util::future::poll_immediate(link.next_step()).await else {
+                break;
+            };
+            if let Some(step) = step? {
+                self.on_step(link, step, Some(&mut held)).await?;
+            }
+        }
+        held.flush();
+        Ok(())
+    }
+
+    /// Acts on one upstream frame; with `held`, its event's write-through frames are
+    /// held for the end of the burst.
+    async fn on_step(
+        &mut self,
+        link: &mut WsLink,
+        step: ClientStep,
+        held: Option<&mut HeldWrites>,
+    ) -> Result<(), UpstreamError> {
         match step {
             ClientStep::Deliver { id, event } => {
                 let Some(id) = id.parse::<u64>().ok() else {
                     return Ok(()); // Not an id we issued: ignore, as the spec says.
                 };
-                self.deliver(link, id, event).await
+                self.deliver(link, id, event, held).await
             }
             ClientStep::Pong => link.send_pong().await,
             ClientStep::ServerError { message } => {
@@ -565,6 +618,7 @@ impl UpstreamConnection {
         link: &mut WsLink,
         id: u64,
         event: Event,
+        held: Option<&mut HeldWrites>,
     ) -> Result<(), UpstreamError> {
         let terminal = event.is_terminal();
         let Some(operation) = self.operations.get_mut(&id) else {
@@ -574,7 +628,7 @@ impl UpstreamConnection {
         // Once per upstream event, however many clients share the operation.
         settings.stats.event_in();
         let error = settings.slow_consumer();
-        let cut = operation.fan_out(&event, &error).await;
+        let cut = operation.fan_out(&event, &error, held).await;
         if cut > 0 {
             // Counted by the gateway once it ends each cut client's connection.
             let left = operation.subscribers.len();
@@ -645,7 +699,7 @@ mod tests {
         };
         let mut cuts = Vec::new();
         for n in 0..3 {
-            cuts.push(operation.fan_out(&next(n), &slow).await);
+            cuts.push(operation.fan_out(&next(n), &slow, None).await);
         }
         assert_eq!(cuts, [0, 1, 0]);
         let ids: Vec<u64> = operation.subscribers.iter().map(|(id, _)| *id).collect();

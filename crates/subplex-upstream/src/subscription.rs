@@ -40,6 +40,45 @@ pub trait WriteThrough: Send + Sync + std::fmt::Debug {
 
     /// How many payloads it has written (for the operation's trace span).
     fn written(&self) -> u64;
+
+    /// [`write`](Self::write), but the frame waits in the client's outbox until
+    /// [`flush_held`](Self::flush_held): the connection task holds the frames of a burst
+    /// of upstream events (several ready at once) and writes each client's together, one
+    /// `writev` instead of one per event. `Ok(true)` when it is the first frame held for
+    /// this sink's client since its last flush: the caller then owes this sink one
+    /// `flush_held` (the connection task keeps a list of those).
+    fn hold(&self, payload: &RawJson, read_at: Instant) -> Result<bool, WriteThroughRefused>;
+
+    /// Writes what [`hold`](Self::hold) kept for the client.
+    fn flush_held(&self);
+}
+
+/// The sinks owed a [`WriteThrough::flush_held`] at the end of a burst. Flushed when
+/// dropped too, so no early return (an upstream failure mid-burst, a panic in a fan-out
+/// task) leaves a client's frames waiting for nothing.
+#[derive(Debug, Default)]
+pub(crate) struct HeldWrites {
+    sinks: Vec<Arc<dyn WriteThrough>>,
+}
+
+impl HeldWrites {
+    /// Writes every held frame.
+    pub(crate) fn flush(&mut self) {
+        for sink in self.sinks.drain(..) {
+            sink.flush_held();
+        }
+    }
+
+    /// Takes over `other`'s debts (a fan-out task's).
+    pub(crate) fn append(&mut self, other: &mut HeldWrites) {
+        self.sinks.append(&mut other.sinks);
+    }
+}
+
+impl Drop for HeldWrites {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 /// Why a [`WriteThrough`] did not take a payload.
@@ -154,6 +193,17 @@ impl Subscriber {
         event: Event,
         read_at: Instant,
     ) -> Result<(), TrySendError<Event>> {
+        self.try_send_with(event, read_at, None)
+    }
+
+    /// [`try_send_read_at`](Self::try_send_read_at); with `held`, a write-through `next`
+    /// is held for the end of the burst (see [`WriteThrough::hold`]).
+    pub(crate) fn try_send_with(
+        &self,
+        event: Event,
+        read_at: Instant,
+        held: Option<&mut HeldWrites>,
+    ) -> Result<(), TrySendError<Event>> {
         let size = payload_bytes(&event);
         let queue = &*self.queue;
         let mut state = queue.lock();
@@ -163,7 +213,15 @@ impl Subscriber {
         if let (Some(sink), Event::Next(payload)) = (&state.write_through, &event) {
             // The queue holds no `next` once write-through is on (they were written when it
             // was turned on), so nothing queued can be overtaken.
-            return match sink.write(payload, read_at) {
+            let written = match held {
+                None => sink.write(payload, read_at),
+                Some(held) => sink.hold(payload, read_at).map(|first| {
+                    if first {
+                        held.sinks.push(sink.clone());
+                    }
+                }),
+            };
+            return match written {
                 Ok(()) => Ok(()),
                 Err(WriteThroughRefused::TooSlow) => Err(TrySendError::Full(event)),
                 Err(WriteThroughRefused::Closed) => Err(TrySendError::Closed(event)),

@@ -79,6 +79,10 @@ struct Outbox {
     session: Option<Waker>,
     /// The session closed: the connection task may write nothing more.
     closing: bool,
+    /// `unsent` holds frames a connection task held for the end of its burst (see
+    /// `WriteThrough::hold`), not a backlog the kernel refused: the connection task
+    /// flushes them, the session is not woken for them.
+    held: bool,
     too_slow: bool,
     /// A write failed: the socket is broken.
     failed: Option<io::ErrorKind>,
@@ -164,6 +168,9 @@ impl Outbox {
             if self.unsent.is_empty() {
                 // A burst's room is not kept for the connection's whole life.
                 self.unsent = VecDeque::new();
+                // Whoever wrote them, nothing is held any more: the next held frame is a
+                // new debt of its connection task.
+                self.held = false;
             }
         }
     }
@@ -172,6 +179,7 @@ impl Outbox {
     /// already partly written (the client must get whole frames, then the Close).
     fn cut_too_slow(&mut self, partly_written: bool) {
         self.too_slow = true;
+        self.held = false;
         let keep = usize::from(partly_written && !self.unsent.is_empty());
         self.unsent.truncate(keep);
         self.unsent_bytes = self.unsent.iter().map(|chunk| chunk.bytes.len()).sum();
@@ -256,6 +264,77 @@ impl ClientSocket {
         outbox.push(Bytes::from(rest), Some(event));
         outbox.wake_session();
         Ok(())
+    }
+
+    /// Appends one event's frame to the outbox for the end of the connection task's burst
+    /// (see `WriteThrough::hold`). `Ok(true)` if the outbox held nothing before: the caller
+    /// owes it a [`flush_held`](Self::flush_held). After a client's
+    /// [`MAX_CHUNKS_PER_WRITE`] frames the burst's frames are written at once.
+    fn hold_event(
+        &self,
+        outbox: &mut Outbox,
+        parts: &[&[u8]],
+        metrics: &Arc<UpstreamMetrics>,
+        read_at: Instant,
+    ) -> Result<bool, WriteThroughRefused> {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let full = |outbox: &Outbox| {
+            outbox.unsent.len() >= self.max_frames
+                || outbox.unsent_bytes.saturating_add(length) > self.max_bytes
+        };
+        if outbox.held && full(outbox) {
+            // Held frames count against the client's limits like a backlog: written now,
+            // what the kernel refuses becomes one.
+            self.write_held(outbox);
+        }
+        if !outbox.held && !outbox.unsent.is_empty() {
+            // A backlog the session is flushing: nothing to hold it for, and the limits
+            // decide whether the client is too slow.
+            return self
+                .write_event(outbox, parts, metrics, read_at)
+                .map(|()| false);
+        }
+        if outbox.closing || outbox.failed.is_some() {
+            return Err(WriteThroughRefused::Closed);
+        }
+        if outbox.too_slow {
+            return Err(WriteThroughRefused::TooSlow);
+        }
+        let first = !outbox.held;
+        outbox.held = true;
+        let mut frame = Vec::with_capacity(length);
+        for part in parts {
+            frame.extend_from_slice(part);
+        }
+        let event = EventDelivery {
+            metrics: metrics.clone(),
+            read_at,
+        };
+        outbox.push(Bytes::from(frame), Some(event));
+        if outbox.unsent.len() >= MAX_CHUNKS_PER_WRITE {
+            self.write_held(outbox);
+        }
+        Ok(first)
+    }
+
+    /// Writes the frames held for a burst; what the kernel does not take becomes a
+    /// backlog for the session.
+    fn write_held(&self, outbox: &mut Outbox) {
+        if !outbox.held {
+            return;
+        }
+        match outbox.write_unsent(&self.tcp) {
+            Ok(true) => outbox.held = false,
+            Ok(false) => {
+                outbox.held = false;
+                outbox.wake_session();
+            }
+            Err(error) => {
+                outbox.held = false;
+                outbox.failed = Some(error.kind());
+                outbox.wake_session();
+            }
+        }
     }
 
     /// Why the session must act now, or `Pending` (woken when that changes).
@@ -358,6 +437,27 @@ impl WriteThrough for OperationWriter {
 
     fn written(&self) -> u64 {
         self.written.load(Ordering::Relaxed)
+    }
+
+    fn hold(&self, payload: &RawJson, read_at: Instant) -> Result<bool, WriteThroughRefused> {
+        let prefix = self.framer.next_prefix().as_bytes();
+        let payload = payload.as_str().as_bytes();
+        let (header, header_length) = text_frame_header(prefix.len() + payload.len() + 1);
+        let first = {
+            let mut outbox = self.socket.lock();
+            if self.retired.load(Ordering::Relaxed) {
+                return Err(WriteThroughRefused::Closed);
+            }
+            let parts: [&[u8]; 4] = [&header[..header_length], prefix, payload, b"}"];
+            self.socket
+                .hold_event(&mut outbox, &parts, &self.metrics, read_at)?
+        };
+        self.written.fetch_add(1, Ordering::Relaxed);
+        Ok(first)
+    }
+
+    fn flush_held(&self) {
+        self.socket.write_held(&mut self.socket.lock());
     }
 }
 
@@ -608,6 +708,36 @@ mod tests {
             (one.written(), two.written(), metrics.events_out()),
             (0, 1, 1)
         );
+    }
+
+    /// Frames held for a burst are not written (nor the session woken) until the flush,
+    /// then go out together, in order, counted as delivered only then.
+    #[tokio::test]
+    async fn held_frames_wait_for_the_flush_then_go_out_together() {
+        let metrics = Metrics::new().upstream("up");
+        let (socket, client) = connected(128, 1 << 20).await;
+        let mut client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let (one, two) = (
+            writer(&socket, "1", &metrics),
+            writer(&socket, "2", &metrics),
+        );
+        assert_eq!(one.hold(&payload(1, 0), Instant::now()), Ok(true));
+        assert_eq!(two.hold(&payload(2, 0), Instant::now()), Ok(false));
+        assert_eq!(one.hold(&payload(3, 0), Instant::now()), Ok(false));
+        assert_eq!(metrics.events_out(), 0);
+        assert_eq!(attention(&socket), Poll::Ready(Attention::Flush));
+        one.flush_held();
+        for (id, n) in [("1", 1), ("2", 2), ("1", 3)] {
+            let received = client.next().await.unwrap().unwrap();
+            assert_eq!(received, next_frame(id, &payload(n, 0)));
+        }
+        assert_eq!(metrics.events_out(), 3);
+        assert_eq!(attention(&socket), Poll::Pending);
+        // The outbox is empty again: the next held frame is a new debt.
+        assert_eq!(two.hold(&payload(4, 0), Instant::now()), Ok(true));
+        two.flush_held();
+        let received = client.next().await.unwrap().unwrap();
+        assert_eq!(received, next_frame("2", &payload(4, 0)));
     }
 
     /// The client reads nothing: the kernel's buffers fill, then the outbox, and the
