@@ -26,6 +26,12 @@
 //! - Once the session closes, the outbox refuses further frames: nothing follows the
 //!   Close frame.
 //!
+//! Bursts: when the connection task finds more upstream frames ready after one, it
+//! *holds* their frames in each client's outbox (`WriteThrough::hold`) and writes each
+//! client's together at the end (`flush_held`): under load, one `writev` carries several
+//! events, which is what keeps the gateway ahead when the upstream sends faster than one
+//! write per client per event allows. Held frames do not wake the session.
+//!
 //! Backpressure: a client whose outbox holds more than `subscriber_queue` frames or
 //! `subscriber_queue_bytes` bytes (beyond its first) is too slow. The outbox drops its
 //! backlog (keeping a frame already partly written, so the stream stays well formed),
