@@ -182,22 +182,14 @@ impl Subscriber {
     /// Called right after the event's frame was read and decoded, with no wait in
     /// between, so the instant taken here is the frame's read time.
     pub fn try_send(&self, event: Event) -> Result<(), TrySendError<Event>> {
-        self.try_send_read_at(event, Instant::now())
+        self.try_send_with(event, Instant::now(), None)
     }
 
     /// [`try_send`](Self::try_send) of an event whose frame was read at `read_at`: a
     /// fan-out to thousands takes the instant once, and the latency each client's event
-    /// is counted with starts when the frame arrived, not when its turn came.
-    pub(crate) fn try_send_read_at(
-        &self,
-        event: Event,
-        read_at: Instant,
-    ) -> Result<(), TrySendError<Event>> {
-        self.try_send_with(event, read_at, None)
-    }
-
-    /// [`try_send_read_at`](Self::try_send_read_at); with `held`, a write-through `next`
-    /// is held for the end of the burst (see [`WriteThrough::hold`]).
+    /// is counted with starts when the frame arrived, not when its turn came. With
+    /// `held`, a write-through `next` is held for the end of the burst (see
+    /// [`WriteThrough::hold`]).
     pub(crate) fn try_send_with(
         &self,
         event: Event,

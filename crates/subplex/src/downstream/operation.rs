@@ -107,15 +107,16 @@ impl Operation {
         deliveries(self.outcomes())
     }
 
-    /// [`deliveries`](Self::deliveries), with the `next` results written by `writer` on
-    /// the upstream connection's task instead (see `Subscription::write_through`): the
-    /// stream then yields only the terminal event or the cut. Routes with operation hooks
-    /// ignore `writer`: their hooks see every result, in the session.
-    pub(crate) fn deliveries_written_through(
+    /// [`deliveries`](Self::deliveries); with a `writer`, the `next` results are written
+    /// by it on the upstream connection's task instead (see
+    /// `Subscription::write_through`), and the stream yields only the terminal event or
+    /// the cut. Routes with operation hooks ignore `writer`: their hooks see every
+    /// result, in the session.
+    pub(crate) fn deliveries_through(
         self,
-        writer: Arc<dyn WriteThrough>,
+        writer: Option<Arc<dyn WriteThrough>>,
     ) -> impl Stream<Item = Delivery> + Send + 'static {
-        deliveries(self.outcomes_through(Some(writer)))
+        deliveries(self.outcomes_through(writer))
     }
 
     /// The operation's events, for a stream that carries this operation alone (SSE

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{poll_immediate, Either};
+use futures_util::future::poll_immediate;
 use futures_util::stream::{AbortHandle, Abortable};
 use futures_util::{SinkExt, Stream, StreamExt};
 use http::HeaderMap;
@@ -17,7 +17,7 @@ use subplex_protocol::close::{self, Close};
 use subplex_protocol::{
     legacy_ws, transport_ws, Event, EventFramer, GraphqlRequest, RawJson, Subprotocol,
 };
-use subplex_upstream::ConnectParams;
+use subplex_upstream::{ConnectParams, WriteThrough};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{self, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -575,11 +575,10 @@ impl DownstreamSession {
                 self.upstream.metrics.clone(),
             ))
         });
-        let deliveries = match &writer {
-            Some(writer) => Either::Left(operation.deliveries_written_through(writer.clone())),
-            None => Either::Right(operation.deliveries()),
-        };
-        let events = deliveries.map(move |delivery| (framer.clone(), delivery));
+        let sink = writer.clone().map(|writer| writer as Arc<dyn WriteThrough>);
+        let events = operation
+            .deliveries_through(sink)
+            .map(move |delivery| (framer.clone(), delivery));
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(
             Box::pin(events) as Pin<Box<dyn Stream<Item = _> + Send>>,

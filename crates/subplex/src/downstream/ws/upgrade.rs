@@ -106,25 +106,22 @@ pub(crate) fn upgrade(
             let _connected = session_state
                 .metrics
                 .client_connected(ClientTransport::from(subprotocol));
-            let limits = (
-                upstream.config.settings.subscriber_queue,
-                upstream.config.settings.subscriber_queue_bytes,
-            );
-            let (timeout, stats) = (
-                session_state.server.client_write_timeout,
-                session_state.stats.clone(),
-            );
             // A plain-TCP client's socket is taken back from hyper, so that the upstream
             // connection tasks can write its events themselves (`write_through`); over TLS
             // the session writes them.
             match upgraded.downcast::<TokioIo<WriteDeadline<TcpStream>>>() {
                 Ok(parts) => {
                     let tcp = parts.io.into_inner().into_inner();
-                    let client_socket = Arc::new(ClientSocket::new(tcp, limits.0, limits.1));
+                    let settings = &upstream.config.settings;
+                    let client_socket = Arc::new(ClientSocket::new(
+                        tcp,
+                        settings.subscriber_queue,
+                        settings.subscriber_queue_bytes,
+                    ));
                     let io = WriteDeadline::new(
                         SessionIo::new(client_socket.clone(), parts.read_buf),
-                        timeout,
-                        stats,
+                        session_state.server.client_write_timeout,
+                        session_state.stats.clone(),
                     );
                     let socket =
                         WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;

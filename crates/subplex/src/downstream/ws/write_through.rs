@@ -69,7 +69,8 @@ pub(crate) struct ClientSocket {
     tcp: TcpStream,
     /// Frames (chunks) waiting at most before the client is too slow.
     max_frames: usize,
-    /// Bytes waiting at most, beyond the first chunk, before the client is too slow.
+    /// Bytes waiting at most before the client is too slow (a frame always fits an empty
+    /// outbox).
     max_bytes: usize,
     outbox: Mutex<Outbox>,
 }
@@ -133,6 +134,41 @@ impl Outbox {
         self.unsent.push_back(Unsent { bytes, event });
     }
 
+    /// Appends an event's frame made of `parts`, but for its first `written` bytes
+    /// (those the kernel took already); counted as delivered once written whole.
+    fn push_event(
+        &mut self,
+        parts: &[&[u8]],
+        written: usize,
+        metrics: &Arc<UpstreamMetrics>,
+        read_at: Instant,
+    ) {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        let mut rest = Vec::with_capacity(length - written);
+        let mut skip = written;
+        for part in parts {
+            let from = skip.min(part.len());
+            rest.extend_from_slice(&part[from..]);
+            skip -= from;
+        }
+        let event = EventDelivery {
+            metrics: metrics.clone(),
+            read_at,
+        };
+        self.push(Bytes::from(rest), Some(event));
+    }
+
+    /// Why no frame of a connection task may be added now, if one may not.
+    fn refusal(&self) -> Result<(), WriteThroughRefused> {
+        if self.closing || self.failed.is_some() {
+            Err(WriteThroughRefused::Closed)
+        } else if self.too_slow {
+            Err(WriteThroughRefused::TooSlow)
+        } else {
+            Ok(())
+        }
+    }
+
     fn wake_session(&mut self) {
         if let Some(waker) = self.session.take() {
             waker.wake();
@@ -181,13 +217,13 @@ impl Outbox {
         }
     }
 
-    /// The client is too slow: what it has not received is dropped, but for a chunk
-    /// already partly written (the client must get whole frames, then the Close).
-    fn cut_too_slow(&mut self, partly_written: bool) {
+    /// The client is too slow: what it has not received is dropped, but for the first
+    /// chunk, which may be partly written (whether it is is not tracked; keeping it costs
+    /// at most one frame, and the client must get whole frames, then the Close).
+    fn cut_too_slow(&mut self) {
         self.too_slow = true;
         self.held = false;
-        let keep = usize::from(partly_written && !self.unsent.is_empty());
-        self.unsent.truncate(keep);
+        self.unsent.truncate(1);
         self.unsent_bytes = self.unsent.iter().map(|chunk| chunk.bytes.len()).sum();
         self.wake_session();
     }
@@ -203,6 +239,12 @@ impl ClientSocket {
             max_bytes,
             outbox: Mutex::new(Outbox::default()),
         }
+    }
+
+    /// Whether a frame of `length` bytes would take `outbox` over the client's limits.
+    fn full(&self, outbox: &Outbox, length: usize) -> bool {
+        outbox.unsent.len() >= self.max_frames
+            || outbox.unsent_bytes.saturating_add(length) > self.max_bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, Outbox> {
@@ -223,12 +265,7 @@ impl ClientSocket {
         metrics: &Arc<UpstreamMetrics>,
         read_at: Instant,
     ) -> Result<(), WriteThroughRefused> {
-        if outbox.closing || outbox.failed.is_some() {
-            return Err(WriteThroughRefused::Closed);
-        }
-        if outbox.too_slow {
-            return Err(WriteThroughRefused::TooSlow);
-        }
+        outbox.refusal()?;
         let length: usize = parts.iter().map(|part| part.len()).sum();
         let mut written = 0;
         if outbox.unsent.is_empty() {
@@ -247,27 +284,11 @@ impl ClientSocket {
                     return Err(WriteThroughRefused::Closed);
                 }
             }
-        } else {
-            let over_bytes = outbox.unsent_bytes.saturating_add(length) > self.max_bytes;
-            if outbox.unsent.len() >= self.max_frames || over_bytes {
-                // Whether the first chunk is partly written is unknown here; keeping it
-                // costs at most one frame and keeps the stream well formed.
-                outbox.cut_too_slow(true);
-                return Err(WriteThroughRefused::TooSlow);
-            }
+        } else if self.full(outbox, length) {
+            outbox.cut_too_slow();
+            return Err(WriteThroughRefused::TooSlow);
         }
-        let mut rest = Vec::with_capacity(length - written);
-        let mut skip = written;
-        for part in parts {
-            let from = skip.min(part.len());
-            rest.extend_from_slice(&part[from..]);
-            skip -= from;
-        }
-        let event = EventDelivery {
-            metrics: metrics.clone(),
-            read_at,
-        };
-        outbox.push(Bytes::from(rest), Some(event));
+        outbox.push_event(parts, written, metrics, read_at);
         outbox.wake_session();
         Ok(())
     }
@@ -284,11 +305,7 @@ impl ClientSocket {
         read_at: Instant,
     ) -> Result<bool, WriteThroughRefused> {
         let length: usize = parts.iter().map(|part| part.len()).sum();
-        let full = |outbox: &Outbox| {
-            outbox.unsent.len() >= self.max_frames
-                || outbox.unsent_bytes.saturating_add(length) > self.max_bytes
-        };
-        if outbox.held && full(outbox) {
+        if outbox.held && self.full(outbox, length) {
             // Held frames count against the client's limits like a backlog: written now,
             // what the kernel refuses becomes one.
             self.write_held(outbox);
@@ -300,23 +317,10 @@ impl ClientSocket {
                 .write_event(outbox, parts, metrics, read_at)
                 .map(|()| false);
         }
-        if outbox.closing || outbox.failed.is_some() {
-            return Err(WriteThroughRefused::Closed);
-        }
-        if outbox.too_slow {
-            return Err(WriteThroughRefused::TooSlow);
-        }
+        outbox.refusal()?;
         let first = !outbox.held;
         outbox.held = true;
-        let mut frame = Vec::with_capacity(length);
-        for part in parts {
-            frame.extend_from_slice(part);
-        }
-        let event = EventDelivery {
-            metrics: metrics.clone(),
-            read_at,
-        };
-        outbox.push(Bytes::from(frame), Some(event));
+        outbox.push_event(parts, 0, metrics, read_at);
         if outbox.unsent.len() >= MAX_CHUNKS_PER_WRITE {
             self.write_held(outbox);
         }
@@ -421,24 +425,36 @@ impl OperationWriter {
         let _outbox = self.socket.lock();
         self.retired.store(true, Ordering::Relaxed);
     }
-}
 
-impl WriteThrough for OperationWriter {
-    fn write(&self, payload: &RawJson, read_at: Instant) -> Result<(), WriteThroughRefused> {
+    /// Frames `payload` (header, the operation's prefix, the payload, `}`) and hands the
+    /// parts to `append` under the outbox lock, unless the operation was retired; counts
+    /// it for the span once taken.
+    fn append<R>(
+        &self,
+        payload: &RawJson,
+        append: impl FnOnce(&ClientSocket, &mut Outbox, &[&[u8]]) -> Result<R, WriteThroughRefused>,
+    ) -> Result<R, WriteThroughRefused> {
         let prefix = self.framer.next_prefix().as_bytes();
         let payload = payload.as_str().as_bytes();
         let (header, header_length) = text_frame_header(prefix.len() + payload.len() + 1);
-        {
+        let appended = {
             let mut outbox = self.socket.lock();
             if self.retired.load(Ordering::Relaxed) {
                 return Err(WriteThroughRefused::Closed);
             }
             let parts: [&[u8]; 4] = [&header[..header_length], prefix, payload, b"}"];
-            self.socket
-                .write_event(&mut outbox, &parts, &self.metrics, read_at)?;
-        }
+            append(&self.socket, &mut outbox, &parts)?
+        };
         self.written.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(appended)
+    }
+}
+
+impl WriteThrough for OperationWriter {
+    fn write(&self, payload: &RawJson, read_at: Instant) -> Result<(), WriteThroughRefused> {
+        self.append(payload, |socket, outbox, parts| {
+            socket.write_event(outbox, parts, &self.metrics, read_at)
+        })
     }
 
     fn written(&self) -> u64 {
@@ -446,20 +462,9 @@ impl WriteThrough for OperationWriter {
     }
 
     fn hold(&self, payload: &RawJson, read_at: Instant) -> Result<bool, WriteThroughRefused> {
-        let prefix = self.framer.next_prefix().as_bytes();
-        let payload = payload.as_str().as_bytes();
-        let (header, header_length) = text_frame_header(prefix.len() + payload.len() + 1);
-        let first = {
-            let mut outbox = self.socket.lock();
-            if self.retired.load(Ordering::Relaxed) {
-                return Err(WriteThroughRefused::Closed);
-            }
-            let parts: [&[u8]; 4] = [&header[..header_length], prefix, payload, b"}"];
-            self.socket
-                .hold_event(&mut outbox, &parts, &self.metrics, read_at)?
-        };
-        self.written.fetch_add(1, Ordering::Relaxed);
-        Ok(first)
+        self.append(payload, |socket, outbox, parts| {
+            socket.hold_event(outbox, parts, &self.metrics, read_at)
+        })
     }
 
     fn flush_held(&self) {
