@@ -570,3 +570,35 @@ async fn https_upstream_serves_plain_http_queries() {
     server.abort();
     let _ = std::fs::remove_file(&ca_file);
 }
+
+/// Upstream events that arrive together are a burst: the gateway writes the first at once
+/// and holds the rest for one write per client at the burst's end (write-through). All of
+/// them reach the client, in order, without anything else waking its session: its timers
+/// (init timeout, pings) are set far beyond the test, so a held frame nobody flushed
+/// would never arrive.
+#[tokio::test]
+async fn a_burst_of_upstream_events_reaches_the_client_whole_and_in_order() {
+    let mut fake = FakeUpstream::start("graphql-transport-ws").await;
+    let gateway = TestGateway::start(&format!(
+        "[server]\nconnection_init_timeout_ms = 600000\nkeepalive_interval_ms = 600000\n\
+         [upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nprotocol = \"graphql-transport-ws\"\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
+        fake.addr.port()
+    ))
+    .await;
+    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
+    client.init(json!({})).await;
+    client.send(subscribe("1", "subscription { a }")).await;
+    let mut upstream = fake.accept().await;
+    upstream.handshake().await;
+    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    // One flush: the gateway reads the twenty frames together.
+    upstream.flood("1", 20, 16).await;
+    for n in 0..20 {
+        let Received::Json(message) = client.recv().await else {
+            panic!("expected event {n}");
+        };
+        assert_eq!(message["id"], "1", "{message}");
+        assert_eq!(message["payload"]["data"]["n"], n, "{message}");
+    }
+}
