@@ -18,13 +18,22 @@ async fn one_live_operation(
     extra: &str,
 ) -> (TestGateway, RawClient, FakeConnection) {
     let gateway = gateway_for(fake, "graphql-transport-ws", extra).await;
+    let (client, upstream) = live_operation(&gateway, fake).await;
+    (gateway, client, upstream)
+}
+
+/// [`one_live_operation`] through a gateway of the caller's.
+async fn live_operation(
+    gateway: &TestGateway,
+    fake: &mut FakeUpstream,
+) -> (RawClient, FakeConnection) {
     let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
     client.init(json!({})).await;
     client.send(subscribe("1", "subscription { a }")).await;
     let mut upstream = fake.accept().await;
     upstream.handshake().await;
     assert_eq!(upstream.recv_json().await["type"], "subscribe");
-    (gateway, client, upstream)
+    (client, upstream)
 }
 
 fn subscribe(id: &str, query: &str) -> serde_json::Value {
@@ -586,12 +595,7 @@ async fn a_burst_of_upstream_events_reaches_the_client_whole_and_in_order() {
         fake.addr.port()
     ))
     .await;
-    let mut client = RawClient::connect(gateway.addr, "graphql-transport-ws", &[]).await;
-    client.init(json!({})).await;
-    client.send(subscribe("1", "subscription { a }")).await;
-    let mut upstream = fake.accept().await;
-    upstream.handshake().await;
-    assert_eq!(upstream.recv_json().await["type"], "subscribe");
+    let (mut client, mut upstream) = live_operation(&gateway, &mut fake).await;
     // One flush: the gateway reads the twenty frames together.
     upstream.flood("1", 20, 16).await;
     for n in 0..20 {
