@@ -2,13 +2,15 @@
 //! WebSocket upgrades are not subject to CORS; `server.allowed_origins` covers them.
 
 use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
-use crate::responses::{full, ResponseBody};
+use crate::responses::{full, RequestBody, ResponseBody};
 use crate::state::GatewayState;
 
 /// Answers a CORS preflight: which methods and headers a browser may use.
-pub(crate) fn preflight(req: &Request<Incoming>, state: &GatewayState) -> Response<ResponseBody> {
+pub(crate) fn preflight(
+    req: &Request<RequestBody>,
+    state: &GatewayState,
+) -> Response<ResponseBody> {
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::NO_CONTENT;
     let Some(origin) = req.headers().get(header::ORIGIN) else {

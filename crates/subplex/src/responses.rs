@@ -6,8 +6,12 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
+
+/// A client request's body: hyper's, or one read by the HTTP/1 front for event streams
+/// (`server::http1_streams`), which reads the whole (size-limited) body before routing.
+pub(crate) type RequestBody = Either<Incoming, Full<Bytes>>;
 
 /// Every response body the gateway produces.
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -57,7 +61,7 @@ pub(crate) fn method_not_allowed(message: &str, allow: &'static str) -> Response
 
 /// Reads a request body of at most `limit` bytes, or answers 413.
 pub(crate) async fn read_body(
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
 ) -> Result<Bytes, Response<ResponseBody>> {
     match http_body_util::Limited::new(body, limit).collect().await {

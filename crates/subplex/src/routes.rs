@@ -7,12 +7,11 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use crate::cors::{add_cors, preflight};
 use crate::downstream;
 use crate::metrics::ClientTransport;
-use crate::responses::{full, json_error, method_not_allowed, text, ResponseBody};
+use crate::responses::{full, json_error, method_not_allowed, text, RequestBody, ResponseBody};
 use crate::state::GatewayState;
 
 /// Liveness: answers `200` as long as the process serves at all.
@@ -26,7 +25,7 @@ pub(crate) const RESERVED_PATHS: [&str; 3] = [HEALTHZ_PATH, READYZ_PATH, METRICS
 
 /// Handles one request, adding CORS headers for allowed browser origins.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     state: Arc<GatewayState>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
@@ -46,7 +45,7 @@ pub(crate) async fn handle(
 }
 
 async fn dispatch(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     state: Arc<GatewayState>,
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
@@ -146,6 +145,13 @@ fn is_stream<B>(response: &Response<B>) -> bool {
         .is_some_and(|value| {
             value.starts_with("text/event-stream") || value.starts_with("multipart/mixed")
         })
+}
+
+/// Whether a request asks for a long-lived streamed response: an SSE stream (either mode)
+/// or a multipart subscription. The HTTP/1 front (`server::http1_streams`) serves these
+/// itself.
+pub(crate) fn is_streamed<B>(req: &Request<B>) -> bool {
+    Transport::of(req).streamed_as().is_some()
 }
 
 /// `/metrics`, on the main listener and on the admin one.

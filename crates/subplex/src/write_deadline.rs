@@ -64,6 +64,11 @@ impl<S: DiscardUnsent> WriteDeadline<S> {
         }
     }
 
+    /// The socket, to peek at or query.
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// The socket, without the bound.
     pub(crate) fn into_inner(self) -> S {
         self.inner

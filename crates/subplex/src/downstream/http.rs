@@ -7,19 +7,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use http::{header, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use subplex_upstream::http::HttpRequest;
 
 use super::hooks;
 use super::streaming::http_client_context;
-use crate::responses::{full, json_error, read_body, refuse_get_mutation, ResponseBody};
+use crate::responses::{
+    full, json_error, read_body, refuse_get_mutation, RequestBody, ResponseBody,
+};
 use crate::state::{GatewayState, Upstream};
 
 /// Request headers passed through besides the configured `forward_headers`.
 const PASSED_THROUGH: [header::HeaderName; 2] = [header::CONTENT_TYPE, header::ACCEPT];
 
 pub(crate) async fn forward(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     upstream: Arc<Upstream>,
     state: &GatewayState,
     peer: SocketAddr,

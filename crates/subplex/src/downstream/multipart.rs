@@ -18,7 +18,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use subplex_protocol::{multipart, Event, OperationType};
 use subplex_upstream::UpstreamError;
 use tracing::debug;
@@ -27,7 +26,7 @@ use super::hooks;
 use super::operation::is_slow_consumer_cut;
 use super::operation_body::{Framing, OperationBody};
 use super::streaming::{any_accept, http_operation, read_operation};
-use crate::responses::ResponseBody;
+use crate::responses::{RequestBody, ResponseBody};
 use crate::state::{DownstreamStats, GatewayState, Upstream};
 
 /// Whether the request asks for multipart subscriptions (`subscriptionSpec=1.0`).
@@ -36,7 +35,7 @@ pub(crate) fn is_multipart<B>(req: &Request<B>) -> bool {
 }
 
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
     peer: SocketAddr,

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use subplex_protocol::{sse, Event, GraphqlRequest};
 use tokio::sync::mpsc;
 use tracing::{debug, Instrument};
@@ -29,11 +28,11 @@ pub(crate) use super::sse_resume::ResumableStreams;
 use super::sse_resume::{self, parse_last_event_id};
 use super::streaming::{http_operation, queued_body, read_operation, STREAM_QUEUE};
 use crate::config::SseResumeConfig;
-use crate::responses::{json_error, ResponseBody};
+use crate::responses::{json_error, RequestBody, ResponseBody};
 use crate::state::{GatewayState, Upstream};
 
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
     peer: SocketAddr,

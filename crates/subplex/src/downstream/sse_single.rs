@@ -27,7 +27,6 @@ use futures_util::stream::Abortable;
 use futures_util::{Stream, StreamExt};
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use subplex_protocol::{sse, Event};
 use tokio::sync::mpsc;
 use tokio::time::{self, Instant};
@@ -41,7 +40,9 @@ use super::sse::event_stream_response;
 use super::streaming::{
     any_accept, http_client_context, push, queued_body, read_request, STREAM_QUEUE,
 };
-use crate::responses::{full, json_error, method_not_allowed, refuse_get_mutation, ResponseBody};
+use crate::responses::{
+    full, json_error, method_not_allowed, refuse_get_mutation, RequestBody, ResponseBody,
+};
 use crate::routes::accepts_event_stream;
 use crate::state::{GatewayState, Upstream};
 
@@ -77,7 +78,7 @@ fn stream_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
 }
 
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
     peer: SocketAddr,

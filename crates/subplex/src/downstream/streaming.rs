@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use subplex_protocol::{sse, GraphqlRequest, RawJson};
 use tokio::sync::mpsc;
 
@@ -20,7 +20,7 @@ use super::hooks;
 use super::operation::{ClientContext, Operation};
 
 use crate::responses::{
-    json_error, method_not_allowed, read_body, refuse_get_mutation, ResponseBody,
+    json_error, method_not_allowed, read_body, refuse_get_mutation, RequestBody, ResponseBody,
 };
 use crate::state::Upstream;
 
@@ -33,7 +33,7 @@ pub(crate) const STREAM_QUEUE: usize = 16;
 /// an oversized body.
 pub(crate) async fn read_request(
     parts: &Parts,
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
 ) -> Result<(GraphqlRequest, Bytes), Response<ResponseBody>> {
     let (request, body) = match parts.method {
@@ -66,7 +66,7 @@ pub(crate) async fn read_request(
 /// refuses a mutation sent with GET.
 pub(crate) async fn read_operation(
     parts: &Parts,
-    body: Incoming,
+    body: RequestBody,
     limit: usize,
 ) -> Result<(GraphqlRequest, Bytes), Response<ResponseBody>> {
     let (request, body) = read_request(parts, body, limit).await?;

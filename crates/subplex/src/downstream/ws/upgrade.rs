@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use subplex_protocol::Subprotocol;
 use tokio::net::TcpStream;
@@ -17,7 +16,7 @@ use tracing::{debug, Instrument};
 use super::session::{ClientDetails, DownstreamSession};
 use super::write_through::{ClientSocket, SessionIo};
 use crate::metrics::ClientTransport;
-use crate::responses::{full, json_error, ResponseBody};
+use crate::responses::{full, json_error, RequestBody, ResponseBody};
 use crate::server::ConnectionPermit;
 use crate::state::{GatewayState, Upstream};
 use crate::write_deadline::WriteDeadline;
@@ -32,7 +31,7 @@ const CLIENT_READ_BUFFER: usize = 256;
 
 /// Answers a WebSocket upgrade request, then runs the session on the upgraded connection.
 pub(crate) fn upgrade(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     upstream: Arc<Upstream>,
     state: Arc<GatewayState>,
     peer: SocketAddr,

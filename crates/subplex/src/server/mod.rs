@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -16,12 +17,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+mod http1_streams;
+
 use crate::config::Config;
 use crate::reload::Reloader;
 use crate::routes;
 use crate::state::{DownstreamStats, GatewayState};
 use crate::tls_reloader::TlsReloader;
 use crate::write_deadline::WriteDeadline;
+use http1_streams::Served;
 
 /// One client connection's place under `server.max_connections`; released when the last
 /// clone (the HTTP connection task, an upgraded session) is dropped.
@@ -167,32 +171,43 @@ impl Gateway {
             let permit = ConnectionPermit(Arc::new(permit));
             let request_permit = permit.clone();
             // The request's future boxed: hyper keeps room for its service's future in
-            // every HTTP/1 connection for the connection's whole life, and an SSE or
-            // multipart stream lasts that long. Inline, that room is the largest request
-            // path (3.4 KiB in a test build); boxed, the request's future is freed once
-            // the response head is out.
+            // every HTTP/1 connection for the connection's whole life. Inline, that room
+            // is the largest request path (3.4 KiB in a test build); boxed, the request's
+            // future is freed once the response head is out.
+            let service_state = state.clone();
             let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                let state = state.clone();
+                let state = service_state.clone();
                 req.extensions_mut().insert(request_permit.clone());
+                let req = req.map(Either::Left);
                 async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }.boxed()
             });
             let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
             // The handshake runs in the connection's task: a slow client must not hold up
             // the accept loop.
             http1_connections.spawn(async move {
-                // Plain TCP that does not open with the HTTP/2 preface is served as HTTP/1
-                // directly: hyper-util's detection reads the first bytes itself and hands
-                // them back through a buffer, after which hyper's read buffer grows to
-                // 16 KiB, kept for the life of every SSE or multipart stream. Unboxed, so
-                // that a WebSocket upgrade can reach the TCP stream again (write-through,
-                // `downstream::ws::upgrade`).
+                // Plain TCP that does not open with the HTTP/2 preface is HTTP/1: its
+                // event streams are served by the front (`http1_streams`), the rest by
+                // hyper's HTTP/1 server directly. hyper-util's detection would read the
+                // first bytes itself and hand them back through a buffer, after which
+                // hyper's read buffer grows to 16 KiB. Unboxed, so that a WebSocket upgrade
+                // can reach the TCP stream again (write-through, `downstream::ws::upgrade`).
                 let http1 = tls.is_none() && !may_be_http2(&stream).await;
-                let io = WriteDeadline::new(stream, write_timeout, stats);
+                let mut io = WriteDeadline::new(stream, write_timeout, stats);
                 let ended = if http1 {
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(io), service)
-                        .with_upgrades();
-                    drained_http1(connection, &drain).await.map_err(Into::into)
+                    match http1_streams::serve(&mut io, &state, peer, &permit).await {
+                        Ok(Served::Closed) => Ok(()),
+                        Ok(Served::ToHyper) => {
+                            // Boxed: a stream connection never comes here, and should not
+                            // keep room for hyper's connection state.
+                            let connection = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(io), service)
+                                .with_upgrades();
+                            Box::pin(drained_http1(connection, &drain))
+                                .await
+                                .map_err(Into::into)
+                        }
+                        Err(err) => Err(err.into()),
+                    }
                 } else {
                     // Boxed: inline, the TLS handshake's and the detecting server's state
                     // would be room in every plain HTTP/1 connection's task too, which an
@@ -383,6 +398,7 @@ async fn answer_while_draining(
         let state = state.clone();
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
+            let req = req.map(Either::Left);
             async move { Ok::<_, Infallible>(routes::handle(req, state, peer).await) }
         });
         let (builder, tls) = (builder.clone(), tls.cloned());
