@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
+use subplex_tests::http::{gateway_cutting_stuck_writes, how_the_socket_ends};
 use subplex_tests::ws::RawClient;
 use subplex_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -215,14 +216,7 @@ async fn a_thousand_clients_that_stop_reading_hold_bounded_memory_and_slow_no_re
 #[tokio::test]
 async fn a_client_cut_for_not_reading_is_reset_not_closed() {
     let server = NodeServer::start(Upstream::Yoga).await;
-    let gateway = TestGateway::start(&format!(
-        "[server]\nclient_write_timeout_ms = 300\n\
-         [upstreams.up]\nurl = \"http://127.0.0.1:{}/graphql\"\nprotocol = \"graphql-transport-ws\"\n\
-         subscriber_queue = 100000\nsubscriber_queue_bytes = 268435456\n\
-         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n",
-        server.port
-    ))
-    .await;
+    let gateway = gateway_cutting_stuck_writes(server.port).await;
     // 6.4 MB/s fills the socket buffers fast; the queue limits are far above what arrives
     // meanwhile, so the cut is the write timeout's, not the slow-consumer policy's.
     let mut stuck = stuck_client_of(
@@ -233,16 +227,8 @@ async fn a_client_cut_for_not_reading_is_reset_not_closed() {
     // The cut ends the client's only operation, which stops it upstream.
     server.wait_for_events("subscription_end", 1).await;
     assert_eq!(gateway.stats.stuck_clients_cut(), 1);
-    let mut sink = vec![0u8; 64 * 1024];
-    let ended = loop {
-        let read = tokio::time::timeout(EVENT_TIMEOUT, stuck.read(&mut sink))
-            .await
-            .expect("the socket ends");
-        match read {
-            Ok(0) => break Ok(()),
-            Ok(_) => continue,
-            Err(error) => break Err(error.kind()),
-        }
-    };
-    assert_eq!(ended, Err(std::io::ErrorKind::ConnectionReset));
+    assert_eq!(
+        how_the_socket_ends(&mut stuck).await,
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
 }

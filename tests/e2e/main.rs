@@ -6,6 +6,7 @@ mod browser;
 mod dedup;
 mod hook_examples;
 mod hooks;
+mod http1_streams;
 mod legacy_ws;
 mod matrix;
 mod multipart;

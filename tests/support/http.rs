@@ -88,3 +88,35 @@ pub async fn yoga_behind_gateway() -> (NodeServer, TestGateway) {
     let gateway = TestGateway::for_upstream(server.port, "graphql-transport-ws", "").await;
     (server, gateway)
 }
+
+/// Reads `stream` to its end, discarding what arrives: `Ok` for an orderly close (EOF),
+/// the error's kind for a reset. A gateway that cuts a stuck client resets it.
+pub async fn how_the_socket_ends(
+    stream: &mut tokio::net::TcpStream,
+) -> Result<(), std::io::ErrorKind> {
+    use tokio::io::AsyncReadExt;
+    let mut sink = vec![0u8; 64 * 1024];
+    loop {
+        let read = tokio::time::timeout(crate::EVENT_TIMEOUT, stream.read(&mut sink))
+            .await
+            .expect("the socket ends");
+        match read {
+            Ok(0) => return Ok(()),
+            Ok(_) => continue,
+            Err(error) => return Err(error.kind()),
+        }
+    }
+}
+
+/// A gateway in front of `upstream_port` (graphql-transport-ws) that cuts a client whose
+/// write has waited 300 ms, with subscriber queues far above what arrives meanwhile: a
+/// stuck client is cut by the write timeout, not by the slow-consumer policy.
+pub async fn gateway_cutting_stuck_writes(upstream_port: u16) -> crate::TestGateway {
+    crate::TestGateway::start(&format!(
+        "[server]\nclient_write_timeout_ms = 300\n\
+         [upstreams.up]\nurl = \"http://127.0.0.1:{upstream_port}/graphql\"\nprotocol = \"graphql-transport-ws\"\n\
+         subscriber_queue = 100000\nsubscriber_queue_bytes = 268435456\n\
+         [[routes]]\npath = \"/graphql\"\nupstream = \"up\"\n"
+    ))
+    .await
+}

@@ -15,26 +15,24 @@
 //! socket untouched, and the connection goes to hyper for the rest of its life. After a
 //! stream ends, the connection serves the client's next request the same way.
 
-use std::convert::Infallible;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{ready, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Either, Full};
-use hyper::body::{Body, Frame};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::ConnectionPermit;
-use crate::responses::ResponseBody;
+use crate::responses::{RequestBody, ResponseBody};
 use crate::routes;
 use crate::state::GatewayState;
 use crate::write_deadline::WriteDeadline;
@@ -59,6 +57,10 @@ pub(crate) enum Served {
 
 /// Serves the stream requests that open `io`, one after another, until the client
 /// leaves, the drain closes it, or a request comes that is hyper's.
+///
+/// A stream keeps this future, inside its connection's task, for its whole life: only
+/// the response's body and framing are held while it streams; reading and routing the
+/// request happen in a box that is gone by then.
 pub(crate) async fn serve(
     io: &mut WriteDeadline<TcpStream>,
     state: &Arc<GatewayState>,
@@ -66,23 +68,12 @@ pub(crate) async fn serve(
     permit: &ConnectionPermit,
 ) -> io::Result<Served> {
     loop {
-        // Boxed: the head's buffer and parse live only until the request is read.
-        let next = tokio::select! {
-            biased;
-            // Between requests (or before the first), the drain simply closes.
-            _ = state.downstream_shutdown.cancelled() => return Ok(Served::Closed),
-            next = Box::pin(read_request(io, state.server.max_message_bytes)) => next?,
-        };
-        let (mut request, close) = match next {
-            Next::Stream { request, close } => (request, close),
+        let response = match Box::pin(next_response(io, state, peer, permit)).await? {
+            Next::Response(response) => response,
             Next::Other => return Ok(Served::ToHyper),
             Next::Closed => return Ok(Served::Closed),
         };
-        request.extensions_mut().insert(permit.clone());
-        // Boxed: the request's future is freed once the response head is known.
-        let response = Box::pin(routes::handle(request, state.clone(), peer)).await;
-        let close = close || state.downstream_shutdown.is_cancelled();
-        match write_response(io, response, close).await? {
+        match write_body(io, response).await? {
             Written::KeepAlive => {}
             Written::Close => {
                 let _ = io.shutdown().await;
@@ -94,46 +85,84 @@ pub(crate) async fn serve(
 }
 
 /// The next request on a connection, as far as the front is concerned.
-// Returned once per request and taken apart at once: its size costs nothing.
-#[allow(clippy::large_enum_variant)]
 enum Next {
-    /// A stream request, read whole; `close` when the client asked to close after it.
-    Stream {
-        request: Request<crate::responses::RequestBody>,
-        close: bool,
-    },
-    /// Anything else, left unread.
+    /// The response to a stream request, ready to be written.
+    Response(Started),
+    /// A request the front does not serve, left unread.
     Other,
-    /// The client closed the connection.
+    /// The client closed the connection, or the drain did between requests.
     Closed,
 }
 
-/// Waits for the next request and reads it if it is a stream request.
+/// A response whose head is encoded: all a streaming connection keeps of it.
+struct Started {
+    /// The head, then what of the body is not written yet.
+    out: Vec<u8>,
+    body: ResponseBody,
+    framing: Framing,
+    /// The connection closes after this response.
+    close: bool,
+}
+
+/// Waits for the next request; if it is a stream request, reads it, routes it and
+/// returns its response.
+async fn next_response(
+    io: &mut WriteDeadline<TcpStream>,
+    state: &Arc<GatewayState>,
+    peer: SocketAddr,
+    permit: &ConnectionPermit,
+) -> io::Result<Next> {
+    let read = tokio::select! {
+        biased;
+        // Between requests (or before the first), the drain simply closes.
+        _ = state.downstream_shutdown.cancelled() => return Ok(Next::Closed),
+        read = read_request(io, state.server.max_message_bytes) => match read {
+            Err(eof) if eof.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::Closed),
+            read => read?,
+        },
+    };
+    let Some((mut request, close)) = read else {
+        return Ok(Next::Other);
+    };
+    request.extensions_mut().insert(permit.clone());
+    let response = routes::handle(request, state.clone(), peer).await;
+    let close = close || state.downstream_shutdown.is_cancelled();
+    let (parts, body) = response.into_parts();
+    let framing = Framing::of(parts.status, body.size_hint().exact());
+    Ok(Next::Response(Started {
+        out: encode_head(parts, framing, close),
+        body,
+        framing,
+        close,
+    }))
+}
+
+/// Waits for the next request and reads it if it is a stream request: the request and
+/// whether the client asked to close after it; `None` if it is not one (left unread). A
+/// client that closed instead reads as `UnexpectedEof`.
 async fn read_request(
     io: &mut WriteDeadline<TcpStream>,
     max_body_bytes: usize,
-) -> io::Result<Next> {
+) -> io::Result<Option<(Request<RequestBody>, bool)>> {
     // No buffer while a kept-alive connection waits for its next request.
     io.get_ref().readable().await?;
     let mut buf = vec![0u8; HEAD_PEEK_BYTES];
     let peeked = io.get_ref().peek(&mut buf).await?;
     if peeked == 0 {
-        return Ok(Next::Closed);
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
     let Some(head) = parse_head(&buf[..peeked], max_body_bytes) else {
-        return Ok(Next::Other);
+        return Ok(None);
     };
     // Peeked, so already here: reading it takes it out of the socket.
     io.read_exact(&mut buf[..head.length]).await?;
     drop(buf);
     let mut body = vec![0u8; head.body_length];
     io.read_exact(&mut body).await?;
-    Ok(Next::Stream {
-        request: head
-            .request
-            .map(|()| Either::Right(Full::new(Bytes::from(body)))),
-        close: head.close,
-    })
+    let request = head
+        .request
+        .map(|()| Either::Right(Full::new(Bytes::from(body))));
+    Ok(Some((request, head.close)))
 }
 
 /// A parsed request head the front serves.
@@ -234,18 +263,16 @@ enum Written {
     ClientGone,
 }
 
-/// Writes `response`: its head, then its body as it comes, in chunks unless its length is
-/// known. While waiting for the body the socket is watched for the client leaving, which
-/// drops the body (and so ends the operation behind it).
-async fn write_response(
-    io: &mut WriteDeadline<TcpStream>,
-    response: Response<ResponseBody>,
-    close: bool,
-) -> io::Result<Written> {
-    let (parts, mut body) = response.into_parts();
-    let framing = Framing::of(parts.status, body.size_hint().exact());
-    // The head goes out with the body's first chunks; the response's headers are not kept.
-    let mut out = encode_head(parts, framing, close);
+/// Writes a response: its head, then its body as it comes, in chunks unless its length
+/// is known. While waiting for the body the socket is watched for the client leaving,
+/// which drops the body (and so ends the operation behind it).
+async fn write_body(io: &mut WriteDeadline<TcpStream>, response: Started) -> io::Result<Written> {
+    let Started {
+        mut out,
+        mut body,
+        framing,
+        close,
+    } = response;
     let done = if close {
         Written::Close
     } else {
@@ -258,64 +285,78 @@ async fn write_response(
     let mut watch_client = true;
     loop {
         // Everything the body has ready goes out in one write; then wait for more.
-        let frame = match body.frame().now_or_never() {
-            Some(frame) => frame,
-            None => {
+        let ready = poll_fn(|cx| Poll::Ready(poll_step(cx, &mut body, None))).await;
+        let step = match ready {
+            Poll::Ready(step) => step,
+            Poll::Pending => {
                 if !out.is_empty() {
                     io.write_all(&out).await?;
                     // Not kept: an idle stream holds no buffer.
                     out = Vec::new();
                 }
-                match next_frame(io.get_ref(), &mut body, &mut watch_client).await {
-                    Some(frame) => frame,
-                    None => return Ok(Written::ClientGone),
-                }
+                let mut client = Some((io.get_ref(), &mut watch_client));
+                poll_fn(|cx| poll_step(cx, &mut body, client.as_mut())).await
             }
         };
-        match frame {
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    framing.encode(&mut out, &data);
-                }
+        match step {
+            Step::Data(data) => {
+                framing.encode(&mut out, &data);
                 if out.len() >= BATCH_BYTES {
                     io.write_all(&out).await?;
                     out = Vec::new();
                 }
             }
-            None => {
+            Step::End => {
                 if framing == Framing::Chunked {
                     out.extend_from_slice(LAST_CHUNK);
                 }
                 io.write_all(&out).await?;
                 return Ok(done);
             }
-            Some(Err(never)) => match never {},
+            Step::ClientGone => return Ok(Written::ClientGone),
         }
     }
 }
 
-/// The body's next frame; `None` if the client left first (end of stream or reset).
-/// Once the client has sent something (its next request, pipelined), it is left in the
-/// socket for after this response and the socket is no longer watched: it stays readable,
-/// and a client that then leaves is noticed by the next write.
-async fn next_frame(
-    socket: &TcpStream,
+/// What comes next on a response being written.
+enum Step {
+    /// A piece of the body.
+    Data(Bytes),
+    /// The end of the body.
+    End,
+    /// The client left first (end of stream or reset).
+    ClientGone,
+}
+
+/// Polls the body for its next step and, with `client`, the client's socket for the
+/// client leaving. Once the client has sent something (its next request, pipelined), it
+/// is left in the socket for after this response and the socket is no longer watched:
+/// it stays readable, and a client that then leaves is noticed by the next write.
+fn poll_step(
+    cx: &mut std::task::Context<'_>,
     body: &mut ResponseBody,
-    watch_client: &mut bool,
-) -> Option<Option<Result<Frame<Bytes>, Infallible>>> {
-    poll_fn(|cx| {
-        if *watch_client {
+    client: Option<&mut (&TcpStream, &mut bool)>,
+) -> Poll<Step> {
+    if let Some((socket, watching)) = client {
+        if **watching {
             let mut probe = [0u8; 1];
             let mut probe = ReadBuf::new(&mut probe);
             match socket.poll_peek(cx, &mut probe) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                Poll::Ready(Ok(_)) => *watch_client = false,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Step::ClientGone),
+                Poll::Ready(Ok(_)) => **watching = false,
                 Poll::Pending => {}
             }
         }
-        Pin::new(&mut *body).poll_frame(cx).map(Some)
-    })
-    .await
+    }
+    // Trailers are skipped: none of the gateway's bodies has them, and a chunked body
+    // here ends without.
+    while let Some(frame) = ready!(Pin::new(&mut *body).poll_frame(cx)) {
+        let Ok(frame) = frame;
+        if let Ok(data) = frame.into_data() {
+            return Poll::Ready(Step::Data(data));
+        }
+    }
+    Poll::Ready(Step::End)
 }
 
 /// How a response's body is delimited on the wire.
@@ -403,6 +444,8 @@ fn encode_head(parts: http::response::Parts, framing: Framing, close: bool) -> V
 
 #[cfg(test)]
 mod tests {
+    use http::Response;
+
     use super::*;
 
     const SSE_GET: &[u8] = b"GET /graphql?query=subscription%7Bt%7D HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n";
