@@ -386,7 +386,9 @@ impl Framing {
             // An empty chunk would end the body.
             Framing::Chunked if data.is_empty() => {}
             Framing::Chunked => {
-                out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                // The size in hex without a `format!` allocation per chunk.
+                use std::io::Write;
+                let _ = write!(out, "{:x}\r\n", data.len());
                 out.extend_from_slice(data);
                 out.extend_from_slice(b"\r\n");
             }
