@@ -122,6 +122,9 @@ impl RawHttp {
     }
 }
 
+/// A query (not a stream): hyper's to serve.
+const HELLO_QUERY: &str = "POST /graphql HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{\"query\":\"{ hello }\"}";
+
 fn sse_get(query: &str) -> String {
     format!(
         "GET /graphql?query={} HTTP/1.1\r\nHost: gateway\r\nAccept: text/event-stream\r\n\r\n",
@@ -174,17 +177,7 @@ async fn streams_and_a_query_follow_one_another_on_one_kept_alive_connection() {
     assert_event_stream(&client.response().await);
 
     // A query: hyper's from here on, on the same connection.
-    let query = r#"{"query":"{ hello }"}"#;
-    client
-        .send(
-            format!(
-                "POST /graphql HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\n\r\n{query}",
-                query.len()
-            )
-            .as_bytes(),
-        )
-        .await;
+    client.send(HELLO_QUERY.as_bytes()).await;
     let answer = client.response().await;
     assert_eq!(answer.status_line(), "HTTP/1.1 200 OK", "{answer:?}");
     assert_eq!(answer.body, r#"{"data":{"hello":"world"}}"#);
@@ -296,4 +289,71 @@ async fn an_sse_client_that_stops_reading_is_reset_and_its_operation_stops() {
         how_the_socket_ends(&mut stuck).await,
         Err(std::io::ErrorKind::ConnectionReset)
     );
+}
+
+/// `server.client_request_timeout_ms`: a connection that has not sent a whole request in
+/// time is closed, whichever server reads it: nothing at all, a head in part (hyper's),
+/// a stream request's head without its body (the front's); a query whose body does not
+/// come gets 408 from hyper's side.
+#[tokio::test]
+async fn a_connection_without_a_whole_request_in_time_is_closed() {
+    let (gateway, _demo) = gateway_with_demo("client_request_timeout_ms = 300").await;
+    let (sse_head, _) = sse_post(TICKS, "");
+    let silent: [&[u8]; 3] = [
+        b"",
+        b"GET /graphql HTTP/1.1\r\nAccept: text/ev",
+        sse_head.as_bytes(),
+    ];
+    for sent in silent {
+        let mut client = RawHttp::connect(&gateway).await;
+        client.send(sent).await;
+        assert!(
+            client.closed().await,
+            "closed without an answer after {:?}",
+            String::from_utf8_lossy(sent)
+        );
+    }
+
+    let mut client = RawHttp::connect(&gateway).await;
+    client
+        .send(
+            b"POST /graphql HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n\
+              Content-Length: 21\r\n\r\n{\"query\"",
+        )
+        .await;
+    let refused = client.response().await;
+    assert_eq!(
+        refused.status_line(),
+        "HTTP/1.1 408 Request Timeout",
+        "{refused:?}"
+    );
+    assert!(refused.body.contains("\"REQUEST_TIMEOUT\""), "{refused:?}");
+}
+
+/// The request timeout bounds requests, not responses: streams on the front and on hyper
+/// last longer than it on one connection, which then closes once idle for that long.
+#[tokio::test]
+async fn streams_outlive_the_request_timeout_and_an_idle_connection_closes_after_it() {
+    let (gateway, _demo) = gateway_with_demo("client_request_timeout_ms = 300").await;
+    let slow = "subscription { tick(count: 4, intervalMs: 200) }";
+    let mut expected = String::from(":\n\n");
+    for tick in 1..=4 {
+        expected.push_str(&format!(
+            "event: next\ndata: {{\"data\":{{\"tick\":{tick}}}}}\n\n"
+        ));
+    }
+    expected.push_str("event: complete\ndata:\n\n");
+    let mut client = RawHttp::connect(&gateway).await;
+
+    client.send(sse_get(slow).as_bytes()).await;
+    assert_eq!(client.response().await.body, expected);
+    // A query makes the rest of the connection hyper's.
+    client.send(HELLO_QUERY.as_bytes()).await;
+    assert_eq!(
+        client.response().await.body,
+        r#"{"data":{"hello":"world"}}"#
+    );
+    client.send(sse_get(slow).as_bytes()).await;
+    assert_eq!(client.response().await.body, expected);
+    assert!(client.closed().await, "the idle connection is closed");
 }

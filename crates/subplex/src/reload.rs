@@ -224,6 +224,7 @@ fn server_keys_changed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static s
         max_connections: _,
         listen_backlog: _,
         client_write_timeout: _,
+        client_request_timeout: _,
         operation_limits: _,
         cors: _,
         allowed_origins: _,
@@ -265,6 +266,10 @@ fn server_keys_changed(old: &ServerConfig, new: &ServerConfig) -> Vec<&'static s
         (
             "server.client_write_timeout_ms",
             old.client_write_timeout != new.client_write_timeout,
+        ),
+        (
+            "server.client_request_timeout_ms",
+            old.client_request_timeout != new.client_request_timeout,
         ),
         (
             "server.max_operations_per_connection",

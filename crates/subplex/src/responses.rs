@@ -9,6 +9,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 
+use crate::config::ServerConfig;
+
 /// A client request's body: hyper's, or one read by the HTTP/1 front for event streams
 /// (`server::http1_streams`), which reads the whole (size-limited) body before routing.
 pub(crate) type RequestBody = Either<Incoming, Full<Bytes>>;
@@ -59,12 +61,22 @@ pub(crate) fn method_not_allowed(message: &str, allow: &'static str) -> Response
     response
 }
 
-/// Reads a request body of at most `limit` bytes, or answers 413.
+/// Reads a request body of at most `server.max_message_bytes` within
+/// `server.client_request_timeout_ms`, or answers 413 or 408.
 pub(crate) async fn read_body(
     body: RequestBody,
-    limit: usize,
+    server: &ServerConfig,
 ) -> Result<Bytes, Response<ResponseBody>> {
-    match http_body_util::Limited::new(body, limit).collect().await {
+    let limit = server.max_message_bytes;
+    let read = http_body_util::Limited::new(body, limit).collect();
+    let Ok(read) = tokio::time::timeout(server.client_request_timeout, read).await else {
+        return Err(json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive within server.client_request_timeout_ms",
+            "REQUEST_TIMEOUT",
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(_) => Err(json_error(
             StatusCode::PAYLOAD_TOO_LARGE,

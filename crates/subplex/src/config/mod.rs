@@ -119,6 +119,10 @@ pub struct RawServer {
     /// A write to a client (an event, a ping, a close frame) that has not completed after
     /// this long cuts the client: it stopped reading. Default 10000.
     pub client_write_timeout_ms: u64,
+    /// How long a client connection may take to send a whole request (its head, and its
+    /// body) from when it opens or its previous response ended; a connection that has not
+    /// by then is closed, idle kept-alive ones included. Default 30000.
+    pub client_request_timeout_ms: u64,
     /// Operations running at once on one WebSocket connection; more are refused one by one
     /// with an `error` for their id. Default 200.
     pub max_operations_per_connection: usize,
@@ -243,6 +247,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             listen_backlog: 4096,
             client_write_timeout_ms: 10_000,
+            client_request_timeout_ms: 30_000,
             max_operations_per_connection: 200,
             max_operation_id_bytes: 128,
             cors: RawCors::default(),
@@ -430,6 +435,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub listen_backlog: u32,
     pub client_write_timeout: Duration,
+    pub client_request_timeout: Duration,
     pub operation_limits: subplex_protocol::OperationLimits,
     pub cors: CorsConfig,
     pub allowed_origins: AllowedOrigins,

@@ -191,6 +191,10 @@ pub fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
             "server.client_write_timeout_ms".into(),
             raw.server.client_write_timeout_ms,
         ),
+        client_request_timeout: problems.positive(
+            "server.client_request_timeout_ms".into(),
+            raw.server.client_request_timeout_ms,
+        ),
         operation_limits: subplex_protocol::OperationLimits {
             max_operations: problems.at_least_one(
                 "server.max_operations_per_connection",
@@ -966,7 +970,7 @@ mod tests {
         let err = problems(&GOOD.replace(
             "listen = \"127.0.0.1:4000\"",
             "shutdown_grace_ms = 9223372036854775807\nclient_write_timeout_ms = 0\n\
-             max_operations_per_connection = 0",
+             client_request_timeout_ms = 0\nmax_operations_per_connection = 0",
         ));
         assert!(
             err.contains(
@@ -976,6 +980,10 @@ mod tests {
         );
         assert!(
             err.contains("server.client_write_timeout_ms: must be greater than 0"),
+            "{err}"
+        );
+        assert!(
+            err.contains("server.client_request_timeout_ms: must be greater than 0"),
             "{err}"
         );
         assert!(
@@ -990,6 +998,7 @@ mod tests {
 
         let config = Config::parse(GOOD, "gateway.toml").unwrap();
         assert_eq!(config.server.client_write_timeout.as_millis(), 10_000);
+        assert_eq!(config.server.client_request_timeout.as_millis(), 30_000);
         assert_eq!(config.server.operation_limits.max_operations, 200);
         assert_eq!(config.server.operation_limits.max_id_bytes, 128);
     }

@@ -37,7 +37,7 @@ pub(crate) async fn forward(
             return refusal;
         }
     }
-    let body = match read_body(body, state.server.max_message_bytes).await {
+    let body = match read_body(body, &state.server).await {
         Ok(body) => body,
         Err(response) => return response,
     };

@@ -41,7 +41,7 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    let (request, body) = match read_operation(&parts, body, state.server.max_message_bytes).await {
+    let (request, body) = match read_operation(&parts, body, &state.server).await {
         Ok(read) => read,
         Err(response) => return response,
     };

@@ -38,7 +38,7 @@ pub(crate) async fn handle(
     peer: SocketAddr,
 ) -> Response<ResponseBody> {
     let (parts, body) = req.into_parts();
-    let request = match read_operation(&parts, body, state.server.max_message_bytes).await {
+    let request = match read_operation(&parts, body, &state.server).await {
         Ok((request, _)) => request,
         Err(response) => return response,
     };

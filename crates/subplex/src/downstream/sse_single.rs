@@ -149,7 +149,7 @@ pub(crate) async fn handle(
     ) {
         return not_acceptable("operations are posted with Accept: application/json");
     }
-    let request = match read_request(&parts, body, state.server.max_message_bytes).await {
+    let request = match read_request(&parts, body, &state.server).await {
         Ok((request, _)) => request,
         Err(response) => return response,
     };

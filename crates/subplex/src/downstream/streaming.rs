@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use super::hooks;
 use super::operation::{ClientContext, Operation};
 
+use crate::config::ServerConfig;
 use crate::responses::{
     json_error, method_not_allowed, read_body, refuse_get_mutation, RequestBody, ResponseBody,
 };
@@ -30,11 +31,11 @@ pub(crate) const STREAM_QUEUE: usize = 16;
 
 /// Reads a GraphQL request from GET query parameters or a POST JSON body, returning the
 /// body too (empty for GET); 405 for other methods, 400 for an unusable request, 413 for
-/// an oversized body.
+/// an oversized body, 408 for one that does not arrive in time.
 pub(crate) async fn read_request(
     parts: &Parts,
     body: RequestBody,
-    limit: usize,
+    server: &ServerConfig,
 ) -> Result<(GraphqlRequest, Bytes), Response<ResponseBody>> {
     let (request, body) = match parts.method {
         Method::GET => (
@@ -42,7 +43,7 @@ pub(crate) async fn read_request(
             Bytes::new(),
         ),
         Method::POST => {
-            let body = read_body(body, limit).await?;
+            let body = read_body(body, server).await?;
             (sse::request_from_body(&body), body)
         }
         _ => {
@@ -67,9 +68,9 @@ pub(crate) async fn read_request(
 pub(crate) async fn read_operation(
     parts: &Parts,
     body: RequestBody,
-    limit: usize,
+    server: &ServerConfig,
 ) -> Result<(GraphqlRequest, Bytes), Response<ResponseBody>> {
-    let (request, body) = read_request(parts, body, limit).await?;
+    let (request, body) = read_request(parts, body, server).await?;
     match refuse_get_mutation(&parts.method, &request) {
         Some(refusal) => Err(refusal),
         None => Ok((request, body)),

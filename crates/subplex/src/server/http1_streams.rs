@@ -30,6 +30,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Body;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use super::ConnectionPermit;
 use crate::responses::{RequestBody, ResponseBody};
@@ -43,6 +44,8 @@ const HEAD_PEEK_BYTES: usize = 16 * 1024;
 const MAX_HEADERS: usize = 100;
 /// Encoded chunks that are ready at once go out in one write up to this size.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Why a connection that did not send a whole request in time is closed.
+pub(crate) const REQUEST_TIMEOUT: &str = "no whole request within server.client_request_timeout_ms";
 /// The chunk that ends a chunked body.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
@@ -112,13 +115,20 @@ async fn next_response(
     peer: SocketAddr,
     permit: &ConnectionPermit,
 ) -> io::Result<Next> {
+    let timeout = state.server.client_request_timeout;
     let read = tokio::select! {
         biased;
         // Between requests (or before the first), the drain simply closes.
         _ = state.downstream_shutdown.cancelled() => return Ok(Next::Closed),
-        read = read_request(io, state.server.max_message_bytes) => match read {
-            Err(eof) if eof.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::Closed),
-            read => read?,
+        read = tokio::time::timeout(timeout, read_request(io, state.server.max_message_bytes)) => match read {
+            // A connection idle for that long, or slow to send its request, is closed, as
+            // hyper's header timeout closes its own.
+            Err(_elapsed) => {
+                debug!(%peer, reason = REQUEST_TIMEOUT, "client connection closed");
+                return Ok(Next::Closed);
+            }
+            Ok(Err(eof)) if eof.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::Closed),
+            Ok(read) => read?,
         },
     };
     let Some((mut request, close)) = read else {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use http_body_util::Either;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -146,7 +146,7 @@ impl Gateway {
         // `GracefulShutdown` cannot watch: drained by `drained_http1` and waited for here.
         let http1_connections = TaskTracker::new();
         let detecting = Arc::new(DetectingServer {
-            builder: auto::Builder::new(TokioExecutor::new()),
+            builder: detecting_builder(&state),
             tls: tls_reloader.clone(),
         });
 
@@ -266,7 +266,19 @@ async fn serve_client(client: Client) {
     // back through a buffer, after which hyper's read buffer grows to 16 KiB. Unboxed, so
     // that a WebSocket upgrade can reach the TCP stream again (write-through,
     // `downstream::ws::upgrade`).
-    let http1 = detecting.tls.is_none() && !may_be_http2(&stream).await;
+    let http1 = match &detecting.tls {
+        Some(_) => false,
+        None => {
+            let first_bytes = may_be_http2(&stream);
+            match tokio::time::timeout(state.server.client_request_timeout, first_bytes).await {
+                Ok(http2) => !http2,
+                Err(_elapsed) => {
+                    debug!(%peer, reason = http1_streams::REQUEST_TIMEOUT, "client connection closed");
+                    return;
+                }
+            }
+        }
+    };
     let mut io = WriteDeadline::new(
         stream,
         state.server.client_write_timeout,
@@ -320,7 +332,19 @@ fn service(
     })
 }
 
-/// A plain-TCP HTTP/1 connection served by hyper from its next request on.
+/// hyper-util's detecting server, with the request timeout on its HTTP/1 side (HTTP/2
+/// streams each carry their own request).
+fn detecting_builder(state: &GatewayState) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.server.client_request_timeout);
+    builder
+}
+
+/// A plain-TCP HTTP/1 connection served by hyper from its next request on. hyper's
+/// header timeout also closes it once it idles between requests for that long.
 fn hyper_http1<'a>(
     io: WriteDeadline<tokio::net::TcpStream>,
     state: &'a Arc<GatewayState>,
@@ -328,6 +352,8 @@ fn hyper_http1<'a>(
     permit: &ConnectionPermit,
 ) -> BoxedConnection<'a> {
     let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(state.server.client_request_timeout)
         .serve_connection(TokioIo::new(io), service(state, peer, permit))
         .with_upgrades();
     Box::pin(async move {
@@ -466,7 +492,7 @@ async fn answer_while_draining(
     state: &Arc<GatewayState>,
     tls: Option<&Arc<TlsReloader>>,
 ) -> std::convert::Infallible {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = detecting_builder(state);
     builder.http1().keep_alive(false);
     let mut connections = tokio::task::JoinSet::new();
     loop {
