@@ -1,11 +1,19 @@
 //! A TCP proxy that cuts its first connection mid-stream, as a lost network would: the
 //! client sees its stream break and reconnects through the proxy, which then forwards
 //! every later connection untouched.
+//!
+//! The test says when to cut ([`CuttingProxy::cut`]), once the client has shown that it
+//! handled everything forwarded. Cutting as soon as the bytes are written races the
+//! client: Chromium drops response bytes it has received but not yet handed to the page
+//! when the connection then fails (Blink's `ResourceLoader::HandleError` aborts the body
+//! without draining it), so its `EventSource` may never see the last event forwarded.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// Listens on 127.0.0.1 and forwards to `target`; stops when dropped.
@@ -13,27 +21,48 @@ use tokio::task::JoinHandle;
 pub struct CuttingProxy {
     pub addr: SocketAddr,
     task: JoinHandle<()>,
+    cut: Arc<Notify>,
 }
 
 impl CuttingProxy {
-    /// Cuts the first connection (both directions, at once) right after forwarding the
-    /// server's bytes that make `pattern` appear `occurrences` times in what it sent.
+    /// Forwards the first connection until the server's bytes make `pattern` appear
+    /// `occurrences` times in what it sent, up to the end of that event; then forwards
+    /// nothing more, and cuts the connection (both directions, at once) on [`Self::cut`].
     pub async fn start(target: SocketAddr, pattern: &'static str, occurrences: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(Notify::new());
+        let cut_first = cut.clone();
         let task = tokio::spawn(async move {
             let mut first = true;
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(target).await else {
                     continue;
                 };
-                let cut_after = first.then_some((pattern, occurrences));
+                let cut_after = first.then(|| Cut {
+                    pattern,
+                    occurrences,
+                    signal: cut_first.clone(),
+                });
                 first = false;
                 tokio::spawn(forward(client, server, cut_after));
             }
         });
-        CuttingProxy { addr, task }
+        CuttingProxy { addr, task, cut }
     }
+
+    /// Cuts the first connection once it has forwarded the event it stops after (at once
+    /// if it has already): call it when the client has that event.
+    pub fn cut(&self) {
+        self.cut.notify_one();
+    }
+}
+
+/// Where the first connection stops forwarding, and the signal that then cuts it.
+struct Cut {
+    pattern: &'static str,
+    occurrences: usize,
+    signal: Arc<Notify>,
 }
 
 impl Drop for CuttingProxy {
@@ -42,8 +71,13 @@ impl Drop for CuttingProxy {
     }
 }
 
-async fn forward(mut client: TcpStream, mut server: TcpStream, cut_after: Option<(&str, usize)>) {
-    let Some((pattern, occurrences)) = cut_after else {
+async fn forward(mut client: TcpStream, mut server: TcpStream, cut_after: Option<Cut>) {
+    let Some(Cut {
+        pattern,
+        occurrences,
+        signal,
+    }) = cut_after
+    else {
         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
         return;
     };
@@ -71,6 +105,8 @@ async fn forward(mut client: TcpStream, mut server: TcpStream, cut_after: Option
             }
             sent = upto;
             if end.is_some() {
+                // Nothing more reaches the client until the test cuts.
+                signal.notified().await;
                 return;
             }
         }
