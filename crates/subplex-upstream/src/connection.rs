@@ -18,7 +18,7 @@
 //! subscriber whose queue is full is cut off (slow-consumer policy), alone: the others of
 //! the same operation keep it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
@@ -387,23 +387,25 @@ impl UpstreamConnection {
 
     /// Applies the leaves that arrived while no socket could be told.
     fn apply_unsubscribes(&mut self) {
-        while let Ok(leave) = self.unsubscribes.try_recv() {
-            self.leave(leave);
+        if let Ok(first) = self.unsubscribes.try_recv() {
+            self.leave(first);
         }
     }
 
-    /// Takes a subscriber off its operation. Returns the operation's id if it was the last
-    /// one: the operation is gone and must be stopped upstream.
-    fn leave(&mut self, leave: Leave) -> Option<u64> {
-        let operation = self.operations.get_mut(&leave.operation)?;
-        operation
-            .subscribers
-            .retain(|(id, _)| *id != leave.subscriber);
-        if !operation.subscribers.is_empty() {
-            return None;
+    /// Takes `first` and every leave queued behind it off their operations. Returns the
+    /// operations whose last subscriber left: they are gone and must be stopped upstream.
+    ///
+    /// Batched because clients leave in crowds (a deploy, a network blip, the end of a
+    /// load test): one leave at a time, n clients of one shared operation leaving cost n
+    /// scans of its n subscribers.
+    fn leave(&mut self, first: Leave) -> Vec<u64> {
+        let queued = std::iter::from_fn(|| self.unsubscribes.try_recv().ok());
+        let leaves: Vec<Leave> = std::iter::once(first).chain(queued).collect();
+        let emptied = remove_subscribers(&mut self.operations, leaves);
+        for &id in &emptied {
+            self.remove_operation(id);
         }
-        self.remove_operation(leave.operation);
-        Some(leave.operation)
+        emptied
     }
 
     /// Forgets operation `id`, and its deduplication entry, so a later identical request
@@ -526,7 +528,7 @@ impl UpstreamConnection {
                 Some(leave) = self.unsubscribes.recv() => {
                     // Stopped at once, not at the operation's next event: a stream that
                     // sends nothing more must not stay open upstream.
-                    if let Some(id) = self.leave(leave) {
+                    for id in self.leave(leave) {
                         debug!(op = id, "operation stopped: its last subscriber left");
                         if let Err(error) = link.unsubscribe(id).await {
                             return Ending::Failed(error);
@@ -657,6 +659,32 @@ impl UpstreamConnection {
     }
 }
 
+/// Takes each leaving subscriber off its operation, in one pass over each operation's
+/// subscribers however many of them leave; the others keep their order. Returns the
+/// operations left without subscribers, in id order.
+fn remove_subscribers(operations: &mut BTreeMap<u64, Operation>, leaves: Vec<Leave>) -> Vec<u64> {
+    let mut leaving: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+    for leave in leaves {
+        leaving
+            .entry(leave.operation)
+            .or_default()
+            .insert(leave.subscriber);
+    }
+    let mut emptied = Vec::new();
+    for (id, subscribers) in leaving {
+        let Some(operation) = operations.get_mut(&id) else {
+            continue;
+        };
+        operation
+            .subscribers
+            .retain(|(subscriber, _)| !subscribers.contains(subscriber));
+        if operation.subscribers.is_empty() {
+            emptied.push(id);
+        }
+    }
+    emptied
+}
+
 #[cfg(test)]
 mod tests {
     use subplex_protocol::RawJson;
@@ -666,6 +694,60 @@ mod tests {
 
     fn next(n: usize) -> Event {
         Event::Next(RawJson::parse(&format!(r#"{{"data":{{"n":{n}}}}}"#)).unwrap())
+    }
+
+    /// A crowd leaving at once is taken off in one pass per operation: the leavers go,
+    /// the others keep their order, and only an operation left empty is reported (leaves
+    /// for unknown operations or subscribers change nothing).
+    #[test]
+    fn queued_leaves_are_taken_off_together() {
+        let (unsubscribe, _leaves) = mpsc::unbounded_channel();
+        let mut operations = BTreeMap::new();
+        let mut subscriptions = Vec::new();
+        for (id, members) in [(1u64, &[0u64, 1, 2, 3, 4][..]), (2, &[10, 11]), (3, &[20])] {
+            let mut operation = Operation {
+                request: GraphqlRequest::new("subscription { n }"),
+                dedup_key: None,
+                subscribers: Vec::new(),
+            };
+            for &member in members {
+                let leave = Leave {
+                    operation: id,
+                    subscriber: member,
+                };
+                let (subscriber, subscription) =
+                    subscription::channel(8, 1 << 20, unsubscribe.clone(), leave);
+                operation.subscribers.push((member, subscriber));
+                subscriptions.push(subscription);
+            }
+            operations.insert(id, operation);
+        }
+        let leave = |operation, subscriber| Leave {
+            operation,
+            subscriber,
+        };
+        let emptied = remove_subscribers(
+            &mut operations,
+            vec![
+                leave(1, 1),
+                leave(2, 10),
+                leave(4, 7),
+                leave(1, 3),
+                leave(1, 99),
+                leave(2, 11),
+            ],
+        );
+        assert_eq!(emptied, [2]);
+        let members = |id: u64| -> Vec<u64> {
+            operations[&id]
+                .subscribers
+                .iter()
+                .map(|(m, _)| *m)
+                .collect()
+        };
+        assert_eq!(members(1), [0, 2, 4]);
+        assert!(members(2).is_empty());
+        assert_eq!(members(3), [20]);
     }
 
     /// More subscribers than one fan-out task takes: the event goes out from several tasks
