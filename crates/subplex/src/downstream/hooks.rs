@@ -175,10 +175,10 @@ impl OperationHooks {
         client: &ClientContext,
         request: &GraphqlRequest,
     ) -> Option<OperationHooks> {
-        let hooks = client.hooks.as_ref()?;
-        if !hooks.script.points().any_operation_hook() {
+        if !client.has_operation_hooks() {
             return None;
         }
+        let hooks = client.hooks.as_ref()?;
         let context = hooks.context.as_ref().and_then(|client_ctx| {
             let variables: Option<serde_json::Value> = request
                 .variables

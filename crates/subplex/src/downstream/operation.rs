@@ -69,6 +69,14 @@ impl ClientContext {
         self.hooks = hooks::client_hooks(upstream, &self);
         self
     }
+
+    /// Whether the client's script has a hook point that runs per operation or per
+    /// result: its operations then go through the hooks, not straight to the socket.
+    pub(crate) fn has_operation_hooks(&self) -> bool {
+        self.hooks
+            .as_ref()
+            .is_some_and(|hooks| hooks.script.points().any_operation_hook())
+    }
 }
 
 /// One client operation: the unit a downstream session hands to the upstream layer.

@@ -568,7 +568,12 @@ impl DownstreamSession {
             upstream: self.upstream.clone(),
         };
         let framer = Arc::new(EventFramer::new(self.subprotocol, id.clone()));
-        let writer = self.write_through.as_ref().map(|socket| {
+        // Hooked operations run their hooks per result in the session: no writer.
+        let write_through = self
+            .write_through
+            .as_ref()
+            .filter(|_| !connected.client.has_operation_hooks());
+        let writer = write_through.map(|socket| {
             Arc::new(OperationWriter::new(
                 socket.clone(),
                 framer.clone(),
