@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::anyhow;
 use plotters::prelude::*;
 
+use crate::loadgen::Transport;
 use crate::run::{Report, Scenario};
 use crate::systems::SystemKind;
 
@@ -19,7 +20,8 @@ struct Series {
 fn series(report: &Report) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
     for m in &report.measurements {
-        if m.scenario != Scenario::Fanout {
+        // The chart is the WebSocket fan-out's, the one every system speaks.
+        if m.scenario != Scenario::Fanout || m.transport != Transport::Ws {
             continue;
         }
         let Some(figures) = m.figures() else { continue };

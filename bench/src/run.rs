@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// subscription per subscriber).
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub fanout_sizes: Vec<usize>,
+    /// Fan-out: transports of the subscribers, each size measured on each (SSE: one
+    /// distinct-connections stream per subscriber).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ws")]
+    pub fanout_transports: Vec<Transport>,
     /// Distinct subscriptions: number of subscribers, each with its own variables.
     #[arg(long, default_value_t = 1000)]
     pub distinct_subscribers: usize,
@@ -367,7 +371,15 @@ fn variants(args: &RunArgs) -> Vec<Variant> {
     let mut out = Vec::new();
     for &scenario in &args.scenarios {
         match scenario {
-            Scenario::Fanout => out.extend(args.fanout_sizes.iter().map(|&n| ws(scenario, n))),
+            Scenario::Fanout => {
+                for &transport in &args.fanout_transports {
+                    out.extend(args.fanout_sizes.iter().map(|&n| Variant {
+                        scenario,
+                        n,
+                        transport,
+                    }));
+                }
+            }
             Scenario::Distinct => out.push(ws(scenario, args.distinct_subscribers)),
             Scenario::Contexts => out.push(ws(scenario, args.contexts_subscribers)),
             Scenario::Storm => out.push(ws(scenario, args.storm_clients)),
