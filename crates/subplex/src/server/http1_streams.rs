@@ -12,7 +12,8 @@
 //!
 //! Whatever this does not take (a request that does not stream, a head that has not
 //! arrived whole, a chunked body, `Expect`, HTTP/1.0, a head over 16 KiB) is still in the
-//! socket untouched, and the connection goes to hyper for the rest of its life. After a
+//! socket untouched, and the connection goes to hyper for the rest of its life; one
+//! that opens with the HTTP/2 preface goes to hyper-util's detecting server. After a
 //! stream ends, the connection serves the client's next request the same way.
 
 use std::future::poll_fn;
@@ -45,7 +46,7 @@ const MAX_HEADERS: usize = 100;
 /// Encoded chunks that are ready at once go out in one write up to this size.
 const BATCH_BYTES: usize = 64 * 1024;
 /// Why a connection that did not send a whole request in time is closed.
-pub(crate) const REQUEST_TIMEOUT: &str = "no whole request within server.client_request_timeout_ms";
+const REQUEST_TIMEOUT: &str = "no whole request within server.client_request_timeout_ms";
 /// The chunk that ends a chunked body.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
@@ -56,6 +57,8 @@ pub(crate) enum Served {
     Closed,
     /// Its next request is not one the front serves; it is still unread in the socket.
     ToHyper,
+    /// It opens with (a part of) the HTTP/2 preface, still unread in the socket.
+    MaybeHttp2,
 }
 
 /// Serves the stream requests that open `io`, one after another, until the client
@@ -70,12 +73,15 @@ pub(crate) async fn serve(
     peer: SocketAddr,
     permit: &ConnectionPermit,
 ) -> io::Result<Served> {
+    let mut first = true;
     loop {
-        let response = match Box::pin(next_response(io, state, peer, permit)).await? {
+        let response = match Box::pin(next_response(io, state, peer, permit, first)).await? {
             Next::Response(response) => response,
             Next::Other => return Ok(Served::ToHyper),
+            Next::MaybeHttp2 => return Ok(Served::MaybeHttp2),
             Next::Closed => return Ok(Served::Closed),
         };
+        first = false;
         match write_body(io, response).await? {
             Written::KeepAlive => {}
             Written::Close => {
@@ -93,6 +99,8 @@ enum Next {
     Response(Started),
     /// A request the front does not serve, left unread.
     Other,
+    /// The connection's first bytes are (so far) the HTTP/2 preface, left unread.
+    MaybeHttp2,
     /// The client closed the connection, or the drain did between requests.
     Closed,
 }
@@ -107,20 +115,21 @@ struct Started {
     close: bool,
 }
 
-/// Waits for the next request; if it is a stream request, reads it, routes it and
-/// returns its response.
+/// Waits for the next request (the connection's `first`, or one after a response); if it
+/// is a stream request, reads it, routes it and returns its response.
 async fn next_response(
     io: &mut WriteDeadline<TcpStream>,
     state: &Arc<GatewayState>,
     peer: SocketAddr,
     permit: &ConnectionPermit,
+    first: bool,
 ) -> io::Result<Next> {
     let timeout = state.server.client_request_timeout;
     let read = tokio::select! {
         biased;
         // Between requests (or before the first), the drain simply closes.
         _ = state.downstream_shutdown.cancelled() => return Ok(Next::Closed),
-        read = tokio::time::timeout(timeout, read_request(io, state.server.max_message_bytes)) => match read {
+        read = tokio::time::timeout(timeout, read_request(io, state.server.max_message_bytes, first)) => match read {
             // A connection idle for that long, or slow to send its request, is closed, as
             // hyper's header timeout closes its own.
             Err(_elapsed) => {
@@ -131,8 +140,10 @@ async fn next_response(
             Ok(read) => read?,
         },
     };
-    let Some((mut request, close)) = read else {
-        return Ok(Next::Other);
+    let (mut request, close) = match read {
+        Read::Stream { request, close } => (request, close),
+        Read::Other => return Ok(Next::Other),
+        Read::MaybeHttp2 => return Ok(Next::MaybeHttp2),
     };
     request.extensions_mut().insert(permit.clone());
     let response = routes::handle(request, state.clone(), peer).await;
@@ -147,13 +158,29 @@ async fn next_response(
     }))
 }
 
-/// Waits for the next request and reads it if it is a stream request: the request and
-/// whether the client asked to close after it; `None` if it is not one (left unread). A
-/// client that closed instead reads as `UnexpectedEof`.
+/// What [`read_request`] found.
+// Returned once per request and taken apart at once: its size costs nothing.
+#[allow(clippy::large_enum_variant)]
+enum Read {
+    /// A stream request, read whole; `close` when the client asked to close after it.
+    Stream {
+        request: Request<RequestBody>,
+        close: bool,
+    },
+    /// Another request, left unread.
+    Other,
+    /// The connection's first bytes are (so far) the HTTP/2 preface, left unread.
+    MaybeHttp2,
+}
+
+/// Waits for the next request (the connection's `first`, or one after a response) and
+/// reads it if it is a stream request. A client that closed instead reads as
+/// `UnexpectedEof`.
 async fn read_request(
     io: &mut WriteDeadline<TcpStream>,
     max_body_bytes: usize,
-) -> io::Result<Option<(Request<RequestBody>, bool)>> {
+    first: bool,
+) -> io::Result<Read> {
     // No buffer while a kept-alive connection waits for its next request.
     io.get_ref().readable().await?;
     let mut buf = vec![0u8; HEAD_PEEK_BYTES];
@@ -161,8 +188,11 @@ async fn read_request(
     if peeked == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
+    if first && may_be_http2(&buf[..peeked]) {
+        return Ok(Read::MaybeHttp2);
+    }
     let Some(head) = parse_head(&buf[..peeked], max_body_bytes) else {
-        return Ok(None);
+        return Ok(Read::Other);
     };
     // Peeked, so already here: reading it takes it out of the socket.
     io.read_exact(&mut buf[..head.length]).await?;
@@ -172,7 +202,20 @@ async fn read_request(
     let request = head
         .request
         .map(|()| Either::Right(Full::new(Bytes::from(body))));
-    Ok(Some((request, head.close)))
+    Ok(Read::Stream {
+        request,
+        close: head.close,
+    })
+}
+
+/// Whether a connection's first bytes are (so far) the HTTP/2 preface of a client with
+/// prior knowledge. An HTTP/1 request line differs from the preface (`PRI * HTTP/2.0`)
+/// within its first bytes, so one peek decides; what it cannot decide goes to the
+/// detecting server.
+fn may_be_http2(first_bytes: &[u8]) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let seen = first_bytes.len().min(PREFACE.len());
+    first_bytes[..seen] == PREFACE[..seen]
 }
 
 /// A parsed request head the front serves.
@@ -511,6 +554,17 @@ mod tests {
                 String::from_utf8_lossy(request)
             );
         }
+    }
+
+    #[test]
+    fn only_a_start_of_the_http2_preface_may_be_http2() {
+        assert!(may_be_http2(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"
+        ));
+        assert!(may_be_http2(b"PRI * HT"));
+        assert!(may_be_http2(b"P"));
+        assert!(!may_be_http2(b"POST /graphql HTTP/1.1\r\n"));
+        assert!(!may_be_http2(SSE_GET));
     }
 
     #[test]

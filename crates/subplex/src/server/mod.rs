@@ -260,38 +260,27 @@ async fn serve_client(client: Client) {
         detecting,
         watcher,
     } = client;
-    // Plain TCP that does not open with the HTTP/2 preface is HTTP/1: its event streams
-    // are served by the front (`http1_streams`), the rest by hyper's HTTP/1 server
-    // directly. hyper-util's detection would read the first bytes itself and hand them
-    // back through a buffer, after which hyper's read buffer grows to 16 KiB. Unboxed, so
-    // that a WebSocket upgrade can reach the TCP stream again (write-through,
-    // `downstream::ws::upgrade`).
-    let http1 = match &detecting.tls {
-        Some(_) => false,
-        None => {
-            let first_bytes = may_be_http2(&stream);
-            match tokio::time::timeout(state.server.client_request_timeout, first_bytes).await {
-                Ok(http2) => !http2,
-                Err(_elapsed) => {
-                    debug!(%peer, reason = http1_streams::REQUEST_TIMEOUT, "client connection closed");
-                    return;
-                }
-            }
-        }
-    };
     let mut io = WriteDeadline::new(
         stream,
         state.server.client_write_timeout,
         state.stats.clone(),
     );
-    let ended = if http1 {
-        match http1_streams::serve(&mut io, &state, peer, &permit).await {
+    // Plain TCP is served by the front (`http1_streams`) first: it answers HTTP/1 event
+    // streams itself and hands any other request to hyper's HTTP/1 server directly, and a
+    // connection that opens with the HTTP/2 preface to the detecting server. hyper-util's
+    // detection would read the first bytes itself and hand them back through a buffer,
+    // after which hyper's read buffer grows to 16 KiB. Unboxed, so that a WebSocket
+    // upgrade can reach the TCP stream again (write-through, `downstream::ws::upgrade`).
+    let ended = match detecting.tls {
+        Some(_) => detected(io, &state, peer, &permit, &detecting, watcher).await,
+        None => match http1_streams::serve(&mut io, &state, peer, &permit).await {
             Ok(Served::Closed) => Ok(()),
             Ok(Served::ToHyper) => hyper_http1(io, &state, peer, &permit).await,
+            Ok(Served::MaybeHttp2) => {
+                detected(io, &state, peer, &permit, &detecting, watcher).await
+            }
             Err(err) => Err(err.into()),
-        }
-    } else {
-        detected(io, &state, peer, &permit, &detecting, watcher).await
+        },
     };
     if let Err(err) = ended {
         debug!(%peer, error = %err, "client connection ended with an error");
@@ -415,20 +404,6 @@ pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, So
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Whether a plain TCP client may be speaking HTTP/2 with prior knowledge: its first bytes
-/// are (so far) the HTTP/2 preface, or could not be peeked. Peeked, not read, so that the
-/// connection's server reads them itself. An HTTP/1 request line differs from the preface
-/// (`PRI * HTTP/2.0`) within its first bytes, so one peek decides; whatever it cannot
-/// decide goes to the detecting server.
-async fn may_be_http2(stream: &tokio::net::TcpStream) -> bool {
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut first = [0u8; 24];
-    match stream.peek(&mut first).await {
-        Ok(read) if read > 0 => first[..read] == PREFACE[..read],
-        _ => true,
     }
 }
 
